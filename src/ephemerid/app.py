@@ -1,0 +1,39 @@
+"""Build the services once from settings and hand them down (no module-level clients)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ephemerid.artifacts import open_artifacts
+from ephemerid.compute import ComputeBackend
+from ephemerid.compute.local import LocalCompute
+from ephemerid.record import JobRecord
+from ephemerid.rules import Rules
+from ephemerid.service import Service
+from ephemerid.settings import Settings
+from ephemerid.store import open_store
+
+
+def build_service(
+    settings: Settings, notify: Callable[[JobRecord], None] | None = None
+) -> Service:
+    artifacts = open_artifacts(settings.artifacts_url)
+    backends: dict[str, ComputeBackend] = {
+        "local": LocalCompute(
+            settings.home / "compute",
+            artifacts.root_uri,
+            slots=settings.local_slots,
+            grace_s=settings.grace_s,
+        )
+    }
+    return Service(
+        open_store(settings.store_url),
+        artifacts,
+        backends,
+        settings,
+        notify or (lambda job: None),
+    )
+
+
+def load_rules(settings: Settings) -> Rules:
+    return Rules.load(settings.rules_path)

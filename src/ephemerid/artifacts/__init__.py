@@ -1,0 +1,150 @@
+"""ArtifactStore: inputs, outputs, logs, metrics and models under one URI scheme.
+
+Keys are ``<container>/<path>`` (``incoming/train/a.csv``, ``runs/<job>/result.json``,
+``models/<name>/<version>/...``). Locally a container is a folder of the bucket; on Azure it is a
+blob container. Everything streams: no verb reads a whole file into memory except
+``get_bytes``, which is for small control files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Protocol
+
+from ephemerid.errors import BadInput, UnsafeName
+
+MAX_KEY_LENGTH = 1024
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Stat:
+    key: str
+    size: int
+    etag: str
+
+
+class ArtifactStore(Protocol):
+    root_uri: str
+
+    def uri(self, key: str) -> str: ...
+
+    def key_of(self, uri: str) -> str:
+        """The key of ``uri``; BadInput if it is not in this store."""
+
+    def open_read(self, key: str, offset: int = 0) -> BinaryIO:
+        """A stream of the artifact from byte ``offset``; NotFound naming it if absent."""
+
+    def write(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> Stat:
+        """Store the stream under ``key`` in blocks; readers see all of it or none.
+
+        With ``if_absent`` an existing key raises Conflict and is left as it was.
+        """
+
+    def append(self, key: str, data: bytes) -> None: ...
+
+    def stat(self, key: str) -> Stat | None: ...
+
+    def list(self, prefix: str) -> Iterator[Stat]:
+        """Artifacts whose key starts with ``prefix``."""
+
+    def delete(self, key: str) -> None: ...
+
+
+def safe_key(key: str, *, what: str = "blob name") -> str:
+    """Return ``key`` if it stays inside its container; UnsafeName naming why otherwise."""
+    reason = _unsafe_reason(key)
+    if reason:
+        raise UnsafeName(f"{what} '{key!s:.200}' is refused: {reason}")
+    return key
+
+
+def _unsafe_reason(key: str) -> str:
+    if not key:
+        return "it is empty"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"it is longer than {MAX_KEY_LENGTH} characters"
+    if "\\" in key:
+        return "it contains a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "it contains control characters"
+    if key.startswith("/") or PurePosixPath(key).is_absolute():
+        return "it is an absolute path"
+    parts = key.split("/")
+    if any(p in ("..", ".") for p in parts):
+        return "it contains '.' or '..' segments that would escape its prefix"
+    if any(p == "" for p in parts):
+        return "it contains an empty path segment"
+    return ""
+
+
+def get_bytes(store: ArtifactStore, key: str) -> bytes:
+    with store.open_read(key) as stream:
+        return stream.read()
+
+
+def put_bytes(store: ArtifactStore, key: str, data: bytes, *, if_absent: bool = False) -> Stat:
+    import io
+
+    return store.write(key, io.BytesIO(data), if_absent=if_absent)
+
+
+def upload_dir(store: ArtifactStore, local: Path, prefix: str) -> list[str]:
+    """Upload every file under ``local`` to ``prefix/<relative path>``; return the keys."""
+    keys = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(local).as_posix()}"
+        with path.open("rb") as stream:
+            store.write(safe_key(key), stream)
+        keys.append(key)
+    return keys
+
+
+def download(store: ArtifactStore, key_or_prefix: str, local: Path) -> list[Path]:
+    """Fetch one artifact into ``local/<basename>``, or a prefix's tree into ``local/``."""
+    local.mkdir(parents=True, exist_ok=True)
+    if store.stat(key_or_prefix) is not None:
+        items = [(key_or_prefix, local / PurePosixPath(key_or_prefix).name)]
+    else:
+        prefix = key_or_prefix.rstrip("/") + "/"
+        items = [(s.key, local / s.key[len(prefix) :]) for s in store.list(prefix)]
+    for key, target in items:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with store.open_read(key) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    return [target for _, target in items]
+
+
+def copy_prefix(store: ArtifactStore, src: str, dst: str) -> list[str]:
+    """Copy every artifact under ``src/`` to the same relative key under ``dst/``."""
+    keys = []
+    for item in list(store.list(src.rstrip("/") + "/")):
+        key = dst.rstrip("/") + item.key[len(src.rstrip("/")) :]
+        with store.open_read(item.key) as stream:
+            store.write(key, stream)
+        keys.append(key)
+    return keys
+
+
+def _local(target: str) -> ArtifactStore:
+    from ephemerid.artifacts.local import LocalArtifactStore
+
+    return LocalArtifactStore(Path(target))
+
+
+# scheme -> factory taking the rest of the root URI
+ADAPTERS: dict[str, Callable[[str], ArtifactStore]] = {"file": _local}
+
+
+def open_artifacts(root_uri: str) -> ArtifactStore:
+    """``file:///abs/bucket`` (more adapters register here)."""
+    scheme, sep, rest = root_uri.partition("://")
+    if not sep or scheme not in ADAPTERS:
+        raise BadInput(
+            f"artifact store '{root_uri}' is not supported: use one of "
+            + ", ".join(f"{name}://..." for name in ADAPTERS)
+        )
+    return ADAPTERS[scheme](rest)

@@ -1,0 +1,92 @@
+"""A local folder as the bucket (``file://``): the embedded default."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ephemerid.artifacts import CHUNK, Stat, safe_key
+from ephemerid.errors import BadInput, Conflict, NotFound
+
+_TEMP_MARK = ".tmp-"
+
+
+class LocalArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root_uri = f"file://{self.root.as_posix()}"
+
+    def uri(self, key: str) -> str:
+        return f"{self.root_uri}/{key}"
+
+    def key_of(self, uri: str) -> str:
+        prefix = self.root_uri + "/"
+        if not uri.startswith(prefix):
+            raise BadInput(f"'{uri}' is not in this artifact store: URIs start with {prefix}")
+        return safe_key(uri[len(prefix) :], what="artifact URI")
+
+    def _path(self, key: str) -> Path:
+        return self.root / safe_key(key)
+
+    def open_read(self, key: str, offset: int = 0) -> BinaryIO:
+        try:
+            stream = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(f"no artifact '{self.uri(key)}'") from exc
+        stream.seek(offset)
+        return stream
+
+    def write(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> Stat:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex[:8]}")
+        try:
+            with temp.open("wb") as out:
+                shutil.copyfileobj(stream, out, CHUNK)
+            if if_absent:
+                try:
+                    os.link(temp, path)  # atomic create-if-absent
+                except FileExistsError as exc:
+                    raise Conflict(f"artifact '{self.uri(key)}' already exists") from exc
+            else:
+                os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        return self._stat(key, path)
+
+    def append(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as out:
+            out.write(data)
+
+    def stat(self, key: str) -> Stat | None:
+        path = self._path(key)
+        return self._stat(key, path) if path.is_file() else None
+
+    def list(self, prefix: str) -> Iterator[Stat]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(".") and _TEMP_MARK in name:
+                    continue
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield self._stat(key, path)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    @staticmethod
+    def _stat(key: str, path: Path) -> Stat:
+        st = path.stat()
+        return Stat(key=key, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")

@@ -1,0 +1,69 @@
+"""How jobs look on a terminal and in --json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ephemerid.record import JobRecord, JobState
+
+STATE_STYLE = {
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.TIMED_OUT: "red",
+    JobState.CANCELLED: "yellow",
+    JobState.WAITING_FOR_CAPACITY: "yellow",
+}
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def idle_s(job: JobRecord) -> float | None:
+    """Compute held but not running the user's code: the idle the user paid for."""
+    if job.held_s is None:
+        return None
+    return max(job.held_s - (job.runtime_s or 0.0), 0.0)
+
+
+def jobs_table(jobs: list[JobRecord], title: str = "jobs", outputs: dict[str, str] | None = None) -> Table:
+    table = Table(title=title)
+    table.add_column("job", no_wrap=True)
+    for column in ("kind", "state", "runtime", "held", "idle paid", "compute"):
+        table.add_column(column)
+    if outputs:
+        table.add_column("outputs")
+    for job in jobs:
+        state = f"[{STATE_STYLE.get(job.state, 'cyan')}]{job.state.value}[/]"
+        row = [job.id, job.spec.kind.value, state, seconds(job.runtime_s), seconds(job.held_s),
+               seconds(idle_s(job)), job.compute_state.value]
+        if outputs:
+            row.append(outputs.get(job.id, "-"))
+        table.add_row(*row)
+    return table
+
+
+def job_detail(console: Console, job: JobRecord) -> None:
+    data = job.to_json()
+    style = STATE_STYLE.get(job.state, "cyan")
+    console.print(f"[bold]{job.id}[/] [{style}]{job.state.value}[/] ({job.spec.kind.value})")
+    for name in ("source", "backend", "compute_state", "reason", "model_version", "exit_code",
+                 "created_at", "compute_requested_at", "live_at", "started_at", "finished_at",
+                 "released_at"):
+        if data.get(name) not in (None, "", []):
+            console.print(f"  {name:<21} {data[name]}")
+    console.print(f"  {'runtime':<21} {seconds(job.runtime_s)}   held {seconds(job.held_s)}"
+                  f"   idle paid {seconds(idle_s(job))}")
+    for name, value in sorted(job.metrics.items()):
+        console.print(f"  metric {name:<14} {value:g}")
+    if job.outputs:
+        console.print(f"  outputs ({len(job.outputs)}): {', '.join(job.outputs[:5])}"
+                      + (" ..." if len(job.outputs) > 5 else ""))
+
+
+def dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))

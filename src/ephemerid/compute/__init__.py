@@ -1,0 +1,80 @@
+"""ComputeBackend: the four verbs every way of renting compute speaks.
+
+``provision`` starts the runner for one job on fresh compute and returns a Handle; ``poll`` says
+whether that compute is still there; ``teardown`` gives it back and returns True only once the
+end is confirmed; ``list_owned`` finds every piece of compute this backend holds, so the reaper
+can give back what no job owns any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from ephemerid.errors import BadInput
+from ephemerid.record import JobRecord
+
+
+class ComputeStatus(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class Handle:
+    backend: str
+    job_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class ComputeBackend(Protocol):
+    name: str
+
+    def provision(self, job: JobRecord) -> Handle:
+        """Start the runner for ``job``. CapacityUnavailable when nothing can be placed now.
+
+        Idempotent per job id: a retried provision finds what it started.
+        """
+
+    def poll(self, handle: Handle) -> ComputeStatus: ...
+
+    def teardown(self, handle: Handle) -> bool:
+        """Give the compute back; True once it is confirmed gone, False if still owed."""
+
+    def list_owned(self) -> list[Handle]: ...
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What every backend needs to start the runner: where the job's files live."""
+
+    artifacts_uri: str
+    python: str
+
+
+BackendFactory = Callable[..., ComputeBackend]
+
+
+def _local(**options: Any) -> ComputeBackend:
+    from ephemerid.compute.local import LocalCompute
+
+    return LocalCompute(**options)
+
+
+# name -> factory; the names are what `compute.backend` and `--backend` accept
+ADAPTERS: dict[str, BackendFactory] = {"local": _local}
+
+
+def backend_names() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def check_backend(name: str) -> str:
+    if name not in ADAPTERS:
+        raise BadInput(
+            f"compute backend '{name}' is unknown: use one of {', '.join(backend_names())}"
+        )
+    return name

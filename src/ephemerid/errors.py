@@ -1,0 +1,64 @@
+"""One error root for ephemerid, mapped to exit codes and HTTP statuses at the edges.
+
+Every message says what was wrong and what to do, and names the field, blob or job.
+"""
+
+from __future__ import annotations
+
+
+class EphemeridError(Exception):
+    """Root of every error ephemerid raises on purpose."""
+
+    exit_code = 1
+
+
+class BadInput(EphemeridError):
+    """The user's input (spec, rule, event, CLI flag) is wrong. Nothing was rented."""
+
+    exit_code = 2
+
+
+class SpecError(BadInput):
+    """A job spec failed validation; the message names each field and the fix."""
+
+
+class RuleError(BadInput):
+    """The rules file (ephemerid.yaml) is malformed, or an event cannot fill a rule."""
+
+
+class UnsafeName(BadInput):
+    """A blob name or path tries to escape its prefix (.., absolute, backslash, control chars)."""
+
+
+class NotFound(EphemeridError):
+    """A job, model, or artifact that was asked for does not exist."""
+
+    exit_code = 2
+
+
+class Conflict(EphemeridError):
+    """A compare-and-swap lost: the record changed since it was read."""
+
+
+class CapacityUnavailable(EphemeridError):
+    """No compute can be placed right now; the job waits and says so (not a failure)."""
+
+
+class ComputeError(EphemeridError):
+    """A compute backend failed in a way that is not about capacity."""
+
+
+class MissingExtra(EphemeridError):
+    """An optional dependency is not installed; the message names the pip command."""
+
+    exit_code = 2
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Raise MissingExtra naming the extra to install if ``module`` cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(
+            f"this needs the '{module}' package: pip install 'ephemerid[{extra}]'"
+        )

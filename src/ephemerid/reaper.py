@@ -1,0 +1,108 @@
+"""The reaper: the timer-driven second line of teardown.
+
+It finishes what events missed: a result nobody handled, compute that died without a result,
+jobs past ``max_runtime``, lost heartbeats, provisioning that never finished, teardowns still
+owed, and compute a backend holds whose job is terminal or unknown. Every action is a
+compare-and-swap through the service, so a reaper racing an event handler is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from ephemerid import names
+from ephemerid.artifacts import get_bytes
+from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.errors import EphemeridError, NotFound
+from ephemerid.record import TERMINAL, ComputeState, JobRecord, JobState, utcnow
+from ephemerid.service import Service
+
+ACCEPTED_STALE = timedelta(seconds=60)
+
+
+def reap(service: Service, now: datetime | None = None) -> list[str]:
+    """One pass; returns what it did, one line per action."""
+    now = now or utcnow()
+    actions: list[str] = []
+    active = [JobState.ACCEPTED, JobState.PROVISIONING, JobState.RUNNING]
+    for job in service.store.list(active):
+        actions.extend(_check_active(service, job, now))
+    for job in service.store.list(TERMINAL):
+        if job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE):
+            released = service.release(job)
+            ok = released.compute_state is ComputeState.RELEASED
+            actions.append(f"{job.id}: teardown owed -> {'released' if ok else 'still owed'}")
+        elif job.state is JobState.SUCCEEDED and job.spec.register_as and not job.model_version:
+            if service.register_model(job).model_version:
+                actions.append(f"{job.id}: registered its model")
+    actions.extend(_strays(service))
+    for job in service.dispatch_waiting():
+        actions.append(f"{job.id}: waiting job -> {job.state.value}")
+    return actions
+
+
+def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
+    settings = service.settings
+    if service.artifacts.stat(names.run_key(job.id, names.RESULT_FILE)):
+        return [f"{job.id}: result found -> {service.complete(job.id).state.value}"]
+    if job.state is JobState.ACCEPTED:
+        if now - job.created_at > ACCEPTED_STALE:
+            return [f"{job.id}: accepted but never started -> {service.start(job.id).state.value}"]
+        return []
+    if job.state is JobState.PROVISIONING:
+        started = job.compute_requested_at or job.updated_at
+        if (now - started).total_seconds() > settings.provision_timeout_s:
+            return [_end(service, job, JobState.FAILED, "provisioning did not finish in time")]
+        return []
+    handle = Handle(job.backend, job.id, job.handle)
+    if service.backends[job.backend].poll(handle) is ComputeStatus.GONE:
+        return [_end(service, job, JobState.FAILED, "compute exited without writing a result")]
+    live = job.live_at or job.updated_at
+    deadline = live + timedelta(
+        seconds=job.spec.compute.max_runtime + settings.grace_s + settings.heartbeat_timeout_s
+    )
+    if now > deadline:
+        reason = f"ran past max_runtime of {job.spec.compute.max_runtime}s (reaper)"
+        return [_end(service, job, JobState.TIMED_OUT, reason)]
+    beat = _last_heartbeat(service, job) or live
+    if (now - max(beat, live)).total_seconds() > settings.heartbeat_timeout_s:
+        reason = f"lost heartbeat: none for over {settings.heartbeat_timeout_s:.0f}s"
+        return [_end(service, job, JobState.FAILED, reason)]
+    return []
+
+
+def _end(service: Service, job: JobRecord, state: JobState, reason: str) -> str:
+    ended = service.end(job.id, state, reason)
+    return f"{job.id}: {reason} -> {ended.state.value}, compute {ended.compute_state.value}"
+
+
+def _last_heartbeat(service: Service, job: JobRecord) -> datetime | None:
+    try:
+        beat = json.loads(get_bytes(service.artifacts, names.run_key(job.id, names.HEARTBEAT_FILE)))
+        return datetime.fromisoformat(beat["at"])
+    except (NotFound, ValueError, KeyError):
+        return None
+
+
+def _strays(service: Service) -> list[str]:
+    """Owned compute whose job is terminal or unknown: give it back."""
+    actions = []
+    for name, backend in service.backends.items():
+        for handle in backend.list_owned():
+            try:
+                job: JobRecord | None = service.store.get(handle.job_id)
+            except NotFound:
+                job = None
+            if job is not None and not job.state.terminal:
+                continue
+            try:
+                gone = backend.teardown(handle)
+            except EphemeridError:
+                gone = False
+            owner = f"job {job.state.value}" if job else "no job"
+            actions.append(
+                f"{handle.job_id}: {name} compute with {owner} -> "
+                f"{'torn down' if gone else 'teardown still owed'}"
+            )
+    return actions

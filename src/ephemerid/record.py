@@ -1,0 +1,131 @@
+"""The job record: what the store keeps, and the states a job and its compute go through."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from ephemerid.spec import JobSpec
+
+
+class JobState(str, Enum):
+    ACCEPTED = "ACCEPTED"
+    WAITING_FOR_CAPACITY = "WAITING_FOR_CAPACITY"
+    PROVISIONING = "PROVISIONING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED}
+)
+
+
+class ComputeState(str, Enum):
+    """Compute has its own life: a job is done for the bill only when this is RELEASED."""
+
+    NONE = "none"
+    REQUESTED = "requested"
+    LIVE = "live"
+    RELEASED = "released"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def job_id_for(kind: str, key: str) -> str:
+    """Readable and derived from the idempotency key: the same event names the same job."""
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    return f"{kind}-{digest}"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    key: str
+    spec: JobSpec
+    source: str
+    state: JobState = JobState.ACCEPTED
+    reason: str = ""
+    compute_state: ComputeState = ComputeState.NONE
+    backend: str = ""
+    handle: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    compute_requested_at: datetime | None = None
+    live_at: datetime | None = None
+    released_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    model_version: str = ""
+    teardown_attempts: int = 0
+    version: int = 0
+
+    def evolve(self, **changes: Any) -> JobRecord:
+        return replace(self, updated_at=utcnow(), **changes)
+
+    @property
+    def runtime_s(self) -> float | None:
+        """Seconds the user's code ran."""
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def held_s(self) -> float | None:
+        """Seconds the compute was held (requested to released): what the bill counts."""
+        if self.compute_requested_at and self.released_at:
+            return (self.released_at - self.compute_requested_at).total_seconds()
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["spec"] = self.spec.model_dump(mode="json", exclude_none=True)
+        data["state"] = self.state.value
+        data["compute_state"] = self.compute_state.value
+        for name, value in data.items():
+            if isinstance(value, datetime):
+                data[name] = value.isoformat()
+        data["runtime_s"] = self.runtime_s
+        data["held_s"] = self.held_s
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        values = {k: v for k, v in data.items() if k not in ("runtime_s", "held_s")}
+        values["spec"] = JobSpec.model_validate(values["spec"])
+        values["state"] = JobState(values["state"])
+        values["compute_state"] = ComputeState(values["compute_state"])
+        for name in _TIMES:
+            if values.get(name):
+                values[name] = datetime.fromisoformat(values[name])
+        return cls(**values)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
+
+_TIMES = (
+    "created_at",
+    "updated_at",
+    "compute_requested_at",
+    "live_at",
+    "released_at",
+    "started_at",
+    "finished_at",
+)

@@ -1,0 +1,261 @@
+"""The agent on the compute. It alone touches the user's code.
+
+``python -m ephemerid.runner --artifacts URI --job ID --work-dir DIR`` fetches
+``runs/<job>/job.json``, stages code, inputs, model and checkpoint, runs the entrypoint with no
+shell (params reach it as a JSON file, never as shell text), streams its output to the job's log
+while it runs, heartbeats, enforces ``max_runtime`` (SIGTERM, grace, SIGKILL), uploads outputs,
+and writes ``runs/<job>/result.json`` last: that file is the completion event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ephemerid import names
+from ephemerid.artifacts import (
+    ArtifactStore,
+    download,
+    get_bytes,
+    open_artifacts,
+    put_bytes,
+    upload_dir,
+)
+from ephemerid.track import summarize
+
+LOG_FLUSH_S = 0.5
+LOG_FLUSH_BYTES = 256 * 1024
+
+
+@dataclass
+class Outcome:
+    status: str = "failed"  # succeeded | failed | timed_out
+    reason: str = ""
+    exit_code: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class LogPump:
+    """Copies the child's output to the job log in batches, up to a limit, keeping a tail."""
+
+    def __init__(self, store: ArtifactStore, key: str, limit: int) -> None:
+        self.store, self.key, self.limit = store, key, limit
+        self.written = 0
+        self.dropped = 0
+        self.tail: collections.deque[bytes] = collections.deque(maxlen=20)
+        self._buffer = bytearray()
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        room = self.limit - self.written - len(self._buffer)
+        if room < len(data):
+            self.dropped += len(data) - max(room, 0)
+            data = data[: max(room, 0)]
+        self._buffer += data
+        if len(self._buffer) >= LOG_FLUSH_BYTES or time.monotonic() - self._last_flush > LOG_FLUSH_S:
+            self._flush()
+
+    def note_tail(self, data: bytes) -> None:
+        for line in data.splitlines()[-20:]:
+            self.tail.append(line[:500])
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self.store.append(self.key, bytes(self._buffer))
+            self.written += len(self._buffer)
+            self._buffer.clear()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self.dropped:
+            note = (f"\n[ephemerid] log truncated at {self.limit} bytes; "
+                    f"{self.dropped} more bytes were not kept\n")
+            self.store.append(self.key, note.encode())
+
+    def last_lines(self) -> str:
+        return b"\n".join(self.tail).decode("utf-8", "replace")[-1500:]
+
+
+class Runner:
+    def __init__(self, store: ArtifactStore, job_id: str, work: Path) -> None:
+        self.store, self.job_id, self.work = store, job_id, work
+        self.job: dict[str, Any] = {}
+        self.pump = LogPump(store, names.run_key(job_id, names.LOG_FILE), 10 * 1024 * 1024)
+        self._stop = threading.Event()
+
+    def say(self, message: str) -> None:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        self.pump.write(f"[ephemerid {stamp}] {message}\n".encode())
+        self.pump.flush()
+
+    def run(self) -> Outcome:
+        outcome = Outcome()
+        try:
+            self.job = json.loads(get_bytes(self.store, names.run_key(self.job_id, names.JOB_FILE)))
+            self.pump.limit = int(self.job.get("log_limit_bytes", self.pump.limit))
+            threading.Thread(target=self._heartbeat, daemon=True).start()
+            entry, env = self._stage()
+            self._execute(entry, env, outcome)
+            self._upload(outcome)
+        except Exception as exc:  # anything the runner hits ends as a failed result, not a hang
+            outcome.status, outcome.reason = "failed", f"runner error: {exc}"
+            self.say(outcome.reason)
+        finally:
+            self._stop.set()
+            self.pump.close()
+            outcome.finished_at = outcome.finished_at or _now()
+            put_bytes(self.store, names.run_key(self.job_id, names.RESULT_FILE),
+                      json.dumps({"job_id": self.job_id, **outcome.__dict__}).encode())
+        return outcome
+
+    def _stage(self) -> tuple[Path, dict[str, str]]:
+        dirs = {n: self.work / n for n in ("code", "input", "output", "checkpoint", "model")}
+        for path in dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+        self.say(f"staging code and inputs for job {self.job_id}")
+        download(self.store, self.job["code"], dirs["code"])
+        for name, key in self.job.get("inputs", {}).items():
+            if not download(self.store, key, dirs["input"] / name):
+                raise FileNotFoundError(f"input '{name}' ({self.store.uri(key)}) is empty or gone")
+        if self.job.get("model"):
+            download(self.store, self.job["model"], dirs["model"])
+        download(self.store, names.run_key(self.job_id, names.CHECKPOINT_DIR), dirs["checkpoint"])
+        params = self.work / "params.json"
+        params.write_text(json.dumps(self.job["spec"].get("params", {})))
+        entry = dirs["code"] / self.job["spec"]["entrypoint"]
+        if not entry.is_file():
+            raise FileNotFoundError(f"entrypoint '{self.job['spec']['entrypoint']}' is not in code")
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            names.ENV_JOB_ID: self.job_id,
+            names.ENV_INPUT_DIR: str(dirs["input"]),
+            names.ENV_OUTPUT_DIR: str(dirs["output"]),
+            names.ENV_CHECKPOINT_DIR: str(dirs["checkpoint"]),
+            names.ENV_MODEL_DIR: str(dirs["model"]),
+            names.ENV_PARAMS: str(params),
+            names.ENV_METRICS: str(self.work / names.METRICS_FILE),
+        }
+        return entry, env
+
+    def _execute(self, entry: Path, env: dict[str, str], outcome: Outcome) -> None:
+        spec = self.job["spec"]
+        max_runtime = float(spec.get("compute", {}).get("max_runtime", 3600))
+        command = [sys.executable, "-u", str(entry), *spec.get("args", [])]
+        self.say(f"starting {spec['entrypoint']} (max runtime {max_runtime:.0f}s)")
+        outcome.started_at = _now()
+        proc = subprocess.Popen(
+            command, cwd=entry.parent, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,
+        )
+        reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        reader.start()
+        timed_out = not _wait(proc, max_runtime)
+        if timed_out:
+            self.say(f"max runtime {max_runtime:.0f}s reached: stopping (SIGTERM)")
+            _stop_group(proc, float(self.job.get("grace_s", 10)))
+        reader.join(timeout=10)
+        outcome.finished_at = _now()
+        outcome.exit_code = proc.returncode
+        if timed_out:
+            outcome.status = "timed_out"
+            outcome.reason = f"ran past max_runtime of {max_runtime:.0f}s and was stopped"
+        elif proc.returncode == 0:
+            outcome.status = "succeeded"
+        else:
+            outcome.reason = (f"entrypoint exited with code {proc.returncode}; "
+                              f"last output:\n{self.pump.last_lines()}")
+        self.say(f"entrypoint finished: {outcome.status} (exit code {proc.returncode})")
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            self.pump.note_tail(chunk)
+            self.pump.write(chunk)
+        self.pump.flush()
+
+    def _upload(self, outcome: Outcome) -> None:
+        outcome.outputs = upload_dir(self.store, self.work / "output",
+                                     names.run_key(self.job_id, names.OUTPUTS_DIR))
+        upload_dir(self.store, self.work / "checkpoint",
+                   names.run_key(self.job_id, names.CHECKPOINT_DIR))
+        metrics = self.work / names.METRICS_FILE
+        if metrics.is_file():
+            with metrics.open("rb") as stream:
+                self.store.write(names.run_key(self.job_id, names.METRICS_FILE), stream)
+            outcome.metrics = summarize(metrics.read_text(errors="replace").splitlines())
+        self.say(f"uploaded {len(outcome.outputs)} output file(s)")
+
+    def _heartbeat(self) -> None:
+        """Beat every ``heartbeat_s``, and flush the log often so `eph logs -f` stays live."""
+        key = names.run_key(self.job_id, names.HEARTBEAT_FILE)
+        interval = float(self.job.get("heartbeat_s", 5))
+        next_beat = 0.0
+        while not self._stop.wait(LOG_FLUSH_S if next_beat else 0):
+            self.pump.flush()
+            if time.monotonic() >= next_beat:
+                beat = {"at": _now(), "pid": os.getpid()}
+                put_bytes(self.store, key, json.dumps(beat).encode())
+                next_beat = time.monotonic() + interval
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the user's process group, then SIGKILL it after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if _wait(proc, wait):
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ephemerid.runner", description=__doc__)
+    parser.add_argument("--artifacts", required=True, help="root URI of the artifact store")
+    parser.add_argument("--job", required=True, help="job id")
+    parser.add_argument("--work-dir", type=Path, default=Path.cwd())
+    args = parser.parse_args(argv)
+    runner = Runner(open_artifacts(args.artifacts), args.job, args.work_dir)
+    return 0 if runner.run().status == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""JobStore: the port every job record goes through, and the registry of its adapters.
+
+Every transition is a compare-and-swap on ``version``, so two function instances handling the
+same event cannot both move a job forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from ephemerid.errors import BadInput
+from ephemerid.record import JobRecord, JobState
+
+
+class JobStore(Protocol):
+    def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert ``record`` unless one with its key exists; return (stored, created)."""
+
+    def get(self, job_id: str) -> JobRecord:
+        """The record, or NotFound naming the job."""
+
+    def update(self, record: JobRecord) -> JobRecord:
+        """Store ``record`` if the stored version still equals ``record.version``.
+
+        Returns the stored record with its new version; raises Conflict otherwise.
+        """
+
+    def list(self, states: Iterable[JobState] | None = None) -> list[JobRecord]:
+        """Records, newest first, optionally only those in ``states``."""
+
+    def close(self) -> None: ...
+
+
+def _sqlite(target: str) -> JobStore:
+    from ephemerid.store.sqlite import SqliteJobStore
+
+    return SqliteJobStore(target)
+
+
+# scheme -> factory taking the rest of the URL
+ADAPTERS: dict[str, Callable[[str], JobStore]] = {"sqlite": _sqlite}
+
+
+def open_store(url: str) -> JobStore:
+    """``sqlite:///abs/path/jobs.db`` (more adapters register here)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ADAPTERS:
+        raise BadInput(
+            f"job store URL '{url}' is not supported: use one of "
+            + ", ".join(f"{name}://..." for name in ADAPTERS)
+        )
+    return ADAPTERS[scheme](rest)

@@ -1,0 +1,98 @@
+"""SQLite JobStore: the embedded default. WAL mode, one connection per thread."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from ephemerid.errors import Conflict, NotFound
+from ephemerid.record import JobRecord, JobState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+class SqliteJobStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        stored = record.evolve(version=1)
+        cursor = self._conn().execute(
+            "INSERT OR IGNORE INTO jobs (id, key, state, version, created_at, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                stored.id,
+                stored.key,
+                stored.state.value,
+                1,
+                stored.created_at.isoformat(),
+                stored.dumps(),
+            ),
+        )
+        if cursor.rowcount == 1:
+            return stored, True
+        row = self._conn().execute("SELECT data FROM jobs WHERE key = ?", (record.key,)).fetchone()
+        if row is None:  # same id under another key: a hash collision, never silently merged
+            raise Conflict(f"job id {record.id} already exists for another idempotency key")
+        return JobRecord.from_json(json.loads(row[0])), False
+
+    def get(self, job_id: str) -> JobRecord:
+        row = self._conn().execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job '{job_id}': `eph list` shows the jobs there are")
+        return JobRecord.from_json(json.loads(row[0]))
+
+    def update(self, record: JobRecord) -> JobRecord:
+        stored = record.evolve(version=record.version + 1)
+        cursor = self._conn().execute(
+            "UPDATE jobs SET state = ?, version = ?, data = ? WHERE id = ? AND version = ?",
+            (stored.state.value, stored.version, stored.dumps(), record.id, record.version),
+        )
+        if cursor.rowcount != 1:
+            raise Conflict(f"job {record.id} changed since version {record.version}")
+        return stored
+
+    def list(self, states: Iterable[JobState] | None = None) -> list[JobRecord]:
+        sql, args = "SELECT data FROM jobs", []
+        if states is not None:
+            wanted = [s.value for s in states]
+            if not wanted:
+                return []
+            sql += f" WHERE state IN ({','.join('?' * len(wanted))})"
+            args = wanted
+        sql += " ORDER BY created_at DESC, id"
+        rows = self._conn().execute(sql, args).fetchall()
+        return [JobRecord.from_json(json.loads(r[0])) for r in rows]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
