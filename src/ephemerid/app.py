@@ -14,9 +14,7 @@ from ephemerid.settings import Settings
 from ephemerid.store import open_store
 
 
-def build_service(
-    settings: Settings, notify: Callable[[JobRecord], None] | None = None
-) -> Service:
+def build_service(settings: Settings, notify: Callable[[JobRecord], None] | None = None) -> Service:
     artifacts = open_artifacts(settings.artifacts_url)
     backends: dict[str, ComputeBackend] = {
         "local": LocalCompute(

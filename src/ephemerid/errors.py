@@ -59,6 +59,4 @@ def require_extra(module: str, extra: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise MissingExtra(
-            f"this needs the '{module}' package: pip install 'ephemerid[{extra}]'"
-        )
+        raise MissingExtra(f"this needs the '{module}' package: pip install 'ephemerid[{extra}]'")

@@ -115,8 +115,12 @@ class ModelRegistry:
         while True:
             claim = ModelVersion(name, number, job_id, utcnow().isoformat(), "copying", metrics)
             try:
-                put_bytes(self.artifacts, f"{model_key(name, number)}/version.json",
-                          _dump(claim), if_absent=True)
+                put_bytes(
+                    self.artifacts,
+                    f"{model_key(name, number)}/version.json",
+                    _dump(claim),
+                    if_absent=True,
+                )
                 return number
             except Conflict:
                 number += 1

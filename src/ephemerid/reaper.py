@@ -33,13 +33,16 @@ def reap(service: Service, now: datetime | None = None) -> list[str]:
             released = service.release(job)
             ok = released.compute_state is ComputeState.RELEASED
             actions.append(f"{job.id}: teardown owed -> {'released' if ok else 'still owed'}")
-        elif job.state is JobState.SUCCEEDED and job.spec.register_as and not job.model_version:
-            if service.register_model(job).model_version:
-                actions.append(f"{job.id}: registered its model")
+        elif _model_owed(job) and service.register_model(job).model_version:
+            actions.append(f"{job.id}: registered its model")
     actions.extend(_strays(service))
     for job in service.dispatch_waiting():
         actions.append(f"{job.id}: waiting job -> {job.state.value}")
     return actions
+
+
+def _model_owed(job: JobRecord) -> bool:
+    return job.state is JobState.SUCCEEDED and bool(job.spec.register_as) and not job.model_version
 
 
 def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:

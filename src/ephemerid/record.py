@@ -27,9 +27,7 @@ class JobState(str, Enum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED}
-)
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED})
 
 
 class ComputeState(str, Enum):

@@ -150,8 +150,9 @@ class Rules:
         """For each schedule, its latest time in (now - catch_up, now]: fire once, keyed by it."""
         for rule in self.parsed.rules:
             if rule.schedule:
-                it = croniter(rule.schedule, now + timedelta(microseconds=1),
-                              second_at_beginning=True)
+                it = croniter(
+                    rule.schedule, now + timedelta(microseconds=1), second_at_beginning=True
+                )
                 last = it.get_prev(datetime)
                 if now - last < catch_up:
                     yield rule, last

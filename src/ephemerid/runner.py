@@ -71,7 +71,10 @@ class LogPump:
             self.dropped += len(data) - max(room, 0)
             data = data[: max(room, 0)]
         self._buffer += data
-        if len(self._buffer) >= LOG_FLUSH_BYTES or time.monotonic() - self._last_flush > LOG_FLUSH_S:
+        if (
+            len(self._buffer) >= LOG_FLUSH_BYTES
+            or time.monotonic() - self._last_flush > LOG_FLUSH_S
+        ):
             self._flush()
 
     def note_tail(self, data: bytes) -> None:
@@ -92,8 +95,10 @@ class LogPump:
     def close(self) -> None:
         self.flush()
         if self.dropped:
-            note = (f"\n[ephemerid] log truncated at {self.limit} bytes; "
-                    f"{self.dropped} more bytes were not kept\n")
+            note = (
+                f"\n[ephemerid] log truncated at {self.limit} bytes; "
+                f"{self.dropped} more bytes were not kept\n"
+            )
             self.store.append(self.key, note.encode())
 
     def last_lines(self) -> str:
@@ -128,8 +133,11 @@ class Runner:
             self._stop.set()
             self.pump.close()
             outcome.finished_at = outcome.finished_at or _now()
-            put_bytes(self.store, names.run_key(self.job_id, names.RESULT_FILE),
-                      json.dumps({"job_id": self.job_id, **outcome.__dict__}).encode())
+            put_bytes(
+                self.store,
+                names.run_key(self.job_id, names.RESULT_FILE),
+                json.dumps({"job_id": self.job_id, **outcome.__dict__}).encode(),
+            )
         return outcome
 
     def _stage(self) -> tuple[Path, dict[str, str]]:
@@ -169,8 +177,13 @@ class Runner:
         self.say(f"starting {spec['entrypoint']} (max runtime {max_runtime:.0f}s)")
         outcome.started_at = _now()
         proc = subprocess.Popen(
-            command, cwd=entry.parent, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,
+            command,
+            cwd=entry.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            process_group=0,
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
@@ -187,8 +200,10 @@ class Runner:
         elif proc.returncode == 0:
             outcome.status = "succeeded"
         else:
-            outcome.reason = (f"entrypoint exited with code {proc.returncode}; "
-                              f"last output:\n{self.pump.last_lines()}")
+            outcome.reason = (
+                f"entrypoint exited with code {proc.returncode}; "
+                f"last output:\n{self.pump.last_lines()}"
+            )
         self.say(f"entrypoint finished: {outcome.status} (exit code {proc.returncode})")
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
@@ -200,10 +215,12 @@ class Runner:
         self.pump.flush()
 
     def _upload(self, outcome: Outcome) -> None:
-        outcome.outputs = upload_dir(self.store, self.work / "output",
-                                     names.run_key(self.job_id, names.OUTPUTS_DIR))
-        upload_dir(self.store, self.work / "checkpoint",
-                   names.run_key(self.job_id, names.CHECKPOINT_DIR))
+        outcome.outputs = upload_dir(
+            self.store, self.work / "output", names.run_key(self.job_id, names.OUTPUTS_DIR)
+        )
+        upload_dir(
+            self.store, self.work / "checkpoint", names.run_key(self.job_id, names.CHECKPOINT_DIR)
+        )
         metrics = self.work / names.METRICS_FILE
         if metrics.is_file():
             with metrics.open("rb") as stream:

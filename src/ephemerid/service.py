@@ -114,9 +114,10 @@ class Service:
                 key = self.artifacts.key_of(uri) if "://" in uri else safe_key(uri.rstrip("/"))
             except EphemeridError as exc:
                 raise SpecError(f"inputs.{name}: {exc}") from exc
-            if self.artifacts.stat(key) is None and next(
-                iter(self.artifacts.list(key.rstrip("/") + "/")), None
-            ) is None:
+            if (
+                self.artifacts.stat(key) is None
+                and next(iter(self.artifacts.list(key.rstrip("/") + "/")), None) is None
+            ):
                 raise SpecError(f"inputs.{name}: '{uri}' does not exist")
             keys[name] = key
         return keys
@@ -143,7 +144,9 @@ class Service:
                 "directory and pass it as inputs"
             )
 
-    def _write_launch(self, job: JobRecord, inputs: dict[str, str], model: ModelVersion | None) -> None:
+    def _write_launch(
+        self, job: JobRecord, inputs: dict[str, str], model: ModelVersion | None
+    ) -> None:
         """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told."""
         spec = job.spec
         if "://" in spec.code:
@@ -164,7 +167,9 @@ class Service:
             "grace_s": self.settings.grace_s,
             "log_limit_bytes": self.settings.log_limit_bytes,
         }
-        put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), json.dumps(launch).encode())
+        put_bytes(
+            self.artifacts, names.run_key(job.id, names.JOB_FILE), json.dumps(launch).encode()
+        )
 
     # -- compute -----------------------------------------------------------------------------
 
@@ -262,8 +267,13 @@ class Service:
                 updated = self.store.update(job.evolve(**values))
             except Conflict:
                 continue
-            log.info("job %s: %s compute=%s %s", job_id, updated.state.value,
-                     updated.compute_state.value, updated.reason)
+            log.info(
+                "job %s: %s compute=%s %s",
+                job_id,
+                updated.state.value,
+                updated.compute_state.value,
+                updated.reason,
+            )
             self.notify(updated)
             return updated, True
         raise Conflict(f"job {job_id} kept changing under 50 attempts to update it")
@@ -271,7 +281,8 @@ class Service:
 
 def _code_files(root: Path) -> list[Path]:
     return sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(root).parts)
     )
 

@@ -126,8 +126,7 @@ class JobSpec(BaseModel):
         entry = PurePosixPath(self.entrypoint)
         if entry.is_absolute() or ".." in entry.parts or "\\" in self.entrypoint:
             raise ValueError(
-                f"entrypoint '{self.entrypoint}' must be a relative path inside code, "
-                "e.g. train.py"
+                f"entrypoint '{self.entrypoint}' must be a relative path inside code, e.g. train.py"
             )
         if entry.suffix != ".py":
             raise ValueError(f"entrypoint '{self.entrypoint}' must be a Python file (*.py)")
@@ -190,4 +189,3 @@ def load_spec(path: Path) -> JobSpec:
     except OSError as exc:
         raise SpecError(f"cannot read spec file '{path}': {exc.strerror}") from exc
     return validate_spec(parse_document(text, f"spec file '{path}'"), f"spec file '{path}'")
-

@@ -54,8 +54,12 @@ def submit(
     kind: Annotated[str, typer.Option(help="train or predict.")] = "train",
     gpus: Annotated[int | None, typer.Option(help="GPUs to rent.")] = None,
     param: Annotated[list[str] | None, typer.Option(help="k=v (repeatable).")] = None,
-    input_: Annotated[list[str] | None, typer.Option("--input", help="name=URI (repeatable).")] = None,
-    model: Annotated[str | None, typer.Option(help="For predict: name@alias or name:version.")] = None,
+    input_: Annotated[
+        list[str] | None, typer.Option("--input", help="name=URI (repeatable).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="For predict: name@alias or name:version.")
+    ] = None,
     register: Annotated[str | None, typer.Option(help="For train: name[@alias].")] = None,
     max_runtime: Annotated[str | None, typer.Option(help="e.g. 30m, 2h.")] = None,
     backend: Annotated[str | None, typer.Option(help="Compute backend, e.g. local.")] = None,
@@ -64,9 +68,20 @@ def submit(
     home: Home = None,
     json_: Json = False,
 ) -> None:
-    """Submit a spec file, or a job from flags: eph submit --code . --entrypoint train.py --gpus 1."""
-    data = _spec_data(spec_file, code, entrypoint, kind, gpus, param or [], input_ or [], model,
-                      register, max_runtime, backend)
+    """Submit a spec file, or flags: eph submit --code . --entrypoint train.py --gpus 1."""
+    data = _spec_data(
+        spec_file,
+        code,
+        entrypoint,
+        kind,
+        gpus,
+        param or [],
+        input_ or [],
+        model,
+        register,
+        max_runtime,
+        backend,
+    )
     spec = validate_spec(data, str(spec_file) if spec_file else "job from flags")
     service = _service(home)
     submitted = service.submit(spec, key=key, source="cli")
@@ -83,9 +98,19 @@ def submit(
     raise typer.Exit(1 if job.state.terminal and job.state is not JobState.SUCCEEDED else 0)
 
 
-def _spec_data(spec_file: Path | None, code: Path | None, entrypoint: str | None, kind: str,
-               gpus: int | None, params: list[str], inputs: list[str], model: str | None,
-               register: str | None, max_runtime: str | None, backend: str | None) -> dict[str, Any]:
+def _spec_data(
+    spec_file: Path | None,
+    code: Path | None,
+    entrypoint: str | None,
+    kind: str,
+    gpus: int | None,
+    params: list[str],
+    inputs: list[str],
+    model: str | None,
+    register: str | None,
+    max_runtime: str | None,
+    backend: str | None,
+) -> dict[str, Any]:
     if spec_file is not None:
         data = load_spec(spec_file).model_dump(mode="json", exclude_none=True)
         code_dir = Path(data["code"])
@@ -182,7 +207,9 @@ def list_jobs(
     try:
         states = [JobState(s.upper()) for s in state] if state else None
     except ValueError as exc:
-        raise BadInput(f"--state: {exc}; use one of {', '.join(s.value for s in JobState)}") from exc
+        raise BadInput(
+            f"--state: {exc}; use one of {', '.join(s.value for s in JobState)}"
+        ) from exc
     service = _service(home)
     _catch_up(service)
     jobs = service.store.list(states)
@@ -195,7 +222,9 @@ def list_jobs(
 @app.command()
 def logs(
     job_id: str,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream until the job ends.")
+    ] = False,
     home: Home = None,
     json_: Json = False,
 ) -> None:
@@ -262,8 +291,14 @@ def models_list(
         table.add_column(column)
     for item in found:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(item["metrics"].items()))
-        table.add_row(item["name"], str(item["version"]), ", ".join(item["aliases"]),
-                      item["job_id"], metrics, item["state"])
+        table.add_row(
+            item["name"],
+            str(item["version"]),
+            ", ".join(item["aliases"]),
+            item["job_id"],
+            metrics,
+            item["state"],
+        )
     console.print(table)
 
 
@@ -293,15 +328,21 @@ def dev(
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     home: Home = None,
 ) -> None:
-    """Watch the local bucket: dropped files become jobs through the rules, results complete them."""
+    """Watch the local bucket: dropped files become jobs by the rules; results complete them."""
     from ephemerid.watch import LocalEvents
 
     settings = Settings.from_env(home=home)
-    service = build_service(settings, notify=lambda j: console.print(
-        f"{j.id} {j.state.value} compute={j.compute_state.value} {j.reason}"))
+    service = build_service(
+        settings,
+        notify=lambda j: console.print(
+            f"{j.id} {j.state.value} compute={j.compute_state.value} {j.reason}"
+        ),
+    )
     rules = load_rules(settings)
-    console.print(f"watching {service.artifacts.uri(names.INCOMING)}/ with {len(rules.all)} "
-                  f"rule(s) from {settings.rules_path}; Ctrl-C stops")
+    console.print(
+        f"watching {service.artifacts.uri(names.INCOMING)}/ with {len(rules.all)} "
+        f"rule(s) from {settings.rules_path}; Ctrl-C stops"
+    )
     events = LocalEvents(service, rules, on_rejected=lambda k, e: console.print(f"[red]{e}[/]"))
     try:
         events.run(lambda: False, timeout=float("inf"), interval=interval)

@@ -44,7 +44,10 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
     project = home / "project"
     shutil.copytree(examples_dir(), project, ignore=shutil.ignore_patterns("__pycache__"))
     settings = Settings.from_env(
-        {}, home=home / "state", rules_path=project / "ephemerid.yaml", heartbeat_s=1.0,
+        {},
+        home=home / "state",
+        rules_path=project / "ephemerid.yaml",
+        heartbeat_s=1.0,
         grace_s=5.0,
     )
     service = build_service(settings)
@@ -54,19 +57,44 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
 
     say(f"[bold]ephemerid demo[/] in {home}")
     say(f"bucket: {service.artifacts.root_uri}   rules: {settings.rules_path}")
-    train = _drop(service, events, console, as_json, make_data, "incoming/train/customers.csv",
-                  rows=20_000, seed=0, with_label=True)
+    train = _drop(
+        service,
+        events,
+        console,
+        as_json,
+        make_data,
+        "incoming/train/customers.csv",
+        rows=20_000,
+        seed=0,
+        with_label=True,
+    )
     if train.model_version:
         say(f"model registered: [bold]{train.model_version}[/] (alias production)")
-    score = _drop(service, events, console, as_json, make_data, "incoming/score/customers.csv",
-                  rows=5_000, seed=1, with_label=False)
+    score = _drop(
+        service,
+        events,
+        console,
+        as_json,
+        make_data,
+        "incoming/score/customers.csv",
+        rows=5_000,
+        seed=1,
+        with_label=False,
+    )
     jobs = [train, score]
     live = _live_compute(service)
     outputs = {j.id: names.run_key(j.id, names.OUTPUTS_DIR) + "/" for j in jobs}
     ok = all(j.state.value == "SUCCEEDED" for j in jobs) and live == 0
     if as_json:
-        dump({"ok": ok, "jobs": [j.to_json() for j in jobs], "outputs": outputs,
-              "live_compute": live, "bucket": service.artifacts.root_uri})
+        dump(
+            {
+                "ok": ok,
+                "jobs": [j.to_json() for j in jobs],
+                "outputs": outputs,
+                "live_compute": live,
+                "bucket": service.artifacts.root_uri,
+            }
+        )
     else:
         console.print(jobs_table(jobs, title="demo jobs", outputs=outputs))
         console.print(f"outputs are under {service.artifacts.root_uri}/")
@@ -96,8 +124,15 @@ def _load(path: Path) -> ModuleType:
     return module
 
 
-def _drop(service: Service, events: LocalEvents, console: Console, quiet: bool,
-          make_data: ModuleType, key: str, **data: object) -> JobRecord:
+def _drop(
+    service: Service,
+    events: LocalEvents,
+    console: Console,
+    quiet: bool,
+    make_data: ModuleType,
+    key: str,
+    **data: object,
+) -> JobRecord:
     """Write a CSV into the bucket as a user would, then let the events run to the job's end."""
     staging = service.settings.home / "staging.csv"
     make_data.make_dataset(staging, data.pop("rows"), **data)
@@ -114,10 +149,14 @@ def _drop(service: Service, events: LocalEvents, console: Console, quiet: bool,
         if not job_ids:
             return False
         job = service.store.get(job_ids[0])
-        status.update(f"{job.id}: {job.state.value}, compute {job.compute_state.value}"
-                      f"  {_last_line(service, job.id)}")
-        return job.state.terminal and job.compute_state in (ComputeState.NONE,
-                                                            ComputeState.RELEASED)
+        status.update(
+            f"{job.id}: {job.state.value}, compute {job.compute_state.value}"
+            f"  {_last_line(service, job.id)}"
+        )
+        return job.state.terminal and job.compute_state in (
+            ComputeState.NONE,
+            ComputeState.RELEASED,
+        )
 
     with console.status(f"waiting for a rule to pick up {key}", spinner="dots") as status:
         if quiet:
@@ -130,8 +169,10 @@ def _drop(service: Service, events: LocalEvents, console: Console, quiet: bool,
     job = service.store.get(job_ids[0])
     if not quiet:
         style = "green" if job.state.value == "SUCCEEDED" else "red"
-        console.print(f"[{style}]{job.id} {job.state.value}[/] in {job.runtime_s or 0:.1f}s, "
-                      f"compute {job.compute_state.value}")
+        console.print(
+            f"[{style}]{job.id} {job.state.value}[/] in {job.runtime_s or 0:.1f}s, "
+            f"compute {job.compute_state.value}"
+        )
     return job
 
 
@@ -148,6 +189,9 @@ def _last_line(service: Service, job_id: str) -> str:
 
 def _live_compute(service: Service) -> int:
     owned = sum(len(b.list_owned()) for b in service.backends.values())
-    held = [j for j in service.store.list()
-            if j.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)]
+    held = [
+        j
+        for j in service.store.list()
+        if j.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
+    ]
     return owned + len(held)

@@ -30,7 +30,9 @@ def idle_s(job: JobRecord) -> float | None:
     return max(job.held_s - (job.runtime_s or 0.0), 0.0)
 
 
-def jobs_table(jobs: list[JobRecord], title: str = "jobs", outputs: dict[str, str] | None = None) -> Table:
+def jobs_table(
+    jobs: list[JobRecord], title: str = "jobs", outputs: dict[str, str] | None = None
+) -> Table:
     table = Table(title=title)
     table.add_column("job", no_wrap=True)
     for column in ("kind", "state", "runtime", "held", "idle paid", "compute"):
@@ -39,8 +41,15 @@ def jobs_table(jobs: list[JobRecord], title: str = "jobs", outputs: dict[str, st
         table.add_column("outputs")
     for job in jobs:
         state = f"[{STATE_STYLE.get(job.state, 'cyan')}]{job.state.value}[/]"
-        row = [job.id, job.spec.kind.value, state, seconds(job.runtime_s), seconds(job.held_s),
-               seconds(idle_s(job)), job.compute_state.value]
+        row = [
+            job.id,
+            job.spec.kind.value,
+            state,
+            seconds(job.runtime_s),
+            seconds(job.held_s),
+            seconds(idle_s(job)),
+            job.compute_state.value,
+        ]
         if outputs:
             row.append(outputs.get(job.id, "-"))
         table.add_row(*row)
@@ -51,18 +60,33 @@ def job_detail(console: Console, job: JobRecord) -> None:
     data = job.to_json()
     style = STATE_STYLE.get(job.state, "cyan")
     console.print(f"[bold]{job.id}[/] [{style}]{job.state.value}[/] ({job.spec.kind.value})")
-    for name in ("source", "backend", "compute_state", "reason", "model_version", "exit_code",
-                 "created_at", "compute_requested_at", "live_at", "started_at", "finished_at",
-                 "released_at"):
+    for name in (
+        "source",
+        "backend",
+        "compute_state",
+        "reason",
+        "model_version",
+        "exit_code",
+        "created_at",
+        "compute_requested_at",
+        "live_at",
+        "started_at",
+        "finished_at",
+        "released_at",
+    ):
         if data.get(name) not in (None, "", []):
             console.print(f"  {name:<21} {data[name]}")
-    console.print(f"  {'runtime':<21} {seconds(job.runtime_s)}   held {seconds(job.held_s)}"
-                  f"   idle paid {seconds(idle_s(job))}")
+    console.print(
+        f"  {'runtime':<21} {seconds(job.runtime_s)}   held {seconds(job.held_s)}"
+        f"   idle paid {seconds(idle_s(job))}"
+    )
     for name, value in sorted(job.metrics.items()):
         console.print(f"  metric {name:<14} {value:g}")
     if job.outputs:
-        console.print(f"  outputs ({len(job.outputs)}): {', '.join(job.outputs[:5])}"
-                      + (" ..." if len(job.outputs) > 5 else ""))
+        console.print(
+            f"  outputs ({len(job.outputs)}): {', '.join(job.outputs[:5])}"
+            + (" ..." if len(job.outputs) > 5 else "")
+        )
 
 
 def dump(data: Any) -> None:

@@ -9,6 +9,7 @@ and the job sees only that GPU through ``CUDA_VISIBLE_DEVICES``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -71,18 +72,38 @@ class LocalCompute:
             workdir.mkdir(parents=True, exist_ok=True)
             gpu = self.gpus[slot] if slot < len(self.gpus) and job.spec.compute.gpus else ""
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
-            command = [self.python, "-m", "ephemerid.runner", "--artifacts", self.artifacts_uri,
-                       "--job", job.id, "--work-dir", str(workdir)]
+            command = [
+                self.python,
+                "-m",
+                "ephemerid.runner",
+                "--artifacts",
+                self.artifacts_uri,
+                "--job",
+                job.id,
+                "--work-dir",
+                str(workdir),
+            ]
             with (workdir / "runner.log").open("ab") as log:
                 proc = subprocess.Popen(
-                    command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(fd,),
+                    command,
+                    cwd=workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(fd,),
                 )
         finally:
             os.close(fd)  # the runner holds its own copy of the lock
         self._children[proc.pid] = proc
-        data = {"pid": proc.pid, "started": _start_ticks(proc.pid), "slot": slot, "gpu": gpu,
-                "workdir": str(workdir)}
+        data = {
+            "pid": proc.pid,
+            "started": _start_ticks(proc.pid),
+            "slot": slot,
+            "gpu": gpu,
+            "workdir": str(workdir),
+        }
         (workdir / "handle.json").write_text(json.dumps(data))
         return Handle(self.name, job.id, data)
 
@@ -98,10 +119,10 @@ class LocalCompute:
 
     def teardown(self, handle: Handle) -> bool:
         """Stop every process of the job's session (TERM, grace, KILL) and confirm none is left."""
-        pid = handle.data.get("pid")
+        pid: int | None = handle.data.get("pid")
         # A live leader with another start time is a stranger that reused the pid: not ours.
-        ours = pid and _start_ticks(pid) in (None, handle.data.get("started"))
-        if ours and _members(pid):
+        ours = pid is not None and _start_ticks(pid) in (None, handle.data.get("started"))
+        if pid is not None and ours and _members(pid):
             _signal_session(pid, signal.SIGTERM)
             if not _wait_empty(pid, self.grace_s):
                 _signal_session(pid, signal.SIGKILL)
@@ -154,7 +175,7 @@ def _start_ticks(pid: int) -> int | None:
 
 def _zombie(pid: int) -> bool:
     fields = _stat_fields(pid)
-    return bool(fields) and fields[0] == "Z"
+    return fields is not None and fields[0] == "Z"
 
 
 def _members(sid: int) -> list[int]:
@@ -176,10 +197,8 @@ def _members(sid: int) -> list[int]:
 
 def _signal_session(sid: int, sig: signal.Signals) -> None:
     for pid in _members(sid) or [sid]:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _wait_empty(sid: int, timeout: float) -> bool:
