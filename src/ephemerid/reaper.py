@@ -15,7 +15,7 @@ from ephemerid import names
 from ephemerid.artifacts import get_bytes
 from ephemerid.compute import ComputeStatus, Handle
 from ephemerid.errors import EphemeridError, NotFound
-from ephemerid.record import TERMINAL, ComputeState, JobRecord, JobState, utcnow
+from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 from ephemerid.service import Service
 
 ACCEPTED_STALE = timedelta(seconds=60)
@@ -25,24 +25,21 @@ def reap(service: Service, now: datetime | None = None) -> list[str]:
     """One pass; returns what it did, one line per action."""
     now = now or utcnow()
     actions: list[str] = []
-    active = [JobState.ACCEPTED, JobState.PROVISIONING, JobState.RUNNING]
-    for job in service.store.list(active):
-        actions.extend(_check_active(service, job, now))
-    for job in service.store.list(TERMINAL):
-        if job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE):
+    for job in service.store.list_open():
+        if job.state is JobState.WAITING_FOR_CAPACITY:
+            continue
+        if not job.state.terminal:
+            actions.extend(_check_active(service, job, now))
+        elif job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE):
             released = service.release(job)
             ok = released.compute_state is ComputeState.RELEASED
             actions.append(f"{job.id}: teardown owed -> {'released' if ok else 'still owed'}")
-        elif _model_owed(job) and service.register_model(job).model_version:
+        elif job.model_owed and service.register_model(job).model_version:
             actions.append(f"{job.id}: registered its model")
     actions.extend(_strays(service))
     for job in service.dispatch_waiting():
         actions.append(f"{job.id}: waiting job -> {job.state.value}")
     return actions
-
-
-def _model_owed(job: JobRecord) -> bool:
-    return job.state is JobState.SUCCEEDED and bool(job.spec.register_as) and not job.model_version
 
 
 def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:

@@ -78,6 +78,23 @@ class JobRecord:
         return replace(self, updated_at=utcnow(), **changes)
 
     @property
+    def model_owed(self) -> bool:
+        """A succeeded train job whose ``model/`` output is not registered yet."""
+        model_dir = f"runs/{self.id}/outputs/model/"
+        return (
+            self.state is JobState.SUCCEEDED
+            and self.spec.register_as is not None
+            and not self.model_version
+            and any(key.startswith(model_dir) for key in self.outputs)
+        )
+
+    @property
+    def open(self) -> bool:
+        """Unfinished for the user, or not yet for the bill, or a model owed: the reaper's."""
+        unreleased = self.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
+        return not self.state.terminal or unreleased or self.model_owed
+
+    @property
     def runtime_s(self) -> float | None:
         """Seconds the user's code ran."""
         if self.started_at and self.finished_at:
@@ -99,13 +116,14 @@ class JobRecord:
         for name, value in data.items():
             if isinstance(value, datetime):
                 data[name] = value.isoformat()
+        data["open"] = self.open
         data["runtime_s"] = self.runtime_s
         data["held_s"] = self.held_s
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        values = {k: v for k, v in data.items() if k not in ("runtime_s", "held_s")}
+        values = {k: v for k, v in data.items() if k not in ("open", "runtime_s", "held_s")}
         values["spec"] = JobSpec.model_validate(values["spec"])
         values["state"] = JobState(values["state"])
         values["compute_state"] = ComputeState(values["compute_state"])

@@ -28,7 +28,7 @@ from ephemerid.errors import (
 from ephemerid.models import ModelRegistry, ModelVersion
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
 from ephemerid.settings import Settings
-from ephemerid.spec import JobKind, JobSpec
+from ephemerid.spec import JobSpec
 from ephemerid.store import JobStore
 
 log = logging.getLogger("ephemerid")
@@ -226,21 +226,13 @@ class Service:
 
     def register_model(self, job: JobRecord) -> JobRecord:
         """Register a succeeded train job's ``model/`` output (at most once per job)."""
-        spec = job.spec
-        model_dir = f"{names.run_key(job.id, names.OUTPUTS_DIR)}/model"
-        if (
-            spec.kind is not JobKind.TRAIN
-            or spec.register_as is None
-            or job.state is not JobState.SUCCEEDED
-            or job.model_version
-            or not any(k.startswith(model_dir + "/") for k in job.outputs)
-        ):
+        target = job.spec.register_as
+        if not job.model_owed or target is None:
             return job
-        version = self.models.register(
-            spec.register_as.name, model_dir, job_id=job.id, metrics=job.metrics
-        )
-        if spec.register_as.alias:
-            self.models.promote(version.name, version.version, spec.register_as.alias)
+        model_dir = f"{names.run_key(job.id, names.OUTPUTS_DIR)}/model"
+        version = self.models.register(target.name, model_dir, job_id=job.id, metrics=job.metrics)
+        if target.alias:
+            self.models.promote(version.name, version.version, target.alias)
         return self._transition(job.id, lambda j: {"model_version": version.ref})[0]
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> JobRecord:

@@ -8,8 +8,9 @@ blob container. Everything streams: no verb reads a whole file into memory excep
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
@@ -25,6 +26,7 @@ class Stat:
     key: str
     size: int
     etag: str
+    sha256: str | None = None  # recorded when ephemerid wrote the artifact
 
 
 class ArtifactStore(Protocol):
@@ -129,22 +131,37 @@ def copy_prefix(store: ArtifactStore, src: str, dst: str) -> list[str]:
     return keys
 
 
-def _local(target: str) -> ArtifactStore:
+def _local(target: str, env: Mapping[str, str]) -> ArtifactStore:
     from ephemerid.artifacts.local import LocalArtifactStore
 
     return LocalArtifactStore(Path(target))
 
 
-# scheme -> factory taking the rest of the root URI
-ADAPTERS: dict[str, Callable[[str], ArtifactStore]] = {"file": _local}
+def _blob(target: str, env: Mapping[str, str]) -> ArtifactStore:
+    from ephemerid.artifacts.blob import BlobArtifactStore
+    from ephemerid.azure.connection import storage_connection
+
+    if target:
+        raise BadInput(
+            f"az://{target}: the Azure bucket's root is plain az:// (account from "
+            "the EPHEMERID_STORAGE connection)"
+        )
+    return BlobArtifactStore(storage_connection(env))
 
 
-def open_artifacts(root_uri: str) -> ArtifactStore:
-    """``file:///abs/bucket`` (more adapters register here)."""
+# scheme -> factory taking the rest of the root URI and the settings' environment
+ADAPTERS: dict[str, Callable[[str, Mapping[str, str]], ArtifactStore]] = {
+    "file": _local,
+    "az": _blob,
+}
+
+
+def open_artifacts(root_uri: str, env: Mapping[str, str] | None = None) -> ArtifactStore:
+    """``file:///abs/bucket`` (local folder) or ``az://`` (Azure Blob Storage)."""
     scheme, sep, rest = root_uri.partition("://")
     if not sep or scheme not in ADAPTERS:
         raise BadInput(
             f"artifact store '{root_uri}' is not supported: use one of "
             + ", ".join(f"{name}://..." for name in ADAPTERS)
         )
-    return ADAPTERS[scheme](rest)
+    return ADAPTERS[scheme](rest, os.environ if env is None else env)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,9 +46,12 @@ class LocalArtifactStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex[:8]}")
+        sha256 = hashlib.sha256()
         try:
             with temp.open("wb") as out:
-                shutil.copyfileobj(stream, out, CHUNK)
+                while chunk := stream.read(CHUNK):
+                    sha256.update(chunk)
+                    out.write(chunk)
             if if_absent:
                 try:
                     os.link(temp, path)  # atomic create-if-absent
@@ -57,7 +61,7 @@ class LocalArtifactStore:
                 os.replace(temp, path)
         finally:
             temp.unlink(missing_ok=True)
-        return self._stat(key, path)
+        return replace(self._stat(key, path), sha256=sha256.hexdigest())
 
     def append(self, key: str, data: bytes) -> None:
         path = self._path(key)

@@ -6,6 +6,7 @@ same event cannot both move a job forward.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -28,6 +29,13 @@ class JobStore(Protocol):
 
     def list(self, states: Iterable[JobState] | None = None) -> list[JobRecord]:
         """Records, newest first, optionally only those in ``states``."""
+
+    def list_open(self) -> builtins.list[JobRecord]:
+        """Records that are ``open``: unfinished, or whose compute is not yet released.
+
+        The reaper walks these every pass, so adapters keep them cheap to find however long
+        the history grows.
+        """
 
     def close(self) -> None: ...
 

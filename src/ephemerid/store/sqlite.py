@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -17,10 +18,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     key TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL,
     version INTEGER NOT NULL,
+    open INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs(open) WHERE open = 1;
 """
 
 
@@ -45,13 +48,14 @@ class SqliteJobStore:
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
         stored = record.evolve(version=1)
         cursor = self._conn().execute(
-            "INSERT OR IGNORE INTO jobs (id, key, state, version, created_at, data) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO jobs (id, key, state, version, open, created_at, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 stored.id,
                 stored.key,
                 stored.state.value,
                 1,
+                stored.open,
                 stored.created_at.isoformat(),
                 stored.dumps(),
             ),
@@ -72,8 +76,16 @@ class SqliteJobStore:
     def update(self, record: JobRecord) -> JobRecord:
         stored = record.evolve(version=record.version + 1)
         cursor = self._conn().execute(
-            "UPDATE jobs SET state = ?, version = ?, data = ? WHERE id = ? AND version = ?",
-            (stored.state.value, stored.version, stored.dumps(), record.id, record.version),
+            "UPDATE jobs SET state = ?, version = ?, open = ?, data = ? "
+            "WHERE id = ? AND version = ?",
+            (
+                stored.state.value,
+                stored.version,
+                stored.open,
+                stored.dumps(),
+                record.id,
+                record.version,
+            ),
         )
         if cursor.rowcount != 1:
             raise Conflict(f"job {record.id} changed since version {record.version}")
@@ -89,6 +101,14 @@ class SqliteJobStore:
             args = wanted
         sql += " ORDER BY created_at DESC, id"
         rows = self._conn().execute(sql, args).fetchall()
+        return [JobRecord.from_json(json.loads(r[0])) for r in rows]
+
+    def list_open(self) -> builtins.list[JobRecord]:
+        rows = (
+            self._conn()
+            .execute("SELECT data FROM jobs WHERE open = 1 ORDER BY created_at DESC, id")
+            .fetchall()
+        )
         return [JobRecord.from_json(json.loads(r[0])) for r in rows]
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""Dev and test tools shipped with ephemerid: local stand-ins for the cloud, never used in Azure."""
