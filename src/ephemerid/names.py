@@ -6,6 +6,7 @@ INCOMING = "incoming"
 RUNS = "runs"
 MODELS = "models"
 CONTAINERS = (INCOMING, RUNS, MODELS)
+JOBS_TABLE = "jobs"
 
 # Files under runs/<job>/ ; result.json is written last and is itself the completion event.
 JOB_FILE = "job.json"

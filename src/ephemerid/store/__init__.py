@@ -7,10 +7,12 @@ same event cannot both move a job forward.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from ephemerid.errors import BadInput
+from ephemerid.names import JOBS_TABLE
 from ephemerid.record import JobRecord, JobState
 
 
@@ -40,22 +42,32 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-def _sqlite(target: str) -> JobStore:
+def _sqlite(target: str, env: Mapping[str, str]) -> JobStore:
     from ephemerid.store.sqlite import SqliteJobStore
 
     return SqliteJobStore(target)
 
 
-# scheme -> factory taking the rest of the URL
-ADAPTERS: dict[str, Callable[[str], JobStore]] = {"sqlite": _sqlite}
+def _table(target: str, env: Mapping[str, str]) -> JobStore:
+    from ephemerid.azure.connection import storage_connection
+    from ephemerid.store.table import TableJobStore
+
+    return TableJobStore(storage_connection(env), target or JOBS_TABLE)
 
 
-def open_store(url: str) -> JobStore:
-    """``sqlite:///abs/path/jobs.db`` (more adapters register here)."""
+# scheme -> factory taking the rest of the URL and the settings' environment
+ADAPTERS: dict[str, Callable[[str, Mapping[str, str]], JobStore]] = {
+    "sqlite": _sqlite,
+    "table": _table,
+}
+
+
+def open_store(url: str, env: Mapping[str, str] | None = None) -> JobStore:
+    """``sqlite:///abs/path/jobs.db`` or ``table://jobs`` (Azure Table Storage)."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ADAPTERS:
         raise BadInput(
             f"job store URL '{url}' is not supported: use one of "
             + ", ".join(f"{name}://..." for name in ADAPTERS)
         )
-    return ADAPTERS[scheme](rest)
+    return ADAPTERS[scheme](rest, os.environ if env is None else env)
