@@ -8,23 +8,37 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint clean
 
+TEST_STAMP := $(VENV)/.installed-test
+AZURITE := node_modules/.bin/azurite
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[examples,test]'
+	$(BIN)/python -m pip install --quiet -e '.[examples]'
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[azure,examples,test]'
+	touch $(TEST_STAMP)
+
+# Azurite, pinned in package-lock.json, installed into ./node_modules.
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(AZURITE)
 
 demo: $(STAMP)
 	$(BIN)/eph demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+# Azurite runs on free loopback ports for exactly as long as pytest does, and stops even when
+# the tests fail or are interrupted.
+test: $(TEST_STAMP) $(AZURITE)
+	$(BIN)/python -m ephemerid.testing.azurite -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/ruff format --check src tests examples
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .ephemerid .ephemerid-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .ephemerid .ephemerid-demo .pytest_cache .mypy_cache .ruff_cache

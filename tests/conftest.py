@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from ephemerid.app import build_service
 from ephemerid.service import Service
 from ephemerid.settings import Settings
+from ephemerid.testing import azurite
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -40,3 +42,19 @@ def code_dir(tmp_path: Path) -> Path:
     path = tmp_path / "code"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def azurite_connection() -> Iterator[str]:
+    """Azurite's connection string: from `make test`, or an Azurite this session starts.
+
+    Never skipped: a test that needs Azurite fails when it cannot be had.
+    """
+    if os.environ.get(azurite.ENV):
+        yield os.environ[azurite.ENV]
+        return
+    binary = azurite.find_binary(Path(__file__).parent)
+    if binary is None:
+        pytest.fail("Azurite is not installed: run `make test` (or `npm ci` first)")
+    with azurite.running(binary) as emulator:
+        yield emulator.connection_string
