@@ -5,9 +5,12 @@ Exit codes: 0 ok, 1 a job failed (or an operation did), 2 bad input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -355,13 +358,48 @@ def demo(
     home: Annotated[Path, typer.Option(help="Folder for the demo's bucket and state.")] = Path(
         ".ephemerid-demo"
     ),
+    storage: Annotated[
+        str, typer.Option(help="local (a folder and SQLite) or azurite (Blob and Table).")
+    ] = "local",
     json_: Json = False,
 ) -> None:
     """Drop a training file, train and register a model, drop a scoring file, score it."""
     from ephemerid.cli.demo import run_demo
 
-    ok = run_demo(home, console, json_)
+    with storage_env(storage):
+        ok = run_demo(home, console, json_)
     raise typer.Exit(0 if ok else 1)
+
+
+@contextlib.contextmanager
+def storage_env(storage: str) -> Iterator[None]:
+    """With ``azurite``: start Azurite and point the store and the bucket at it meanwhile."""
+    if storage == "local":
+        yield
+        return
+    if storage != "azurite":
+        raise BadInput(f"--storage '{storage}' is unknown: use local or azurite")
+    from ephemerid.testing import azurite
+
+    binary = azurite.find_binary()
+    if binary is None:
+        raise BadInput("azurite is not installed: run `npm ci` in the ephemerid checkout")
+    with azurite.running(binary) as emulator:
+        values = {
+            "EPHEMERID_STORAGE": emulator.connection_string,
+            "EPHEMERID_STORE": f"table://{names.JOBS_TABLE}",
+            "EPHEMERID_ARTIFACTS": "az://",
+        }
+        saved = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)  # the runners this process starts inherit the connection
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def main() -> None:

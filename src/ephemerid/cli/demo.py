@@ -9,6 +9,7 @@ The closing table shows what each job held and for how long, and that no compute
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
     project = home / "project"
     shutil.copytree(examples_dir(), project, ignore=shutil.ignore_patterns("__pycache__"))
     settings = Settings.from_env(
-        {},
+        {k: v for k, v in os.environ.items() if k in ("EPHEMERID_STORE", "EPHEMERID_ARTIFACTS")},
         home=home / "state",
         rules_path=project / "ephemerid.yaml",
         heartbeat_s=1.0,
@@ -97,7 +98,7 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
         )
     else:
         console.print(jobs_table(jobs, title="demo jobs", outputs=outputs))
-        console.print(f"outputs are under {service.artifacts.root_uri}/")
+        console.print(f"outputs are under {service.artifacts.uri('')}")
         console.print(f"live compute: [bold]{live}[/]")
         for job in jobs:
             if job.reason:
