@@ -8,6 +8,7 @@ finishing at once get different numbers) and ``models/<name>/<version>/files/`` 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +91,12 @@ class ModelRegistry:
     def register(
         self, name: str, source: str, *, job_id: str, metrics: dict[str, float]
     ) -> ModelVersion:
-        """Copy ``source`` (a prefix) in as the next version; a job registers at most once."""
-        mine = next((v for v in self.versions(name) if v.job_id == job_id), None)
-        number = mine.version if mine else self._claim(name, job_id, metrics)
+        """Copy ``source`` (a prefix) in as the next version; a job registers at most once.
+
+        ``models/<name>/jobs/<job>.json``, created only if absent, decides which of several
+        deliveries of one completion registers; the others wait for its version number.
+        """
+        number = self._version_of_job(name, job_id, metrics)
         claimed = ModelVersion(name, number, job_id, utcnow().isoformat(), "copying", metrics)
         copy_prefix(self.artifacts, source, claimed.files)
         ready = ModelVersion(**{**claimed.__dict__, "state": READY})
@@ -109,6 +113,25 @@ class ModelRegistry:
             json.dumps({"version": version, "at": utcnow().isoformat()}).encode(),
         )
         return target
+
+    def _version_of_job(self, name: str, job_id: str, metrics: dict[str, float]) -> int:
+        marker = f"{model_key(name)}/jobs/{job_id}.json"
+        try:
+            put_bytes(self.artifacts, marker, b"{}", if_absent=True)
+        except Conflict:
+            return self._wait_for_number(marker, job_id)
+        number = self._claim(name, job_id, metrics)
+        put_bytes(self.artifacts, marker, json.dumps({"version": number}).encode())
+        return number
+
+    def _wait_for_number(self, marker: str, job_id: str, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            number = json.loads(get_bytes(self.artifacts, marker)).get("version")
+            if number:
+                return int(number)
+            time.sleep(0.05)
+        raise Conflict(f"job {job_id} is still registering its model elsewhere; retry later")
 
     def _claim(self, name: str, job_id: str, metrics: dict[str, float]) -> int:
         number = max((v.version for v in self.versions(name)), default=0) + 1

@@ -20,7 +20,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ephemerid.artifacts import safe_key
-from ephemerid.errors import RuleError, SpecError
+from ephemerid.errors import RuleError, SpecError, UnsafeName
 from ephemerid.spec import NAME_RE, JobSpec, explain, parse_document, validate_spec
 
 EVENT_FIELDS = frozenset({"blob", "uri", "etag", "date", "time", "rule", "scheduled"})
@@ -63,7 +63,11 @@ class Rule(BaseModel):
     def _blob(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        safe_key(value.replace("{", "x").replace("}", "x"), what="blob pattern")
+        try:
+            safe_key(_FORMATTER.vformat(value, (), _Placeholders()), what="blob pattern")
+        except (UnsafeName, ValueError) as exc:
+            reason = str(exc).rpartition(": ")[2]
+            raise ValueError(f"blob pattern '{value}' is refused: {reason}") from None
         if "/" not in value or "{" in value.split("/", 1)[0]:
             raise ValueError(
                 f"blob pattern '{value}' must start with a fixed container, "
@@ -173,13 +177,20 @@ class Rules:
 
     def _check_template(self, rule: Rule) -> None:
         allowed = EVENT_FIELDS | rule.fields()
-        for text in _strings(rule.job):
+        for text in _strings(_merge(self.parsed.defaults, rule.job)):
             for name in _template_fields(text, rule.name):
                 if name not in allowed:
                     raise RuleError(
                         f"{self.source}: rule '{rule.name}' uses '{{{name}}}', which its event "
                         f"does not provide; use one of: {', '.join(sorted(allowed))}"
                     )
+
+
+class _Placeholders(dict[str, str]):
+    """Fills every {field} with a harmless stand-in, to check the literal parts of a pattern."""
+
+    def __missing__(self, key: str) -> str:
+        return "value"
 
 
 def _template_fields(text: str, rule: str) -> Iterator[str]:

@@ -111,7 +111,11 @@ class Service:
         keys = {}
         for name, uri in spec.inputs.items():
             try:
-                key = self.artifacts.key_of(uri) if "://" in uri else safe_key(uri.rstrip("/"))
+                key = (
+                    self.artifacts.key_of(uri.rstrip("/"))
+                    if "://" in uri
+                    else safe_key(uri.rstrip("/"))
+                )
             except EphemeridError as exc:
                 raise SpecError(f"inputs.{name}: {exc}") from exc
             if (

@@ -7,6 +7,7 @@ an HTTP body. Validation errors name the field and what to write instead.
 from __future__ import annotations
 
 import json
+import math
 import re
 from enum import Enum
 from pathlib import Path, PurePosixPath
@@ -39,6 +40,8 @@ def parse_duration(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("write a duration such as 30m, 2h or 90s")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"'{value}' is not a duration: write e.g. 30m, 2h or 90s")
         return int(value)
     text = str(value).strip().lower()
     if text.isdigit():
@@ -58,9 +61,18 @@ class ModelRef(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
-    alias: str | None = None
-    version: int | None = None
+    name: Annotated[str, Field(pattern=NAME_RE.pattern)]
+    alias: Annotated[str | None, Field(pattern=NAME_RE.pattern)] = None
+    version: Annotated[int | None, Field(gt=0)] = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelRef:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError(
+                f"model '{self.name}' needs exactly one of alias or version: write "
+                "name@alias (e.g. churn@production) or name:version (e.g. churn:3)"
+            )
+        return self
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:

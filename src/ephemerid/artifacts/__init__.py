@@ -108,10 +108,11 @@ def upload_dir(store: ArtifactStore, local: Path, prefix: str) -> list[str]:
 def download(store: ArtifactStore, key_or_prefix: str, local: Path) -> list[Path]:
     """Fetch one artifact into ``local/<basename>``, or a prefix's tree into ``local/``."""
     local.mkdir(parents=True, exist_ok=True)
-    if store.stat(key_or_prefix) is not None:
-        items = [(key_or_prefix, local / PurePosixPath(key_or_prefix).name)]
+    key = key_or_prefix.rstrip("/")
+    if store.stat(key) is not None:
+        items = [(key, local / PurePosixPath(key).name)]
     else:
-        prefix = key_or_prefix.rstrip("/") + "/"
+        prefix = key + "/"
         items = [(s.key, local / s.key[len(prefix) :]) for s in store.list(prefix)]
     for key, target in items:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,12 @@ class LocalArtifactStore:
 
     def write(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> Stat:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise BadInput(f"cannot write '{self.uri(key)}': a part of its path is a file") from exc
+        if path.is_dir():
+            raise BadInput(f"cannot write '{self.uri(key)}': it is a folder of other artifacts")
         temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex[:8]}")
         sha256 = hashlib.sha256()
         try:
@@ -74,6 +79,8 @@ class LocalArtifactStore:
         return self._stat(key, path) if path.is_file() else None
 
     def list(self, prefix: str) -> Iterator[Stat]:
+        if prefix.strip("/"):
+            safe_key(prefix.rstrip("/"), what="prefix")
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return
