@@ -58,6 +58,7 @@ class LogPump:
         self.dropped = 0
         self.tail: collections.deque[bytes] = collections.deque(maxlen=20)
         self._buffer = bytearray()
+        self._partial = b""
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
 
@@ -78,7 +79,10 @@ class LogPump:
             self._flush()
 
     def note_tail(self, data: bytes) -> None:
-        for line in data.splitlines()[-20:]:
+        """Keep the last lines whole, though a line may arrive over several reads."""
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()[-500:]
+        for line in lines[-20:]:
             self.tail.append(line[:500])
 
     def flush(self) -> None:
@@ -102,7 +106,8 @@ class LogPump:
             self.store.append(self.key, note.encode())
 
     def last_lines(self) -> str:
-        return b"\n".join(self.tail).decode("utf-8", "replace")[-1500:]
+        lines = [*self.tail, self._partial] if self._partial else list(self.tail)
+        return b"\n".join(lines).decode("utf-8", "replace")[-1500:]
 
 
 class Runner:
