@@ -19,8 +19,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings.from_env(
-        {}, home=tmp_path / "home", rules_path=tmp_path / "ephemerid.yaml",
-        heartbeat_s=0.5, grace_s=2.0,
+        {},
+        home=tmp_path / "home",
+        rules_path=tmp_path / "ephemerid.yaml",
+        heartbeat_s=0.5,
+        grace_s=2.0,
     )
 
 
