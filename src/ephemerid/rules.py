@@ -168,7 +168,7 @@ class Rules:
             "rule": rule.name,
             **values,
         }
-        job = _merge(self.parsed.defaults, rule.job)
+        job = merge(self.parsed.defaults, rule.job)
         filled = _fill(job, event)
         code = filled.get("code")
         if isinstance(code, str) and "://" not in code and not Path(code).is_absolute():
@@ -177,7 +177,7 @@ class Rules:
 
     def _check_template(self, rule: Rule) -> None:
         allowed = EVENT_FIELDS | rule.fields()
-        for text in _strings(_merge(self.parsed.defaults, rule.job)):
+        for text in _strings(merge(self.parsed.defaults, rule.job)):
             for name in _template_fields(text, rule.name):
                 if name not in allowed:
                     raise RuleError(
@@ -242,11 +242,11 @@ def _fill(value: Any, event: dict[str, str]) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
