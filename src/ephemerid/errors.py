@@ -58,5 +58,9 @@ def require_extra(module: str, extra: str) -> None:
     """Raise MissingExtra naming the extra to install if ``module`` cannot be imported."""
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # a parent package (``azure``) is missing
+        found = None
+    if found is None:
         raise MissingExtra(f"this needs the '{module}' package: pip install 'ephemerid[{extra}]'")

@@ -270,6 +270,21 @@ def reap_command(home: Home = None, json_: Json = False) -> None:
             console.print(action)
 
 
+@app.command()
+def rejected(home: Home = None, json_: Json = False) -> None:
+    """Requests that could not become jobs (bad messages, blob names), with the reason."""
+    from ephemerid.intake import list_rejections
+
+    found = list_rejections(_service(home).artifacts)
+    if json_:
+        dump([r.__dict__ for r in found])
+        return
+    for item in found or []:
+        console.print(f"{item.at}  {item.source}:{item.id}  [red]{item.reason}[/]")
+    if not found:
+        console.print("no rejected requests")
+
+
 @models_app.command("list")
 def models_list(
     name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,

@@ -18,7 +18,7 @@ import azure.functions as func
 from ephemerid import names
 from ephemerid.errors import BadInput, Conflict, NotFound, SpecError
 from ephemerid.events import fire_schedules, on_blob_created
-from ephemerid.functions.requests import (
+from ephemerid.intake import (
     list_rejections,
     parse_request,
     queue_defaults,
