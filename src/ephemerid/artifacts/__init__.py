@@ -9,6 +9,7 @@ blob container. Everything streams: no verb reads a whole file into memory excep
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class ArtifactStore(Protocol):
         With ``if_absent`` an existing key raises Conflict and is left as it was.
         """
 
-    def append(self, key: str, data: bytes) -> None: ...
+    def append(self, key: str, data: bytes) -> None:
+        """Add ``data`` at the end (logs). Conflict if ``key`` was written whole by ``write``."""
 
     def stat(self, key: str) -> Stat | None: ...
 
@@ -62,6 +64,30 @@ def safe_key(key: str, *, what: str = "blob name") -> str:
     if reason:
         raise UnsafeName(f"{what} '{key!s:.200}' is refused: {reason}")
     return key
+
+
+_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def check_container(name: str, key: str | None = None) -> str:
+    """A container name Azure accepts (3-63 lower-case letters, digits, single hyphens)."""
+    if not _CONTAINER.match(name):
+        where = f" in '{key}'" if key else ""
+        raise BadInput(
+            f"container '{name}'{where} is not a valid name: use 3-63 lower-case letters, digits "
+            "and single hyphens (e.g. incoming, runs, models)"
+        )
+    return name
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(container, path) of a key; every artifact lives in a container."""
+    container, _, path = safe_key(key).partition("/")
+    if not path:
+        raise BadInput(
+            f"'{key}' names no artifact: keys are <container>/<path>, e.g. incoming/a.csv"
+        )
+    return check_container(container, key), path
 
 
 def _unsafe_reason(key: str) -> str:

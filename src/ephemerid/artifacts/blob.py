@@ -7,17 +7,20 @@ write. Logs are append blobs, so the job's output can be read while the job runs
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
+import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ephemerid.artifacts import Stat, safe_key
+from ephemerid.artifacts import Stat, check_container, safe_key, split_key
 from ephemerid.azure.connection import StorageConnection
 from ephemerid.errors import BadInput, Conflict, EphemeridError, NotFound, require_extra
 
 BLOCK = 4 * 1024 * 1024
+_LOST_RACE = ("InvalidBlockList", "ConditionNotMet", "BlobAlreadyExists")
 SCHEME = "az://"
 
 
@@ -53,14 +56,14 @@ class BlobArtifactStore:
         return safe_key(uri[len(SCHEME) :], what="artifact URI")
 
     def _blob(self, key: str) -> Any:
-        container, _, name = safe_key(key).partition("/")
-        if not name:
-            raise BadInput(f"'{key}' names a container, not a blob: write <container>/<path>")
+        container, name = split_key(key)
         return self.client.get_blob_client(container, name)
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+        if "/" not in key.strip("/"):
+            raise NotFound(f"no artifact '{self.uri(key)}' (a container is not an artifact)")
         blob = self._blob(key)
         try:
             if offset and offset >= blob.get_blob_properties().size:
@@ -73,32 +76,75 @@ class BlobArtifactStore:
         return io.BufferedReader(_Chunks(downloader.chunks()), BLOCK)
 
     def write(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> Stat:
-        from azure.core.exceptions import ResourceExistsError
+        """One Put Blob when it fits a block; else staged blocks committed with the hash.
+
+        Either way the SHA-256 lands in the same request that makes the content visible.
+        """
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
         blob = self._blob(key)
         self._ensure_container(blob.container_name)
-        hashing = _Hashing(stream)
+        sha256 = hashlib.sha256()
+        first = _read_block(stream)
+        second = _read_block(stream) if len(first) == BLOCK else b""
+        condition: dict[str, Any] = {"if_none_match": "*"} if if_absent else {}
         try:
-            blob.upload_blob(hashing, overwrite=not if_absent, max_concurrency=1)
+            if not second:
+                sha256.update(first)
+                blob.upload_blob(
+                    first, overwrite=not if_absent, metadata={"sha256": sha256.hexdigest()}
+                )
+            else:
+                blocks = self._stage(blob, sha256, first, second, stream)
+                blob.commit_block_list(blocks, metadata={"sha256": sha256.hexdigest()}, **condition)
         except ResourceExistsError as exc:
             raise Conflict(f"artifact '{self.uri(key)}' already exists") from exc
-        blob.set_blob_metadata({"sha256": hashing.sha256.hexdigest()})
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) in _LOST_RACE:
+                raise Conflict(
+                    f"artifact '{self.uri(key)}' was written by another writer meanwhile"
+                ) from exc
+            raise EphemeridError(f"writing '{self.uri(key)}' failed: {exc.message}") from exc
         props = blob.get_blob_properties()
-        return Stat(key, props.size, props.etag.strip('"'), hashing.sha256.hexdigest())
+        return Stat(key, props.size, props.etag.strip('"'), sha256.hexdigest())
+
+    @staticmethod
+    def _stage(blob: Any, sha256: Any, *first: bytes | BinaryIO) -> list[Any]:
+        from azure.storage.blob import BlobBlock
+
+        *chunks, rest = first
+        blocks: list[Any] = []
+        while True:
+            chunk = chunks.pop(0) if chunks else _read_block(rest)  # type: ignore[arg-type]
+            if not chunk:
+                return blocks
+            sha256.update(chunk)
+            block_id = base64.b64encode(uuid.uuid4().bytes).decode()
+            blob.stage_block(block_id, chunk)
+            blocks.append(BlobBlock(block_id=block_id))
 
     def append(self, key: str, data: bytes) -> None:
-        from azure.core.exceptions import ResourceExistsError
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
         blob = self._blob(key)
         self._ensure_container(blob.container_name)
         with contextlib.suppress(ResourceExistsError):
             blob.create_append_blob(if_none_match="*")
-        for start in range(0, len(data), BLOCK):
-            blob.append_block(data[start : start + BLOCK])
+        try:
+            for start in range(0, len(data), BLOCK):
+                blob.append_block(data[start : start + BLOCK])
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) == "InvalidBlobType":
+                raise Conflict(
+                    f"cannot append to '{self.uri(key)}': it was written whole, not appended"
+                ) from exc
+            raise EphemeridError(f"appending to '{self.uri(key)}' failed: {exc.message}") from exc
 
     def stat(self, key: str) -> Stat | None:
         from azure.core.exceptions import ResourceNotFoundError
 
+        if "/" not in key.strip("/"):
+            return None  # a container is not an artifact
         try:
             props = self._blob(key).get_blob_properties()
         except ResourceNotFoundError:
@@ -106,18 +152,25 @@ class BlobArtifactStore:
         return Stat(key, props.size, props.etag.strip('"'), (props.metadata or {}).get("sha256"))
 
     def list(self, prefix: str) -> Iterator[Stat]:
+        if prefix.strip("/"):
+            safe_key(prefix.rstrip("/"), what="prefix")
+        container, sep, rest = prefix.partition("/")
+        if sep:
+            check_container(container)
+            containers = [container]
+        else:  # a prefix of container names
+            containers = [c.name for c in self.client.list_containers(name_starts_with=prefix)]
+        for name in containers:
+            yield from self._list_container(name, rest if sep else "")
+
+    def _list_container(self, container: str, rest: str) -> Iterator[Stat]:
         from azure.core.exceptions import ResourceNotFoundError
 
-        container, _, rest = prefix.partition("/")
-        if not container:
-            return
         client = self.client.get_container_client(container)
         try:
             for props in client.list_blobs(name_starts_with=rest or None, include=["metadata"]):
-                key = f"{container}/{props.name}"
-                if key.startswith(prefix):
-                    sha = (props.metadata or {}).get("sha256")
-                    yield Stat(key, props.size, props.etag.strip('"'), sha)
+                sha = (props.metadata or {}).get("sha256")
+                yield Stat(f"{container}/{props.name}", props.size, props.etag.strip('"'), sha)
         except ResourceNotFoundError:
             return
 
@@ -159,22 +212,13 @@ class _Chunks(io.RawIOBase):
         return size
 
 
-class _Hashing(io.RawIOBase):
-    """Hashes what the upload reads, so the SHA-256 costs no second pass."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self._inner = inner
-        self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        self.sha256.update(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+def _read_block(stream: BinaryIO) -> bytes:
+    """Up to BLOCK bytes: a raw stream may return less per read before its end."""
+    parts, size = [], 0
+    while size < BLOCK:
+        part = stream.read(BLOCK - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from ephemerid.artifacts import CHUNK, Stat, safe_key
+from ephemerid.artifacts import CHUNK, Stat, safe_key, split_key
 from ephemerid.errors import BadInput, Conflict, NotFound
 
 _TEMP_MARK = ".tmp-"
@@ -32,9 +32,12 @@ class LocalArtifactStore:
         return safe_key(uri[len(prefix) :], what="artifact URI")
 
     def _path(self, key: str) -> Path:
-        return self.root / safe_key(key)
+        container, path = split_key(key)
+        return self.root / container / path
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
+        if "/" not in key.strip("/"):
+            raise NotFound(f"no artifact '{self.uri(key)}' (a container is not an artifact)")
         try:
             stream = self._path(key).open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
@@ -75,6 +78,8 @@ class LocalArtifactStore:
             out.write(data)
 
     def stat(self, key: str) -> Stat | None:
+        if "/" not in key.strip("/"):
+            return None  # a container is not an artifact
         path = self._path(key)
         return self._stat(key, path) if path.is_file() else None
 

@@ -8,9 +8,10 @@ exactly one writer wins; compare-and-swap is a replace conditioned on the entity
 Listing by state would scan the whole table, which grows with history. The reaper lists only
 *open* jobs (unfinished, compute not yet released, or a model owed), so those are also kept in
 one small index partition (PartitionKey = ``open``, RowKey = job id). The index is a hint, never
-the truth: an entry is written before the job is created and removed after the job closes, and
-``list_open`` re-reads each job and drops entries that no longer hold. A crash between the two
-writes leaves at most a stale entry, which the next listing removes.
+the truth: an entry is written before the job is created (and again after, in case a listing
+dropped it in between), written before any update that leaves the job open, and removed after
+the job closes; ``list_open`` re-reads each job and drops entries that no longer hold. A crash
+between two writes leaves at most a stale entry, which the next listing removes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ephemerid.record import JobRecord, JobState
 ROW = "job"
 OPEN = "open"
 CHUNK_CHARS = 30_000  # a string property holds at most 64 KiB (32K UTF-16 characters)
+MAX_CHUNKS = 16  # an entity holds at most 1 MiB in all
 
 
 class TableJobStore:
@@ -68,14 +70,15 @@ class TableJobStore:
                 ) from None
             return existing, False
         self._remember(stored, meta["etag"])
+        self._index(stored)  # a listing between the two writes may have dropped the entry
         return stored, True
 
     def get(self, job_id: str) -> JobRecord:
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         try:
             entity = self.client.get_entity(job_id, ROW)
-        except ResourceNotFoundError as exc:
+        except (ResourceNotFoundError, HttpResponseError) as exc:  # an id no entity can have
             raise NotFound(f"no job '{job_id}': `eph list` shows the jobs there are") from exc
         return self._record(entity)
 
@@ -86,6 +89,8 @@ class TableJobStore:
 
         etag = self._etag_of(record)
         stored = record.evolve(version=record.version + 1)
+        if stored.open:
+            self._index(stored)
         try:
             meta = self.client.update_entity(
                 self._entity(stored),
@@ -113,7 +118,7 @@ class TableJobStore:
             parameters = dict(zip(names, wanted, strict=True))
         entities = self.client.query_entities(query, parameters=parameters)
         records = [self._record(e) for e in entities]
-        return sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+        return _newest_first(records)
 
     def list_open(self) -> builtins.list[JobRecord]:
         found = []
@@ -126,7 +131,7 @@ class TableJobStore:
                 found.append(job)
             else:
                 self._unindex(entry["RowKey"])
-        return sorted(found, key=lambda r: (r.created_at, r.id), reverse=True)
+        return _newest_first(found)
 
     def close(self) -> None:
         self.client.close()
@@ -142,7 +147,10 @@ class TableJobStore:
             cached = self._etags.get((record.id, record.version))
         if cached:
             return cached
-        current = self.get(record.id)  # remembers the etag of what it read
+        try:
+            current = self.get(record.id)  # remembers the etag of what it read
+        except NotFound as exc:
+            raise Conflict(f"job {record.id} does not exist (any more)") from exc
         if current.version != record.version:
             raise Conflict(f"job {record.id} changed since version {record.version}")
         with self._lock:
@@ -157,7 +165,7 @@ class TableJobStore:
     def _entity(self, record: JobRecord) -> dict[str, Any]:
         data = record.dumps()
         chunks = [data[i : i + CHUNK_CHARS] for i in range(0, len(data), CHUNK_CHARS)]
-        if len(chunks) > 30:
+        if len(chunks) > MAX_CHUNKS:
             raise BadInput(f"job {record.id} is too large to store ({len(data)} characters)")
         entity: dict[str, Any] = {
             "PartitionKey": record.id,
@@ -175,3 +183,9 @@ class TableJobStore:
         record = JobRecord.from_json(json.loads(data))
         self._remember(record, entity.metadata["etag"])
         return record
+
+
+def _newest_first(records: builtins.list[JobRecord]) -> builtins.list[JobRecord]:
+    """Newest first, ties by id ascending: the order the SQLite store gives."""
+    by_id = sorted(records, key=lambda r: r.id)
+    return sorted(by_id, key=lambda r: r.created_at, reverse=True)
