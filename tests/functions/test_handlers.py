@@ -17,7 +17,7 @@ from drive import finish, upload, write_script
 from ephemerid.artifacts import upload_dir
 from ephemerid.functions import register
 from ephemerid.functions.handlers import Handlers
-from ephemerid.functions.requests import list_rejections
+from ephemerid.intake import list_rejections
 from ephemerid.record import ComputeState, JobState
 from ephemerid.rules import Rules
 from ephemerid.service import Service
