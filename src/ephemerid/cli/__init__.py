@@ -12,22 +12,25 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
 from rich.console import Console
 
 from ephemerid import names
-from ephemerid.app import build_service, load_rules
+from ephemerid.app import build_service
 from ephemerid.artifacts import ArtifactStore
 from ephemerid.cli.render import dump, job_detail, jobs_table
-from ephemerid.errors import BadInput, EphemeridError, NotFound
+from ephemerid.errors import BadInput, EphemeridError, NotFound, require_extra
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 from ephemerid.spec import ModelRef, load_spec, validate_spec
+
+if TYPE_CHECKING:
+    from ephemerid.devhost import DevHost, Invocation
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Model versions and aliases.", no_args_is_help=True)
@@ -343,29 +346,76 @@ def models_promote(
 
 @app.command()
 def dev(
+    app_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--app",
+            help="function_app.py or its folder (default: ./function_app.py, else "
+            "ephemerid's own functions).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1; 0 picks a free one.")] = 7071,
+    storage: Annotated[
+        str, typer.Option(help="local (a folder and SQLite) or azurite (Blob, Queue, Table).")
+    ] = "local",
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     home: Home = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the wiring as JSON to stdout, then keep running.")
+    ] = False,
 ) -> None:
-    """Watch the local bucket: dropped files become jobs by the rules; results complete them."""
-    from ephemerid.watch import LocalEvents
+    """Run the function app's functions here: the bucket, queues, a clock and HTTP feed them."""
+    require_extra("azure.functions", "devhost")
+    from ephemerid.devhost import DevHost
 
-    settings = Settings.from_env(home=home)
-    service = build_service(
-        settings,
-        notify=lambda j: console.print(
-            f"{j.id} {j.state.value} compute={j.compute_state.value} {j.reason}"
-        ),
-    )
-    rules = load_rules(settings)
-    console.print(
-        f"watching {service.artifacts.uri(names.INCOMING)}/ with {len(rules.all)} "
-        f"rule(s) from {settings.rules_path}; Ctrl-C stops"
-    )
-    events = LocalEvents(service, rules, on_rejected=lambda k, e: console.print(f"[red]{e}[/]"))
-    try:
-        events.run(lambda: False, timeout=float("inf"), interval=interval)
+    state = Settings.from_env(home=home).home
+    try:  # Ctrl-C at any moment stops it cleanly: the host and Azurite are closed on the way out
+        with (
+            storage_env(storage),
+            DevHost(
+                app_path,
+                home=state,
+                port=port,
+                interval=interval,
+                on_job=_print_job,
+                on_invocation=_print_call,
+            ) as host,
+        ):
+            _show_wiring(host, json_)
+            host.run()
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+def _print_call(call: Invocation) -> None:
+    outcome = "" if call.ok else f" [red]failed: {call.error}[/]"
+    console.print(f"[dim]{call.function}({call.detail}) {call.seconds:.2f}s[/]{outcome}")
+
+
+def _print_job(job: JobRecord) -> None:
+    console.print(f"{job.id} {job.state.value} compute={job.compute_state.value} {job.reason}")
+
+
+def _show_wiring(host: DevHost, as_json: bool) -> None:
+    """What feeds each function, then the key, once; events follow as they come."""
+    from ephemerid.devhost.keys import KEYS_FILE
+    from ephemerid.devhost.wiring import wiring_json
+
+    if as_json:
+        dump({"functions": wiring_json(host.wiring), "url": host.url, "function_key": host.key})
+        sys.stdout.flush()
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"dev host: {host.service.artifacts.root_uri}")
+        for column in ("function", "trigger", "source", "detail"):
+            table.add_column(column, overflow="fold")
+        for wire in host.wiring:
+            table.add_row(wire.function, wire.trigger, wire.source, wire.detail)
+        console.print(table)
+        if host.key:
+            console.print(f"function key: {host.key}  (kept in {host.home / KEYS_FILE})")
+    console.print("job events follow; Ctrl-C stops")
 
 
 @app.command()

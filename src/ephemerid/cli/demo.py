@@ -1,9 +1,11 @@
 """`eph demo`: the main job on the embedded default, told step by step.
 
-A training CSV lands in the local bucket's ``incoming/train/``; the example rule makes a train
-job; it runs on local compute (GPU if one is visible), and model version 1 is registered and
-promoted. Then a scoring CSV lands in ``incoming/score/`` and is scored with the promoted model.
-The closing table shows what each job held and for how long, and that no compute is left.
+A training CSV lands in the local bucket's ``incoming/train/``; the dev host delivers it to the
+function app's ``on_blob_created``, whose rule makes a train job; it runs on local compute (GPU
+if one is visible), its ``result.json`` goes to ``on_run_result``, and model version 1 is
+registered and promoted. Then a scoring CSV lands in ``incoming/score/`` and is scored with the
+promoted model. The closing table shows what each job held and for how long, and that no
+compute is left. The clock is left out: the example's nightly schedule must not add a third job.
 """
 
 from __future__ import annotations
@@ -11,24 +13,27 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from ephemerid import names
-from ephemerid.app import build_service
 from ephemerid.cli.render import dump, jobs_table
-from ephemerid.errors import BadInput
+from ephemerid.errors import BadInput, require_extra
 from ephemerid.record import ComputeState, JobRecord
-from ephemerid.rules import Rules
 from ephemerid.service import Service
-from ephemerid.settings import Settings
-from ephemerid.watch import LocalEvents
+
+if TYPE_CHECKING:
+    from ephemerid.devhost import DevHost, Invocation
 
 MARKER = ".ephemerid-demo"
 WAIT_S = 90.0
+POLL_S = 0.1
+# The demo's own settings win; of the caller's, only where the store and the bucket live.
+KEEP = ("EPHEMERID_STORE", "EPHEMERID_ARTIFACTS", "EPHEMERID_STORAGE")
 
 
 def examples_dir() -> Path:
@@ -41,51 +46,82 @@ def examples_dir() -> Path:
 
 
 def run_demo(home: Path, console: Console, as_json: bool) -> bool:
+    require_extra("azure.functions", "devhost")
+    from ephemerid.devhost import DevHost
+    from ephemerid.devhost.functions import ephemerid_app
+
     home = _fresh_workspace(home.resolve())
     project = home / "project"
     shutil.copytree(examples_dir(), project, ignore=shutil.ignore_patterns("__pycache__"))
-    settings = Settings.from_env(
-        {k: v for k, v in os.environ.items() if k in ("EPHEMERID_STORE", "EPHEMERID_ARTIFACTS")},
-        home=home / "state",
-        rules_path=project / "ephemerid.yaml",
-        heartbeat_s=1.0,
-        grace_s=5.0,
-    )
-    service = build_service(settings)
-    events = LocalEvents(service, Rules.load(settings.rules_path))
     make_data = _load(project / "tabular" / "make_data.py")
     say = (lambda text: None) if as_json else console.print
+    settings = _settings(project)
+    with DevHost(
+        ephemerid_app(),
+        home=home / "state",
+        settings=settings,
+        port=None,
+        timers=False,
+        interval=POLL_S,
+        on_invocation=None if as_json else _show(console),
+    ) as host:
+        service = host.service
+        say(f"[bold]ephemerid demo[/] in {home}, through the dev host")
+        say(f"bucket: {service.artifacts.root_uri}   rules: {settings['EPHEMERID_RULES']}")
+        train = _drop(
+            host,
+            console,
+            as_json,
+            make_data,
+            "incoming/train/customers.csv",
+            rows=20_000,
+            seed=0,
+            with_label=True,
+        )
+        if train.model_version:
+            say(f"model registered: [bold]{train.model_version}[/] (alias production)")
+        score = _drop(
+            host,
+            console,
+            as_json,
+            make_data,
+            "incoming/score/customers.csv",
+            rows=5_000,
+            seed=1,
+            with_label=False,
+        )
+        jobs = [train, score]
+        live = _live_compute(service)
+        ok = all(j.state.value == "SUCCEEDED" for j in jobs) and live == 0
+        _report(service, console, as_json, jobs, live, ok)
+    return ok
 
-    say(f"[bold]ephemerid demo[/] in {home}")
-    say(f"bucket: {service.artifacts.root_uri}   rules: {settings.rules_path}")
-    train = _drop(
-        service,
-        events,
-        console,
-        as_json,
-        make_data,
-        "incoming/train/customers.csv",
-        rows=20_000,
-        seed=0,
-        with_label=True,
+
+def _settings(project: Path) -> dict[str, str | None]:
+    """The demo's app settings: its rules, quick heartbeats; other EPHEMERID_* unset."""
+    settings: dict[str, str | None] = {
+        k: None for k in os.environ if k.startswith("EPHEMERID_") and k.split("__")[0] not in KEEP
+    }
+    settings.update(
+        EPHEMERID_RULES=str(project / "ephemerid.yaml"),
+        EPHEMERID_HEARTBEAT_S="1.0",
+        EPHEMERID_GRACE_S="5.0",
     )
-    if train.model_version:
-        say(f"model registered: [bold]{train.model_version}[/] (alias production)")
-    score = _drop(
-        service,
-        events,
-        console,
-        as_json,
-        make_data,
-        "incoming/score/customers.csv",
-        rows=5_000,
-        seed=1,
-        with_label=False,
-    )
-    jobs = [train, score]
-    live = _live_compute(service)
+    return settings
+
+
+def _show(console: Console) -> Callable[[Invocation], None]:
+    def show(call: Invocation) -> None:
+        outcome = "" if call.ok else f" [red]failed: {call.error}[/]"
+        console.print(f"  [dim]dev host -> {call.function}({call.detail}){outcome}[/]")
+
+    return show
+
+
+def _report(
+    service: Service, console: Console, as_json: bool, jobs: list[JobRecord], live: int, ok: bool
+) -> None:
     outputs = {j.id: names.run_key(j.id, names.OUTPUTS_DIR) + "/" for j in jobs}
-    ok = all(j.state.value == "SUCCEEDED" for j in jobs) and live == 0
     if as_json:
         dump(
             {
@@ -96,15 +132,13 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
                 "bucket": service.artifacts.root_uri,
             }
         )
-    else:
-        console.print(jobs_table(jobs, title="demo jobs", outputs=outputs))
-        console.print(f"outputs are under {service.artifacts.uri('')}")
-        console.print(f"live compute: [bold]{live}[/]")
-        for job in jobs:
-            if job.reason:
-                console.print(f"[red]{job.id}[/]: {job.reason}")
-    service.store.close()
-    return ok
+        return
+    console.print(jobs_table(jobs, title="demo jobs", outputs=outputs))
+    console.print(f"outputs are under {service.artifacts.uri('')}")
+    console.print(f"live compute: [bold]{live}[/]")
+    for job in jobs:
+        if job.reason:
+            console.print(f"[red]{job.id}[/]: {job.reason}")
 
 
 def _fresh_workspace(home: Path) -> Path:
@@ -126,30 +160,30 @@ def _load(path: Path) -> ModuleType:
 
 
 def _drop(
-    service: Service,
-    events: LocalEvents,
+    host: DevHost,
     console: Console,
     quiet: bool,
     make_data: ModuleType,
     key: str,
     **data: object,
 ) -> JobRecord:
-    """Write a CSV into the bucket as a user would, then let the events run to the job's end."""
+    """Write a CSV into the bucket as a user would, then let the dev host run to the job's end."""
+    service = host.service
     staging = service.settings.home / "staging.csv"
     make_data.make_dataset(staging, data.pop("rows"), **data)
     with staging.open("rb") as stream:
-        service.artifacts.write(key, stream)
+        stat = service.artifacts.write(key, stream)
     staging.unlink()
     if not quiet:
         console.print(f"\n[bold]dropped[/] {service.artifacts.uri(key)}")
-    job_ids: list[str] = []
+    # the idempotency key every job made from this upload has (events.on_blob_created)
+    made_from_it = f"blob:{service.artifacts.uri(key)}@{stat.etag}#"
 
     def done() -> bool:
-        for delivery in events.poll():
-            job_ids.extend(s.job.id for s in delivery.submitted)
-        if not job_ids:
+        job = next((j for j in service.store.list() if j.key.startswith(made_from_it)), None)
+        if job is None:
             return False
-        job = service.store.get(job_ids[0])
+        found.append(job)
         status.update(
             f"{job.id}: {job.state.value}, compute {job.compute_state.value}"
             f"  {_last_line(service, job.id)}"
@@ -159,15 +193,13 @@ def _drop(
             ComputeState.RELEASED,
         )
 
-    with console.status(f"waiting for a rule to pick up {key}", spinner="dots") as status:
+    found: list[JobRecord] = []
+    with console.status(f"waiting for the dev host to deliver {key}", spinner="dots") as status:
         if quiet:
             status.stop()
-        deadline = time.monotonic() + WAIT_S
-        while not done():
-            if time.monotonic() > deadline:
-                raise BadInput(f"no job finished for {key} within {WAIT_S:.0f}s")
-            time.sleep(0.2)
-    job = service.store.get(job_ids[0])
+        if not host.run(until=done, timeout=WAIT_S):
+            raise BadInput(f"no job finished for {key} within {WAIT_S:.0f}s")
+    job = found[-1]
     if not quiet:
         style = "green" if job.state.value == "SUCCEEDED" else "red"
         console.print(
