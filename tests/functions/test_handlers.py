@@ -294,3 +294,34 @@ def test_rejected_requests_are_listed_over_http(
     functions["on_job_message"](bus_message(b"not json", "poison-1"))
     listed = json.loads(functions["list_rejected"](request("GET", "rejected")).get_body())
     assert [(r["source"], r["id"]) for r in listed] == [("servicebus", "poison-1")]
+
+
+def test_a_blob_event_without_an_etag_uses_the_blobs_own_so_new_uploads_are_new_jobs(
+    functions: dict[str, Callable[..., Any]], service: Service
+) -> None:
+    key = "incoming/train/same-size.csv"
+    bare = InputStream(data=b"", name=key, uri=service.artifacts.uri(key), length=4)
+    upload(service.artifacts, key, b"a\n1\n")
+    functions["on_blob_created"](bare)
+    functions["on_blob_created"](bare)  # redelivered: same blob, same job
+    upload(service.artifacts, key, b"a\n2\n")  # a new upload of the same size
+    functions["on_blob_created"](bare)
+    jobs = service.store.list()
+    assert len(jobs) == 2
+    for job in jobs:
+        finish(service, job.id)
+
+
+def test_the_queue_rule_follows_the_queue_the_trigger_binds_to(
+    service: Service, code_dir: Path, code_uri: str
+) -> None:
+    rules = Rules.parse(
+        "rules:\n  - name: from-app\n    queue: app-jobs\n    job: {params: {source: app}}\n",
+        base=code_dir.parent,
+    )
+    handlers = Handlers(service, rules, jobs_queue="app-jobs")
+    body = json.dumps({"kind": "train", "code": code_uri, "entrypoint": "job.py"})
+    handlers.job_message(bus_message(body, "renamed-1"))
+    [job] = service.store.list()
+    assert job.spec.params == {"source": "app"}
+    finish(service, job.id)

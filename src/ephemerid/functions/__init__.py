@@ -8,6 +8,7 @@ by deployment are app settings (``%NAME%``); ``APP_SETTING_DEFAULTS`` gives thei
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import azure.functions as func
@@ -33,7 +34,8 @@ APP_SETTING_DEFAULTS = {
 @functools.cache
 def handlers_from_settings() -> Handlers:
     settings = Settings.from_env()
-    return Handlers(build_service(settings), load_rules(settings))
+    queue = os.environ.get("EPHEMERID_JOBS_QUEUE", APP_SETTING_DEFAULTS["EPHEMERID_JOBS_QUEUE"])
+    return Handlers(build_service(settings), load_rules(settings), jobs_queue=queue)
 
 
 def register(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:

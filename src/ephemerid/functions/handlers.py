@@ -37,13 +37,14 @@ JOBS_QUEUE = "jobs"
 class Handlers:
     service: Service
     rules: Rules
+    jobs_queue: str = JOBS_QUEUE  # the queue the triggers bind to (EPHEMERID_JOBS_QUEUE)
 
     # -- storage events ----------------------------------------------------------------------
 
     def blob_created(self, blob: func.InputStream) -> None:
         key = _blob_key(blob)
         try:
-            delivery = on_blob_created(self.service, self.rules, key, _etag(blob))
+            delivery = on_blob_created(self.service, self.rules, key, self._etag(key, blob))
         except BadInput as exc:
             record_rejection(self.service.artifacts, "blob", key, exc, key)
             log.warning("refused blob %s: %s", key, exc)
@@ -55,6 +56,17 @@ class Handlers:
                 submitted.job.id,
                 "new" if submitted.created else "duplicate",
             )
+
+    def _etag(self, key: str, blob: func.InputStream) -> str:
+        """The event's ETag; without one, the blob's own (never its size: uploads differ)."""
+        props: dict[str, Any] = getattr(blob, "blob_properties", None) or {}
+        etag = props.get("ETag") or props.get("Etag") or props.get("etag")
+        if etag:
+            return str(etag).strip('"')
+        stat = self.service.artifacts.stat(key)
+        if stat is None:
+            raise BadInput(f"blob '{key}' is gone: nothing to run")
+        return stat.etag
 
     def run_result(self, blob: func.InputStream) -> None:
         self.blob_created(blob)  # a result.json is routed to completion by its key
@@ -72,7 +84,7 @@ class Handlers:
             spec = parse_request(
                 body,
                 what=f"{source} message {message_id}",
-                defaults=queue_defaults(self.rules, JOBS_QUEUE),
+                defaults=queue_defaults(self.rules, self.jobs_queue),
             )
             _check_remote_code(spec.code)
             submitted = self.service.submit(
@@ -158,12 +170,6 @@ def _blob_key(blob: func.InputStream) -> str:
     if not name:
         raise BadInput("blob event without a blob name")
     return name
-
-
-def _etag(blob: func.InputStream) -> str:
-    props: dict[str, Any] = getattr(blob, "blob_properties", None) or {}
-    etag = props.get("ETag") or props.get("Etag") or props.get("etag")
-    return str(etag).strip('"') if etag else f"len-{blob.length}"
 
 
 def _int_param(req: func.HttpRequest, name: str) -> int:
