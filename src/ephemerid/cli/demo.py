@@ -210,13 +210,13 @@ def _drop(
 
 
 def _last_line(service: Service, job_id: str) -> str:
-    try:
-        with service.artifacts.open_read(names.run_key(job_id, names.LOG_FILE)) as stream:
-            stream.seek(0, 2)
-            stream.seek(max(stream.tell() - 400, 0))
-            lines = stream.read().decode("utf-8", "replace").strip().splitlines()
-    except Exception:
+    """The log's last line, read from its end (blob streams cannot seek)."""
+    key = names.run_key(job_id, names.LOG_FILE)
+    stat = service.artifacts.stat(key)
+    if stat is None:
         return ""
+    with service.artifacts.open_read(key, max(stat.size - 400, 0)) as stream:
+        lines = stream.read().decode("utf-8", "replace").strip().splitlines()
     return lines[-1][:100] if lines else ""
 
 
