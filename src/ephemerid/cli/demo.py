@@ -133,8 +133,9 @@ def _report(
             }
         )
         return
-    console.print(jobs_table(jobs, title="demo jobs", outputs=outputs))
-    console.print(f"outputs are under {service.artifacts.uri('')}")
+    console.print(jobs_table(jobs, title="demo jobs"))
+    for job_id, key in outputs.items():
+        console.print(f"outputs of {job_id}: {service.artifacts.uri(key)}")
     console.print(f"live compute: [bold]{live}[/]")
     for job in jobs:
         if job.reason:
