@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -33,10 +34,9 @@ def idle_s(job: JobRecord) -> float | None:
 def jobs_table(
     jobs: list[JobRecord], title: str = "jobs", outputs: dict[str, str] | None = None
 ) -> Table:
-    table = Table(title=title)
-    table.add_column("job", no_wrap=True)
-    for column in ("kind", "state", "runtime", "held", "idle paid", "compute"):
-        table.add_column(column)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)  # fits 80 columns
+    for column in ("job", "kind", "state", "runtime", "held", "idle", "compute"):
+        table.add_column(column, no_wrap=True)
     if outputs:
         table.add_column("outputs")
     for job in jobs:
