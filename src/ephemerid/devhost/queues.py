@@ -57,27 +57,13 @@ class FolderStorageQueueSource:
         return f"folder queue {self.queue.root} (poison: {self.poison.root.name})"
 
     def poll(self) -> int:
-        handled = 0
-        for received in self.queue.receive():
-            message = QueueMessage(
-                id=received.id,
-                body=received.body,
-                dequeue_count=received.delivery_count,
-                insertion_time=datetime.fromtimestamp(received.enqueued_at, UTC),
-                pop_receipt=received.id,
-            )
-            try:
-                self.invoke(self.function, message, f"message {received.id}")
-            except Exception as exc:
-                if received.delivery_count >= self.max_dequeue:
-                    reason = {"reason": "MaxDequeueCountExceeded", "description": _failure(exc)}
-                    self.queue.move_to(received, self.poison, reason)
-                else:
-                    self.queue.abandon(received)
-                continue
-            self.queue.complete(received)
-            handled += 1
-        return handled
+        def failed(received: Received, exc: Exception) -> None:
+            reason = {"reason": "MaxDequeueCountExceeded", "description": _failure(exc)}
+            self.queue.move_to(received, self.poison, reason)
+
+        return _drain(
+            self.queue, self.max_dequeue, self.function, self.invoke, _queue_message, failed
+        )
 
 
 @dataclass
@@ -94,20 +80,47 @@ class ServiceBusStandIn:
         return f"local Service Bus stand-in {self.queue.root} (not Service Bus)"
 
     def poll(self) -> int:
-        handled = 0
-        for received in self.queue.receive():
-            try:
-                self.invoke(self.function, _bus_message(received), f"message {received.id}")
-            except Exception as exc:
-                if received.delivery_count >= self.max_delivery:
-                    self.queue.move_to(received, self.dead_letter, _dead_letter_reason(exc))
-                    log.warning("dead-lettered Service Bus message %s: %s", received.id, exc)
-                else:
-                    self.queue.abandon(received)
-                continue
-            self.queue.complete(received)
-            handled += 1
-        return handled
+        def failed(received: Received, exc: Exception) -> None:
+            self.queue.move_to(received, self.dead_letter, _dead_letter_reason(exc))
+            log.warning("dead-lettered Service Bus message %s: %s", received.id, exc)
+
+        return _drain(
+            self.queue, self.max_delivery, self.function, self.invoke, _bus_message, failed
+        )
+
+
+def _drain(
+    queue: FolderQueue,
+    max_tries: int,
+    function: HostedFunction,
+    invoke: Invoke,
+    message_of: Callable[[Received], Any],
+    failed: Callable[[Received, Exception], None],
+) -> int:
+    """Deliver each waiting message; complete it, retry it later, or give up after max_tries."""
+    handled = 0
+    for received in queue.receive():
+        try:
+            invoke(function, message_of(received), f"message {received.id}")
+        except Exception as exc:
+            if received.delivery_count >= max_tries:
+                failed(received, exc)
+            else:
+                queue.abandon(received)
+            continue
+        queue.complete(received)
+        handled += 1
+    return handled
+
+
+def _queue_message(received: Received) -> QueueMessage:
+    return QueueMessage(
+        id=received.id,
+        body=received.body,
+        dequeue_count=received.delivery_count,
+        insertion_time=datetime.fromtimestamp(received.enqueued_at, UTC),
+        pop_receipt=received.id,
+    )
 
 
 def _bus_message(received: Received) -> ServiceBusMessage:
