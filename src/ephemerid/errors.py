@@ -41,7 +41,14 @@ class Conflict(EphemeridError):
 
 
 class CapacityUnavailable(EphemeridError):
-    """No compute can be placed right now; the job waits and says so (not a failure)."""
+    """No compute can be placed right now; the job waits and says so (not a failure).
+
+    ``retry_after_s``, when a backend gives it, is how long the job waits before the next try.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ComputeError(EphemeridError):

@@ -72,6 +72,15 @@ class JobRecord:
     outputs: list[str] = field(default_factory=list)
     model_version: str = ""
     teardown_attempts: int = 0
+    # what was rented, for the bill: the price is taken when the compute goes live
+    sku: str = ""
+    spot: bool = False
+    price_per_hour: float | None = None
+    # compute given back before this one (a spot eviction re-provisions): sku, spot, held_s, cost
+    earlier_compute: list[dict[str, Any]] = field(default_factory=list)
+    evictions: int = 0
+    waiting_since: datetime | None = None
+    next_try_at: datetime | None = None
     version: int = 0
 
     def evolve(self, **changes: Any) -> JobRecord:
@@ -105,8 +114,30 @@ class JobRecord:
     def held_s(self) -> float | None:
         """Seconds the compute was held (requested to released): what the bill counts."""
         if self.compute_requested_at and self.released_at:
-            return (self.released_at - self.compute_requested_at).total_seconds()
+            held = (self.released_at - self.compute_requested_at).total_seconds()
+            return held + sum(float(c.get("held_s") or 0) for c in self.earlier_compute)
         return None
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the compute cost at the prices it was rented at, so far if it is still held."""
+        costs = [c.get("cost_usd") for c in self.earlier_compute]
+        if self.price_per_hour is not None and self.compute_requested_at:
+            end = self.released_at or utcnow()
+            held = (end - self.compute_requested_at).total_seconds()
+            costs.append(held / 3600 * self.price_per_hour)
+        known = [float(c) for c in costs if c is not None]
+        return round(sum(known), 6) if known else None
+
+    def rental(self, reason: str) -> dict[str, Any]:
+        """This compute as one closed line of the bill (for ``earlier_compute``)."""
+        held = None
+        if self.compute_requested_at and self.released_at:
+            held = (self.released_at - self.compute_requested_at).total_seconds()
+        cost = None
+        if held is not None and self.price_per_hour is not None:
+            cost = round(held / 3600 * self.price_per_hour, 6)
+        return {"sku": self.sku, "spot": self.spot, "held_s": held, "cost_usd": cost, "why": reason}
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -119,11 +150,13 @@ class JobRecord:
         data["open"] = self.open
         data["runtime_s"] = self.runtime_s
         data["held_s"] = self.held_s
+        data["cost_usd"] = self.cost_usd
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        values = {k: v for k, v in data.items() if k not in ("open", "runtime_s", "held_s")}
+        derived = ("open", "runtime_s", "held_s", "cost_usd")
+        values = {k: v for k, v in data.items() if k not in derived}
         values["spec"] = JobSpec.model_validate(values["spec"])
         values["state"] = JobState(values["state"])
         values["compute_state"] = ComputeState(values["compute_state"])
@@ -144,4 +177,6 @@ _TIMES = (
     "released_at",
     "started_at",
     "finished_at",
+    "waiting_since",
+    "next_try_at",
 )

@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ephemerid.record import JobRecord, JobState
+from ephemerid.record import ComputeState, JobRecord, JobState
 
 STATE_STYLE = {
     JobState.SUCCEEDED: "green",
@@ -80,6 +80,13 @@ def job_detail(console: Console, job: JobRecord) -> None:
         f"  {'runtime':<21} {seconds(job.runtime_s)}   held {seconds(job.held_s)}"
         f"   idle paid {seconds(idle_s(job))}"
     )
+    if job.sku:
+        console.print(f"  {'compute':<21} {job.sku} {'spot' if job.spot else 'on-demand'}")
+    if job.evictions:
+        console.print(f"  {'evictions':<21} {job.evictions}")
+    if job.cost_usd is not None:
+        held = job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
+        console.print(f"  {'cost':<21} ${job.cost_usd:.4f}{' so far' if held else ''}")
     for name, value in sorted(job.metrics.items()):
         console.print(f"  metric {name:<14} {value:g}")
     if job.outputs:

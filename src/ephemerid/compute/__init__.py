@@ -25,9 +25,17 @@ class ComputeStatus(str, Enum):
 
 @dataclass(frozen=True)
 class Handle:
+    """What a backend needs to find the compute again (``data``, stored with the job).
+
+    ``sku``, ``spot`` and ``price_per_hour`` (USD, None if unknown) are what the job pays for.
+    """
+
     backend: str
     job_id: str
     data: dict[str, Any] = field(default_factory=dict)
+    sku: str = ""
+    spot: bool = False
+    price_per_hour: float | None = None
 
 
 class ComputeBackend(Protocol):
@@ -64,8 +72,14 @@ def _local(**options: Any) -> ComputeBackend:
     return LocalCompute(**options)
 
 
+def _azure_vm(**options: Any) -> ComputeBackend:
+    from ephemerid.compute.azure_vm import AzureVmCompute
+
+    return AzureVmCompute(**options)
+
+
 # name -> factory; the names are what `compute.backend` and `--backend` accept
-ADAPTERS: dict[str, BackendFactory] = {"local": _local}
+ADAPTERS: dict[str, BackendFactory] = {"local": _local, "azure-vm": _azure_vm}
 
 
 def backend_names() -> list[str]:
