@@ -5,6 +5,10 @@
 shell (params reach it as a JSON file, never as shell text), streams its output to the job's log
 while it runs, heartbeats, enforces ``max_runtime`` (SIGTERM, grace, SIGKILL), uploads outputs,
 and writes ``runs/<job>/result.json`` last: that file is the completion event.
+
+On a spot VM, ``--scheduled-events URL`` makes it watch the instance metadata service: on a
+``Preempt`` event for this VM it SIGTERMs the entrypoint (which may write a checkpoint), uploads
+the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job again elsewhere.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import collections
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +46,7 @@ LOG_FLUSH_BYTES = 256 * 1024
 
 @dataclass
 class Outcome:
-    status: str = "failed"  # succeeded | failed | timed_out
+    status: str = "failed"  # succeeded | failed | timed_out | evicted
     reason: str = ""
     exit_code: int | None = None
     started_at: str | None = None
@@ -110,9 +116,39 @@ class LogPump:
         return b"\n".join(lines).decode("utf-8", "replace")[-1500:]
 
 
+class ScheduledEvents:
+    """The VM's Scheduled Events (instance metadata service): is this VM about to be preempted?"""
+
+    def __init__(self, url: str, vm_name: str, timeout_s: float = 2.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"scheduled events URL '{url}' must be http(s)")
+        self.url, self.vm_name, self.timeout_s = url, vm_name, timeout_s
+
+    def preempt(self) -> dict[str, Any] | None:
+        """The Preempt event naming this VM, if one is scheduled; None (also when unreachable)."""
+        request = urllib.request.Request(self.url, headers={"Metadata": "true"})  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310
+                document = json.load(answer)
+        except (OSError, ValueError):
+            return None
+        for event in document.get("Events") or []:
+            if event.get("EventType") == "Preempt" and self.vm_name in event.get("Resources", []):
+                return dict(event)
+        return None
+
+
 class Runner:
-    def __init__(self, store: ArtifactStore, job_id: str, work: Path) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        job_id: str,
+        work: Path,
+        events: ScheduledEvents | None = None,
+        events_poll_s: float = 1.0,
+    ) -> None:
         self.store, self.job_id, self.work = store, job_id, work
+        self.events, self.events_poll_s = events, events_poll_s
         self.job: dict[str, Any] = {}
         self.pump = LogPump(store, names.run_key(job_id, names.LOG_FILE), 10 * 1024 * 1024)
         self._stop = threading.Event()
@@ -192,14 +228,24 @@ class Runner:
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
-        timed_out = not _wait(proc, max_runtime)
+        preempt = self._watch(proc, max_runtime)
+        timed_out = proc.poll() is None and preempt is None
         if timed_out:
             self.say(f"max runtime {max_runtime:.0f}s reached: stopping (SIGTERM)")
+        if preempt is not None:
+            self.say(
+                f"spot eviction notice (event {preempt.get('EventId')}, not before "
+                f"{preempt.get('NotBefore')}): stopping the entrypoint (SIGTERM) to checkpoint"
+            )
+        if timed_out or preempt is not None:
             _stop_group(proc, float(self.job.get("grace_s", 10)))
         reader.join(timeout=10)
         outcome.finished_at = _now()
         outcome.exit_code = proc.returncode
-        if timed_out:
+        if preempt is not None:
+            outcome.status = "evicted"
+            outcome.reason = "the spot VM was preempted; the job resumes from its checkpoint"
+        elif timed_out:
             outcome.status = "timed_out"
             outcome.reason = f"ran past max_runtime of {max_runtime:.0f}s and was stopped"
         elif proc.returncode == 0:
@@ -210,6 +256,20 @@ class Runner:
                 f"last output:\n{self.pump.last_lines()}"
             )
         self.say(f"entrypoint finished: {outcome.status} (exit code {proc.returncode})")
+
+    def _watch(self, proc: subprocess.Popen[bytes], max_runtime: float) -> dict[str, Any] | None:
+        """Wait for the entrypoint until ``max_runtime``; a Preempt event for this VM ends it."""
+        if self.events is None:
+            _wait(proc, max_runtime)
+            return None
+        deadline = time.monotonic() + max_runtime
+        while not _wait(proc, min(self.events_poll_s, max(deadline - time.monotonic(), 0))):
+            if time.monotonic() >= deadline:
+                return None
+            event = self.events.preempt()
+            if event is not None:
+                return event
+        return None
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -274,8 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", required=True, help="root URI of the artifact store")
     parser.add_argument("--job", required=True, help="job id")
     parser.add_argument("--work-dir", type=Path, default=Path.cwd())
+    parser.add_argument("--scheduled-events", help="IMDS Scheduled Events URL (spot VMs)")
+    parser.add_argument("--vm-name", default=socket.gethostname(), help="this VM's name")
     args = parser.parse_args(argv)
-    runner = Runner(open_artifacts(args.artifacts), args.job, args.work_dir)
+    events = ScheduledEvents(args.scheduled_events, args.vm_name) if args.scheduled_events else None
+    runner = Runner(open_artifacts(args.artifacts), args.job, args.work_dir, events)
     return 0 if runner.run().status == "succeeded" else 1
 
 
