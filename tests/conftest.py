@@ -36,7 +36,7 @@ def service(settings: Settings) -> Iterator[Service]:
     for backend in svc.backends.values():
         for handle in backend.list_owned():
             backend.teardown(handle)
-    svc.store.close()
+    svc.close()
 
 
 @pytest.fixture

@@ -180,4 +180,4 @@ def service_with(settings: Settings, **changes: Any) -> Iterator[Service]:
         for backend in service.backends.values():
             for handle in backend.list_owned():
                 backend.teardown(handle)
-        service.store.close()
+        service.close()

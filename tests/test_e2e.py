@@ -54,7 +54,7 @@ def test_demo_trains_registers_and_scores_and_leaves_no_compute(tmp_path: Path) 
 
         assert [h for b in service.backends.values() for h in b.list_owned()] == []
     finally:
-        service.store.close()
+        service.close()
     assert "live compute: 0" in out.getvalue()
 
 

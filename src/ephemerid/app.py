@@ -24,6 +24,10 @@ def build_service(settings: Settings, notify: Callable[[JobRecord], None] | None
             grace_s=settings.grace_s,
         )
     }
+    if settings.azure_vm is not None:  # only when configured: the local default needs no Azure
+        from ephemerid.compute.azure_vm import AzureVmCompute
+
+        backends["azure-vm"] = AzureVmCompute.from_settings(settings, artifacts.root_uri)
     return Service(
         open_store(settings.store_url),
         artifacts,

@@ -89,7 +89,12 @@ def _strays(service: Service) -> list[str]:
     """Owned compute whose job is terminal or unknown: give it back."""
     actions = []
     for name, backend in service.backends.items():
-        for handle in backend.list_owned():
+        try:
+            owned = backend.list_owned()
+        except EphemeridError as exc:  # the next pass tries again
+            actions.append(f"{name}: cannot list its compute now: {exc}")
+            continue
+        for handle in owned:
             try:
                 job: JobRecord | None = service.store.get(handle.job_id)
             except NotFound:

@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,14 @@ class Service:
         self.settings = settings
         self.models = ModelRegistry(artifacts)
         self.notify = notify
+
+    def close(self) -> None:
+        """Close the store and every backend that holds a connection (an ARM client)."""
+        self.store.close()
+        for backend in self.backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -186,7 +195,7 @@ class Service:
         try:
             handle = backend.provision(job)
         except CapacityUnavailable as exc:
-            return self._transition(job_id, _waiting(str(exc)))[0]
+            return self._transition(job_id, _waiting(str(exc), exc.retry_after_s))[0]
         except Exception as exc:  # anything else: fail the job, and still owe a teardown
             log.exception("provisioning job %s failed", job_id)
             return self.release(self._fail(job_id, f"provisioning failed: {exc}"))
@@ -208,9 +217,15 @@ class Service:
         return self._transition(job.id, lambda j: {"teardown_attempts": j.teardown_attempts + 1})[0]
 
     def dispatch_waiting(self) -> list[JobRecord]:
-        """Try to place waiting jobs, oldest first, until one still finds no capacity."""
+        """Try to place waiting jobs, oldest first, until one still finds no capacity.
+
+        A job whose backend asked for a pause (``next_try_at``) is left until then.
+        """
         started = []
+        now = utcnow()
         for job in reversed(self.store.list([JobState.WAITING_FOR_CAPACITY])):
+            if job.next_try_at and job.next_try_at > now:
+                continue
             job = self.start(job.id)
             started.append(job)
             if job.state is JobState.WAITING_FOR_CAPACITY:
@@ -222,10 +237,37 @@ class Service:
     def complete(self, job_id: str) -> JobRecord:
         """Handle runs/<job>/result.json: record the end, release compute, register the model."""
         result = json.loads(get_bytes(self.artifacts, names.run_key(job_id, names.RESULT_FILE)))
+        if result.get("status") == "evicted":
+            job = self.store.get(job_id)
+            if not job.state.terminal:
+                return self._evicted(job)
         job, _ = self._transition(job_id, _finished(result))
         job = self.release(job)
         job = self.register_model(job)
         self.dispatch_waiting()
+        return job
+
+    def _evicted(self, job: JobRecord) -> JobRecord:
+        """The platform took the compute back: release it, then run the job again on new compute.
+
+        The runner uploaded the checkpoint first, so the next run resumes from it. Each step is
+        safe to repeat: the result stays until the job is queued again, then moves aside.
+        """
+        retries = self.settings.eviction_retries
+        if job.state in (JobState.PROVISIONING, JobState.RUNNING) and job.evictions >= retries:
+            reason = f"evicted {job.evictions + 1} times; no retries left ({retries} allowed)"
+            return self.release(self._fail(job.id, reason))
+        if job.state in (JobState.PROVISIONING, JobState.RUNNING):
+            job = self.release(job)
+            if job.compute_state is not ComputeState.RELEASED:
+                return job  # the teardown is owed: the reaper comes back to this result
+            job, _ = self._transition(job.id, _requeued)
+        if job.state is JobState.ACCEPTED:
+            result = names.run_key(job.id, names.RESULT_FILE)
+            aside = names.run_key(job.id, f"evicted-{job.evictions}.json")
+            put_bytes(self.artifacts, aside, get_bytes(self.artifacts, result))
+            self.artifacts.delete(result)
+            return self.start(job.id)
         return job
 
     def register_model(self, job: JobRecord) -> JobRecord:
@@ -294,25 +336,51 @@ def _to_provisioning(job: JobRecord) -> dict[str, Any] | None:
     }
 
 
-def _waiting(reason: str) -> Change:
+def _waiting(reason: str, retry_after_s: float | None = None) -> Change:
     def change(job: JobRecord) -> dict[str, Any] | None:
         if job.state is not JobState.PROVISIONING:
             return None
+        now = utcnow()
         return {
             "state": JobState.WAITING_FOR_CAPACITY,
             "compute_state": ComputeState.NONE,
             "compute_requested_at": None,
             "reason": reason,
+            "waiting_since": job.waiting_since or now,
+            "next_try_at": now + timedelta(seconds=retry_after_s) if retry_after_s else None,
         }
 
     return change
 
 
+def _requeued(job: JobRecord) -> dict[str, Any] | None:
+    """An evicted job whose compute is released goes back to ACCEPTED for new compute."""
+    if job.state.terminal or job.compute_state is not ComputeState.RELEASED:
+        return None
+    return {
+        "state": JobState.ACCEPTED,
+        "reason": f"evicted by Azure (eviction {job.evictions + 1}): resuming on new compute",
+        "compute_state": ComputeState.NONE,
+        "handle": {},
+        "earlier_compute": [*job.earlier_compute, job.rental("evicted")],
+        "evictions": job.evictions + 1,
+        "compute_requested_at": None,
+        "live_at": None,
+        "released_at": None,
+        "waiting_since": None,
+        "next_try_at": None,
+        "price_per_hour": None,
+    }
+
+
 def _live(handle: Handle) -> Change:
     def change(job: JobRecord) -> dict[str, Any] | None:
-        values: dict[str, Any] = {"handle": handle.data}
+        values: dict[str, Any] = {"handle": handle.data, "next_try_at": None}
+        values.update(sku=handle.sku, spot=handle.spot, price_per_hour=handle.price_per_hour)
         if job.compute_state is ComputeState.REQUESTED:
             values.update(compute_state=ComputeState.LIVE, live_at=utcnow())
+        if job.compute_state is ComputeState.RELEASED:  # cancelled while it was provisioned
+            values.update(compute_state=ComputeState.LIVE)
         if job.state is JobState.PROVISIONING:
             values["state"] = JobState.RUNNING
         return values

@@ -15,6 +15,75 @@ from typing import Any
 from ephemerid.errors import BadInput
 
 PREFIX = "EPHEMERID_"
+IMDS_SCHEDULED_EVENTS = "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01"
+_AZURE_VM_REQUIRED = {
+    "subscription_id": "EPHEMERID_AZURE_SUBSCRIPTION_ID",
+    "resource_group": "EPHEMERID_COMPUTE_RESOURCE_GROUP",
+    "subnet_id": "EPHEMERID_COMPUTE_SUBNET_ID",
+    "regions": "EPHEMERID_COMPUTE_REGIONS",
+    "identity_id": "EPHEMERID_VM_IDENTITY_ID",
+}
+_AZURE_VM_OPTIONAL = {
+    "identity_client_id": "EPHEMERID_VM_IDENTITY_CLIENT_ID",
+    "image": "EPHEMERID_VM_IMAGE",
+    "default_sku": "EPHEMERID_VM_SKU",
+    "python": "EPHEMERID_VM_PYTHON",
+    "ssh_public_key": "EPHEMERID_VM_SSH_PUBLIC_KEY",
+    "runner_package": "EPHEMERID_RUNNER_PACKAGE",
+    "arm_endpoint": "EPHEMERID_ARM_ENDPOINT",
+    "scheduled_events_url": "EPHEMERID_SCHEDULED_EVENTS_URL",
+    "blob_service_uri": "EPHEMERID_STORAGE__blobServiceUri",
+}
+_AZURE_VM_NUMBERS = {
+    "max_wait_s": "EPHEMERID_CAPACITY_MAX_WAIT_S",
+    "backoff_s": "EPHEMERID_CAPACITY_BACKOFF_S",
+    "arm_retry_s": "EPHEMERID_ARM_RETRY_S",
+}
+
+
+@dataclass(frozen=True)
+class AzureVmSettings:
+    """The azure-vm backend's settings; present only when its required settings are set.
+
+    ``regions`` entries are ``region`` or ``region:zone``; a ``subnet_id`` containing
+    ``{region}`` names one subnet per region. ``blob_service_uri`` is the only storage setting
+    the VM is told: its runner reaches the bucket with the VM's managed identity, never a key.
+    """
+
+    subscription_id: str
+    resource_group: str
+    subnet_id: str
+    regions: tuple[str, ...]
+    identity_id: str
+    identity_client_id: str = ""
+    image: str = "microsoft-dsvm:ubuntu-hpc:2204:latest"
+    default_sku: str = "Standard_NC4as_T4_v3"
+    python: str = "python3"
+    ssh_public_key: str = ""
+    runner_package: str = ""  # default: ephemerid[azure]==<this version>
+    arm_endpoint: str = ""  # a local ARM simulator (ephemerid.testing.arm); empty: Azure
+    scheduled_events_url: str = IMDS_SCHEDULED_EVENTS
+    blob_service_uri: str = ""
+    max_wait_s: float = 3600.0
+    backoff_s: float = 30.0
+    arm_retry_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AzureVmSettings | None:
+        values: dict[str, Any] = {k: env[v] for k, v in _AZURE_VM_REQUIRED.items() if env.get(v)}
+        if not values:
+            return None
+        missing = [v for k, v in _AZURE_VM_REQUIRED.items() if k not in values]
+        if missing:
+            raise BadInput(f"the azure-vm backend is half configured: set {', '.join(missing)}")
+        values["regions"] = tuple(r.strip() for r in values["regions"].split(",") if r.strip())
+        values.update({k: env[v] for k, v in _AZURE_VM_OPTIONAL.items() if env.get(v)})
+        if not values.get("blob_service_uri") and env.get("EPHEMERID_STORAGE__accountName"):
+            account = env["EPHEMERID_STORAGE__accountName"]
+            values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
+        for name, setting in _AZURE_VM_NUMBERS.items():
+            values[name] = _number(env, setting, float, None)
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -31,6 +100,9 @@ class Settings:
     grace_s: float = 10.0
     log_limit_bytes: int = 10 * 1024 * 1024
     code_limit_bytes: int = 50 * 1024 * 1024
+    eviction_retries: int = 3
+    price_table: Path | None = None
+    azure_vm: AzureVmSettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -43,7 +115,10 @@ class Settings:
             "artifacts_url": env.get(f"{PREFIX}ARTIFACTS", f"file://{home / 'bucket'}"),
             "rules_path": Path(env.get(f"{PREFIX}RULES", "ephemerid.yaml")),
             "backend": env.get(f"{PREFIX}BACKEND", "local"),
+            "azure_vm": AzureVmSettings.from_env(env),
         }
+        if env.get(f"{PREFIX}PRICE_TABLE"):
+            values["price_table"] = Path(env[f"{PREFIX}PRICE_TABLE"])
         numbers = {
             "local_slots": int,
             "heartbeat_s": float,
@@ -52,14 +127,19 @@ class Settings:
             "grace_s": float,
             "log_limit_bytes": int,
             "code_limit_bytes": int,
+            "eviction_retries": int,
         }
         for name, kind in numbers.items():
-            raw = env.get(PREFIX + name.upper())
-            if raw:
-                try:
-                    values[name] = kind(raw)
-                except ValueError as exc:
-                    raise BadInput(
-                        f"setting {PREFIX}{name.upper()}='{raw}' is not a {kind.__name__}"
-                    ) from exc
+            values[name] = _number(env, PREFIX + name.upper(), kind, values.get(name))
+        values = {k: v for k, v in values.items() if v is not None}
         return replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _number(env: Mapping[str, str], setting: str, kind: type, default: Any) -> Any:
+    raw = env.get(setting)
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise BadInput(f"setting {setting}='{raw}' is not a {kind.__name__}") from exc

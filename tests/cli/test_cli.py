@@ -64,7 +64,7 @@ def jobs_in(home: Path) -> list[Any]:
     try:
         return service.store.list()
     finally:
-        service.store.close()
+        service.close()
 
 
 def as_json(done: subprocess.CompletedProcess[str]) -> Any:

@@ -127,7 +127,7 @@ class DevHost:
             self.server = None
         info = getattr(self._handlers, "cache_info", None)
         if info is not None and info().currsize:
-            self._handlers().service.store.close()
+            self._handlers().service.close()
         self._stack.close()
 
     @property

@@ -1,0 +1,515 @@
+"""Azure VM compute: one GPU VM per job, rented through Azure Resource Manager, always given back.
+
+``provision`` makes one VM per job, named from the job id (``eph-<job>-<attempt>``) so a retried
+provision finds the VM it already started. The NIC and the OS disk are defined inside the VM with
+``deleteOption: Delete``, so one DELETE removes all three; there is no public IP; the VM gets the
+configured user-assigned identity and the tags ``ephemerid-job`` and ``ephemerid-deadline``.
+Its cloud-init installs a pinned runner and starts it with the job's URI and nothing else: no
+key, token or SAS (the runner reaches the bucket with the VM's identity), and nothing from the
+spec in shell text (values go to an environment file systemd reads, checked against a strict
+pattern first).
+
+Placement tries, in order, each spot choice (``spot: prefer`` tries spot first), each SKU of the
+spec and each configured region or zone. Capacity and quota refusals move on to the next; when
+none fits, ``CapacityUnavailable`` makes the job wait with backoff, and after ``max_wait`` a
+``ComputeError`` fails it with every attempt listed. ``teardown`` DELETEs with
+``forceDeletion=false``, waits on the long-running operation and returns True only when a GET
+answers 404; transient ARM errors are retried with backoff, and an unconfirmed teardown returns
+False so it stays owed. ``list_owned`` is every VM of the resource group tagged ``ephemerid-job``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import yaml
+
+from ephemerid import __version__
+from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute.prices import PriceTable
+from ephemerid.errors import (
+    BadInput,
+    CapacityUnavailable,
+    ComputeError,
+    EphemeridError,
+    require_extra,
+)
+from ephemerid.record import JobRecord, utcnow
+from ephemerid.settings import AzureVmSettings, Settings
+from ephemerid.spec import ComputeRequest, Spot
+
+log = logging.getLogger("ephemerid")
+
+TAG_JOB = "ephemerid-job"
+TAG_DEADLINE = "ephemerid-deadline"
+CAPACITY_CODES = frozenset(
+    {
+        "SkuNotAvailable",
+        "AllocationFailed",
+        "ZonalAllocationFailed",
+        "OverconstrainedAllocationRequest",
+        "OverconstrainedZonalAllocationRequest",
+    }
+)
+GONE_POWER = frozenset({"stopping", "stopped", "deallocating", "deallocated"})
+ENV_FILE = "/etc/ephemerid/runner.env"
+UNIT_FILE = "/etc/systemd/system/ephemerid-runner.service"
+VENV = "/opt/ephemerid"
+WORK_DIR = "/var/lib/ephemerid/work"
+ADMIN = "ephemerid"
+UNIT = f"""[Unit]
+Description=ephemerid runner: one job, then this VM is deleted
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=exec
+EnvironmentFile={ENV_FILE}
+WorkingDirectory=/var/lib/ephemerid
+ExecStart={VENV}/bin/python -m ephemerid.runner --artifacts ${{EPHEMERID_ARTIFACTS}} \
+--job ${{EPHEMERID_JOB}} --work-dir {WORK_DIR} --scheduled-events ${{EPHEMERID_SCHEDULED_EVENTS}}
+Restart=no
+"""
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=?&%-]+$")
+_SAFE_PACKAGE = re.compile(r"^[A-Za-z0-9._:/@+=<>!~\[\],-]+$")
+_JOB_ID = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class Placement:
+    sku: str
+    region: str
+    zone: str
+    spot: bool
+
+    def __str__(self) -> str:
+        where = f"{self.region} zone {self.zone}" if self.zone else self.region
+        return f"{self.sku} {'spot' if self.spot else 'on-demand'} in {where}"
+
+
+def placements(request: ComputeRequest, regions: tuple[str, ...], sku: str) -> list[Placement]:
+    """Every option in the order tried: spot choice, then the spec's SKUs, then regions/zones."""
+    spots = {Spot.NEVER: [False], Spot.PREFER: [True, False], Spot.ONLY: [True]}[request.spot]
+    where = [(r.partition(":")[0], r.partition(":")[2]) for r in regions]
+    return [
+        Placement(s, r, z, spot) for spot in spots for s in request.skus or [sku] for r, z in where
+    ]
+
+
+def vm_name(job_id: str, attempt: int) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ComputeError(f"azure-vm: job id '{job_id}' cannot name a VM")
+    return f"eph-{job_id}-{attempt}"
+
+
+def cloud_init(env: dict[str, str], package: str, python: str) -> str:
+    """The VM's cloud-config: write the runner's environment and unit, install it, start it."""
+    for name, value in env.items():
+        if not _SAFE_VALUE.match(value):
+            raise ComputeError(f"azure-vm: {name}='{value}' cannot go into the VM's environment")
+    for what, value in (("EPHEMERID_RUNNER_PACKAGE", package), ("EPHEMERID_VM_PYTHON", python)):
+        if not _SAFE_PACKAGE.match(value):
+            raise BadInput(f"{what}='{value}' is not a plain package spec or path")
+    config = {
+        "package_update": True,
+        "packages": ["python3-venv"],
+        "write_files": [
+            {
+                "path": ENV_FILE,
+                "permissions": "0644",
+                "content": "".join(f"{k}={v}\n" for k, v in env.items()),
+            },
+            {"path": UNIT_FILE, "permissions": "0644", "content": UNIT},
+        ],
+        "runcmd": [
+            ["mkdir", "-p", WORK_DIR],
+            [python, "-m", "venv", "--system-site-packages", VENV],
+            [f"{VENV}/bin/pip", "install", "--no-input", "--disable-pip-version-check", package],
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "start", "--no-block", "ephemerid-runner.service"],
+        ],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
+
+
+def connect(config: AzureVmSettings) -> Any:
+    """The real ComputeManagementClient: Azure with DefaultAzureCredential, or the simulator."""
+    if config.arm_endpoint:
+        from ephemerid.testing.arm import compute_client
+
+        return compute_client(config.arm_endpoint, config.subscription_id)
+    require_extra("azure.mgmt.compute", "azure")
+    require_extra("azure.identity", "azure")
+    from azure.identity import DefaultAzureCredential
+    from azure.mgmt.compute import ComputeManagementClient
+
+    return ComputeManagementClient(DefaultAzureCredential(), config.subscription_id)
+
+
+class AzureVmCompute:
+    name = "azure-vm"
+
+    def __init__(
+        self,
+        client: Any,
+        config: AzureVmSettings,
+        artifacts_uri: str,
+        *,
+        prices: PriceTable | None = None,
+        timeout_s: float = 600.0,
+        deadline_margin_s: float = 900.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client, self.vms = client, client.virtual_machines
+        self.config, self.group = config, config.resource_group
+        self.artifacts_uri = artifacts_uri
+        self.prices = prices or PriceTable.load()
+        self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
+        self.package = config.runner_package or f"ephemerid[azure]=={__version__}"
+        self._sleep = sleep
+        self._image = config.image.split(":")
+        self._ssh_key = config.ssh_public_key
+        if len(self._image) != 4:
+            raise BadInput(
+                f"EPHEMERID_VM_IMAGE '{config.image}': write publisher:offer:sku:version"
+            )
+        if artifacts_uri.startswith("az://") and not config.blob_service_uri:
+            raise BadInput(
+                "azure-vm: the VMs' runner reaches the bucket with their identity: set "
+                "EPHEMERID_STORAGE__accountName or EPHEMERID_STORAGE__blobServiceUri"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, artifacts_uri: str) -> AzureVmCompute:
+        if settings.azure_vm is None:
+            raise BadInput("the azure-vm backend is not configured: see docs/azure-vm.md")
+        margin = settings.provision_timeout_s + settings.grace_s + settings.heartbeat_timeout_s
+        return cls(
+            connect(settings.azure_vm),
+            settings.azure_vm,
+            artifacts_uri,
+            prices=PriceTable.load(settings.price_table),
+            timeout_s=settings.provision_timeout_s,
+            deadline_margin_s=margin,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- the four verbs ----------------------------------------------------------------------
+
+    def provision(self, job: JobRecord) -> Handle:
+        from azure.core.exceptions import AzureError
+
+        name = vm_name(job.id, job.evictions)
+        found = self._find(name)
+        if found is not None and _state(found) in ("Creating", "Updating", "Succeeded"):
+            log.info("azure-vm: job %s already has VM %s: using it", job.id, name)
+            return self._handle(job.id, self._wait_created(name, found))
+        if found is not None:
+            self._clear(name)
+        attempts = []
+        for placement in placements(job.spec.compute, self.config.regions, self.config.default_sku):
+            try:
+                vm = self._create(job, name, placement)
+            except AzureError as exc:
+                code = capacity_code(exc)
+                if code is None:
+                    raise ComputeError(
+                        f"azure-vm: creating VM {name} ({placement}) failed: {describe(exc)}"
+                    ) from exc
+                log.info("azure-vm: job %s: %s refused: %s", job.id, placement, code)
+                attempts.append(f"{placement}: {code}")
+                self._clear(name)  # a refused VM can be left behind in state Failed
+                continue
+            return self._handle(job.id, vm)
+        raise self._no_capacity(job, attempts)
+
+    def poll(self, handle: Handle) -> ComputeStatus:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        name = handle.data.get("vm")
+        if not name:
+            return ComputeStatus.GONE
+        try:
+            vm = self.vms.get(self.group, name, expand="instanceView")
+        except ResourceNotFoundError:
+            return ComputeStatus.GONE
+        except AzureError as exc:  # unknown is not gone: the heartbeat decides
+            log.warning("azure-vm: cannot read VM %s now: %s", name, describe(exc))
+            return ComputeStatus.RUNNING
+        statuses = getattr(vm.instance_view, "statuses", None) or []
+        codes = [str(s.code) for s in statuses]
+        power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), "")
+        if _state(vm) in ("Failed", "Deleting") or power in GONE_POWER:
+            return ComputeStatus.GONE
+        if _state(vm) == "Creating" or power == "starting":
+            return ComputeStatus.STARTING
+        return ComputeStatus.RUNNING
+
+    def teardown(self, handle: Handle) -> bool:
+        """Delete the job's VM (or every VM tagged with the job) and confirm each is gone."""
+        names = [handle.data["vm"]] if handle.data.get("vm") else self._names_of(handle.job_id)
+        confirmed = [self._delete(name) for name in names]
+        return all(confirmed)
+
+    def list_owned(self) -> list[Handle]:
+        return [Handle(self.name, vm.tags[TAG_JOB], _data(vm)) for vm in self._owned()]
+
+    # -- ARM ---------------------------------------------------------------------------------
+
+    def _find(self, name: str) -> Any | None:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            return self.vms.get(self.group, name)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise ComputeError(f"azure-vm: cannot read VM {name}: {describe(exc)}") from exc
+
+    def _create(self, job: JobRecord, name: str, placement: Placement) -> Any:
+        poller = self.vms.begin_create_or_update(self.group, name, self._body(job, name, placement))
+        vm = poller.result(timeout=self.timeout_s)
+        if not poller.done():
+            raise ComputeError(f"azure-vm: VM {name} was not created within {self.timeout_s:.0f}s")
+        return vm
+
+    def _wait_created(self, name: str, vm: Any) -> Any:
+        deadline = time.monotonic() + self.timeout_s
+        while _state(vm) != "Succeeded":
+            if _state(vm) not in ("Creating", "Updating") or time.monotonic() > deadline:
+                raise ComputeError(f"azure-vm: VM {name} ended {_state(vm)} while being created")
+            self._sleep(min(self.config.arm_retry_s, 5.0))
+            vm = self._find(name)
+            if vm is None:
+                raise ComputeError(f"azure-vm: VM {name} was deleted while being created")
+        return vm
+
+    def _clear(self, name: str) -> None:
+        if not self._delete(name):
+            raise CapacityUnavailable(
+                f"VM {name} from an earlier try is still being deleted; trying again after it",
+                retry_after_s=self.config.backoff_s,
+            )
+
+    def _delete(self, name: str) -> bool:
+        """DELETE (forceDeletion=false), wait for it, and confirm with a GET answering 404."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        last = "not tried"
+        for delay in (0.0, *(self.config.arm_retry_s * 2**i for i in range(3))):
+            self._sleep(delay)
+            try:
+                try:
+                    poller = self.vms.begin_delete(self.group, name, force_deletion=False)
+                    poller.result(timeout=self.timeout_s)
+                    if not poller.done():
+                        log.warning("azure-vm: VM %s still deleting; teardown stays owed", name)
+                        return False
+                except ResourceNotFoundError:
+                    pass
+                self.vms.get(self.group, name)
+                last = "it still exists after its delete finished"
+            except ResourceNotFoundError:
+                return True
+            except AzureError as exc:
+                if not transient(exc):
+                    raise ComputeError(
+                        f"azure-vm: deleting VM {name} failed: {describe(exc)}"
+                    ) from exc
+                last = describe(exc)
+        log.warning("azure-vm: VM %s not confirmed deleted (%s); teardown stays owed", name, last)
+        return False
+
+    def _owned(self) -> list[Any]:
+        from azure.core.exceptions import AzureError
+
+        try:
+            return [vm for vm in self.vms.list(self.group) if (vm.tags or {}).get(TAG_JOB)]
+        except AzureError as exc:
+            raise ComputeError(
+                f"azure-vm: cannot list VMs in resource group '{self.group}': {describe(exc)}"
+            ) from exc
+
+    def _names_of(self, job_id: str) -> list[str]:
+        return [str(vm.name) for vm in self._owned() if vm.tags[TAG_JOB] == job_id]
+
+    # -- what is sent ------------------------------------------------------------------------
+
+    def _handle(self, job_id: str, vm: Any) -> Handle:
+        data = _data(vm)
+        price = self.prices.per_hour(data["sku"], data["spot"])
+        return Handle(self.name, job_id, data, data["sku"], data["spot"], price)
+
+    def _no_capacity(self, job: JobRecord, attempts: list[str]) -> EphemeridError:
+        waited = (utcnow() - job.waiting_since).total_seconds() if job.waiting_since else 0.0
+        refused = "; ".join(attempts)
+        if waited >= self.config.max_wait_s:
+            return ComputeError(
+                f"no capacity after waiting {waited:.0f}s (max wait "
+                f"{self.config.max_wait_s:.0f}s); every placement was refused: {refused}"
+            )
+        retry = min(max(self.config.backoff_s, waited / 2), max(self.config.backoff_s, 600.0))
+        return CapacityUnavailable(
+            f"waiting for capacity (next try in {retry:.0f}s); refused: {refused}",
+            retry_after_s=retry,
+        )
+
+    def _runner_env(self, job_id: str) -> dict[str, str]:
+        env = {
+            "EPHEMERID_ARTIFACTS": self.artifacts_uri,
+            "EPHEMERID_JOB": job_id,
+            "EPHEMERID_SCHEDULED_EVENTS": self.config.scheduled_events_url,
+        }
+        if self.config.blob_service_uri:
+            env["EPHEMERID_STORAGE__blobServiceUri"] = self.config.blob_service_uri
+            env["EPHEMERID_STORAGE__credential"] = "managedidentity"
+        if self.config.blob_service_uri and self.config.identity_client_id:
+            env["EPHEMERID_STORAGE__clientId"] = self.config.identity_client_id
+        return env
+
+    def _body(self, job: JobRecord, name: str, placement: Placement) -> dict[str, Any]:
+        custom = cloud_init(self._runner_env(job.id), self.package, self.config.python)
+        deadline = utcnow() + timedelta(
+            seconds=job.spec.compute.max_runtime + self.deadline_margin_s
+        )
+        publisher, offer, image_sku, version = self._image
+        nic = {
+            "primary": True,
+            "deleteOption": "Delete",
+            "ipConfigurations": [
+                {"name": "ipconfig1", "properties": {"subnet": {"id": self._subnet(placement)}}}
+            ],
+        }
+        properties: dict[str, Any] = {
+            "hardwareProfile": {"vmSize": placement.sku},
+            "storageProfile": {
+                "imageReference": {
+                    "publisher": publisher,
+                    "offer": offer,
+                    "sku": image_sku,
+                    "version": version,
+                },
+                "osDisk": {
+                    "createOption": "FromImage",
+                    "deleteOption": "Delete",
+                    "managedDisk": {"storageAccountType": "StandardSSD_LRS"},
+                },
+            },
+            "osProfile": {
+                "computerName": name,
+                "adminUsername": ADMIN,
+                "customData": base64.b64encode(custom.encode()).decode(),
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": True,
+                    "ssh": {
+                        "publicKeys": [
+                            {
+                                "path": f"/home/{ADMIN}/.ssh/authorized_keys",
+                                "keyData": self._public_key(),
+                            }
+                        ]
+                    },
+                },
+            },
+            "networkProfile": {
+                "networkApiVersion": "2022-11-01",
+                "networkInterfaceConfigurations": [{"name": f"{name}-nic", "properties": nic}],
+            },
+            "priority": "Spot" if placement.spot else "Regular",
+        }
+        if placement.spot:
+            properties.update(evictionPolicy="Delete", billingProfile={"maxPrice": -1})
+        body: dict[str, Any] = {
+            "location": placement.region,
+            "tags": {TAG_JOB: job.id, TAG_DEADLINE: deadline.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "identity": {
+                "type": "UserAssigned",
+                "userAssignedIdentities": {self.config.identity_id: {}},
+            },
+            "properties": properties,
+        }
+        if placement.zone:
+            body["zones"] = [placement.zone]
+        return body
+
+    def _subnet(self, placement: Placement) -> str:
+        return self.config.subnet_id.replace("{region}", placement.region)
+
+    def _public_key(self) -> str:
+        """Linux VMs need an SSH key: the configured one, or one whose private half is dropped."""
+        if not self._ssh_key:
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=3072).public_key()
+            openssh = serialization.Encoding.OpenSSH
+            self._ssh_key = key.public_bytes(openssh, serialization.PublicFormat.OpenSSH).decode()
+        return self._ssh_key
+
+
+def _state(vm: Any) -> str:
+    return str(vm.provisioning_state or "")
+
+
+def _data(vm: Any) -> dict[str, Any]:
+    priority = getattr(vm.priority, "value", vm.priority)
+    return {
+        "vm": str(vm.name),
+        "region": str(vm.location),
+        "zone": str((vm.zones or [""])[0]),
+        "sku": str(vm.hardware_profile.vm_size),
+        "spot": str(priority) == "Spot",
+    }
+
+
+def _error_tree(exc: Exception) -> Iterator[dict[str, Any]]:
+    """Every error object in an ARM answer: ``error`` and, recursively, its ``details``."""
+    try:
+        body = json.loads(exc.response.text())  # type: ignore[attr-defined]
+    except Exception:  # no response, or not JSON: nothing to read
+        return
+    stack = [body.get("error")] if isinstance(body, dict) else []
+    while stack:
+        error = stack.pop()
+        if isinstance(error, dict):
+            yield error
+            stack.extend(error.get("details") or [])
+
+
+def capacity_code(exc: Exception) -> str | None:
+    """The capacity or quota refusal in ``exc`` (also nested in ``details``), or None."""
+    for error in _error_tree(exc):
+        code = str(error.get("code", ""))
+        if code in CAPACITY_CODES:
+            return code
+        if code == "OperationNotAllowed" and "quota" in str(error.get("message", "")).lower():
+            return "OperationNotAllowed (quota)"
+    return None
+
+
+def transient(exc: Exception) -> bool:
+    """Worth retrying: throttling, server errors, timeouts, lost connections, failed LROs."""
+    from azure.core.exceptions import HttpResponseError
+
+    if not isinstance(exc, HttpResponseError):
+        return True  # ServiceRequestError, ServiceResponseError, polling errors
+    status = exc.status_code or 0
+    return status in (200, 201, 202, 408, 429) or status >= 500
+
+
+def describe(exc: Exception) -> str:
+    errors = list(_error_tree(exc))
+    if errors:
+        return "; ".join(f"{e.get('code')}: {e.get('message', '')}"[:300] for e in errors)
+    status = getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {str(exc)[:300]}"

@@ -1,0 +1,590 @@
+"""A local ARM simulator: the part of Azure Resource Manager the azure-vm backend calls.
+
+``ArmSimulator`` is a ThreadingHTTPServer on 127.0.0.1 (a free port) that answers what
+``azure-mgmt-compute``'s ``ComputeManagementClient.virtual_machines`` sends: PUT, GET and DELETE
+of ``/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}``
+and the list of a resource group (with ``nextLink`` paging). PUT and DELETE are long-running
+operations answered the ARM way: 201/202 with ``Azure-AsyncOperation`` and/or ``Location``
+headers, whose URLs answer ``InProgress`` until the operation ends ``Succeeded``, ``Failed`` or
+``Canceled``. Tags are kept; ``inventory()`` lists every VM that still exists, which is what
+Azure would still bill. ``/metadata/scheduledevents`` is a fake of the instance metadata
+service's Scheduled Events document, where ``preempt()`` posts spot evictions.
+
+Tests and benchmarks script it: provisioning and deletion latency, 429 with ``Retry-After``,
+500s and connection resets (``faults``, ``fail_next``), capacity and quota refusals per SKU,
+region and spot (``refuse``), requests held until released (``hold``, to kill a client mid-call)
+and evictions (``preempt``). Point the real client at it with ``compute_client(sim.endpoint)``:
+a static token, and plain http allowed for loopback hosts only. Fake the transport, never the
+client. What it does not simulate is listed in docs/azure-vm.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import socket
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from ephemerid.errors import BadInput, require_extra
+
+SUBSCRIPTION = "00000000-0000-0000-0000-0000000000e1"
+TOKEN = "arm-simulator-token"  # noqa: S105 - not a secret: only the simulator takes it
+SCOPE = "https://management.azure.com/.default"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+EVENTS_PATH = "/metadata/scheduledevents"
+FAULTS: tuple[str, ...] = ("throttle", "error", "reset")
+# Allocation failures surface on the async operation and leave a Failed VM; the rest on the PUT.
+ASYNC_CODES = frozenset(
+    {"AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest"}
+)
+Reply = tuple[int, Any, dict[str, str]]
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+@dataclass
+class Refusal:
+    """PUTs matching sku, region and spot (None: any) fail with ``code``, ``times`` times."""
+
+    code: str
+    sku: str | None = None
+    region: str | None = None
+    spot: bool | None = None
+    nested: bool = False
+    times: int | None = None
+
+    def matches(self, sku: str, region: str, spot: bool) -> bool:
+        return (
+            (self.times is None or self.times > 0)
+            and self.sku in (None, sku)
+            and self.region in (None, region)
+            and self.spot in (None, spot)
+        )
+
+    def error(self, sku: str, region: str, spot: bool) -> dict[str, Any]:
+        if self.code == "OperationNotAllowed":
+            family = "Total Regional Low-priority vCPUs" if spot else f"{sku} Family vCPUs"
+            message = (
+                "Operation could not be completed as it results in exceeding approved "
+                f"{family} quota. Additional details - Location: {region}, Current Limit: 0, "
+                "Current Usage: 0, Additional Required: 4"
+            )
+        else:
+            kind = "spot" if spot else "on-demand"
+            message = f"simulated {self.code}: no {kind} capacity for {sku} in {region}"
+        inner = {"code": self.code, "message": message}
+        if not self.nested:
+            return inner
+        return {
+            "code": "ResourceOperationFailure",
+            "message": "The resource operation completed with terminal state 'Failed'.",
+            "details": [inner],
+        }
+
+
+@dataclass
+class SimVm:
+    """A VM as the simulator holds it; ``body`` is the PUT body exactly as the client sent it."""
+
+    group: str
+    name: str
+    body: dict[str, Any]
+    state: str = "Creating"  # Creating | Succeeded | Failed | Deleting
+    until: float = 0.0  # when the current operation ends
+    error: dict[str, Any] | None = None  # what a create ends with
+    op: str = ""
+    evict_at: float | None = None
+    event: dict[str, Any] | None = None
+    vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def props(self) -> dict[str, Any]:
+        return dict(self.body.get("properties") or {})
+
+    @property
+    def sku(self) -> str:
+        return str((self.props.get("hardwareProfile") or {}).get("vmSize", ""))
+
+    @property
+    def location(self) -> str:
+        return str(self.body.get("location", ""))
+
+    @property
+    def spot(self) -> bool:
+        return self.props.get("priority") == "Spot"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self.body.get("tags") or {})
+
+    def custom_data(self) -> str:
+        encoded = (self.props.get("osProfile") or {}).get("customData") or ""
+        return base64.b64decode(encoded).decode("utf-8")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+
+
+@dataclass
+class _Op:
+    kind: str
+    location: str
+    vm: SimVm
+    until: float
+    error: dict[str, Any] | None = None
+    status: str = ""  # set when the operation ends early (Canceled)
+
+
+class ArmSimulator:
+    def __init__(
+        self,
+        *,
+        provision_s: float = 0.05,
+        delete_s: float = 0.05,
+        retry_after: str = "1",
+        lro: str = "both",  # headers on 201/202: "async" (Azure-AsyncOperation), "location", "both"
+        page_size: int = 50,
+        seed: int = 0,
+    ) -> None:
+        self.provision_s, self.delete_s = provision_s, delete_s
+        self.retry_after, self.lro, self.page_size = retry_after, lro, page_size
+        self.requests: list[Request] = []
+        self.created: list[SimVm] = []  # every VM a PUT created, in order
+        self.evicted: list[str] = []
+        self._vms: dict[tuple[str, str], SimVm] = {}
+        self._ops: dict[str, _Op] = {}
+        self._refusals: list[Refusal] = []
+        self._fault_rate, self._fault_kinds = 0.0, FAULTS
+        self._scripted: list[tuple[str, str | None]] = []
+        self._hold: set[str] = set()
+        self._held = 0
+        self._release = threading.Event()
+        self._incarnation = 1
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- life ------------------------------------------------------------------------------
+
+    def start(self) -> ArmSimulator:
+        handler = type("Handler", (_Handler,), {"sim": self})
+        self._server = _Server(("127.0.0.1", 0), handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.release_holds()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> ArmSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "start() the simulator first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def scheduled_events_url(self) -> str:
+        return f"{self.endpoint}{EVENTS_PATH}?api-version=2020-07-01"
+
+    # -- scripting -------------------------------------------------------------------------
+
+    def refuse(self, code: str, **match: Any) -> Refusal:
+        """Refuse matching PUTs with ``code`` (see ``Refusal``); returns the rule to change."""
+        with self._lock:
+            self._refusals.append(Refusal(code, **match))
+            return self._refusals[-1]
+
+    def faults(self, rate: float, kinds: tuple[str, ...] = FAULTS) -> None:
+        """Answer a ``rate`` fraction of ARM requests with one of ``kinds``, at random."""
+        with self._lock:
+            self._fault_rate, self._fault_kinds = rate, kinds
+
+    def fail_next(self, kind: str, *, method: str | None = None, count: int = 1) -> None:
+        with self._lock:
+            self._scripted.extend([(kind, method)] * count)
+
+    def hold(self, *methods: str) -> None:
+        """Apply requests with these methods, then keep their answer until ``release_holds``."""
+        with self._lock:
+            self._hold = set(methods)
+            self._release.clear()
+
+    def held(self) -> int:
+        return self._held
+
+    def release_holds(self) -> None:
+        with self._lock:
+            self._hold = set()
+            self._release.set()
+
+    def preempt(self, name: str, *, evict_after_s: float = 30.0) -> dict[str, Any]:
+        """Post a Preempt event for spot VM ``name``; the platform deletes it after the notice."""
+        with self._lock:
+            vm = next((v for v in self._vms.values() if v.name == name), None)
+            if vm is None or not vm.spot:
+                raise ValueError(f"only an existing spot VM can be preempted, not '{name}'")
+            vm.evict_at = time.monotonic() + evict_after_s
+            vm.event = {
+                "EventId": str(uuid.uuid4()),
+                "EventType": "Preempt",
+                "ResourceType": "VirtualMachine",
+                "Resources": [name],
+                "EventStatus": "Scheduled",
+                "NotBefore": formatdate(time.time() + evict_after_s, usegmt=True),
+                "Description": "Spot VM is being evicted",
+                "EventSource": "Platform",
+                "DurationInSeconds": -1,
+            }
+            self._incarnation += 1
+            return dict(vm.event)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def inventory(self) -> list[SimVm]:
+        """Every VM that still exists, in any state: what Azure would still bill."""
+        with self._lock:
+            self._tick()
+            return list(self._vms.values())
+
+    def vm(self, name: str) -> SimVm | None:
+        return next((v for v in self.inventory() if v.name == name), None)
+
+    def created_for(self, tag: str, value: str) -> list[SimVm]:
+        return [v for v in self.created if v.tags.get(tag) == value]
+
+    # -- answering -------------------------------------------------------------------------
+
+    def answer(self, method: str, url: str, headers: Any, raw: bytes) -> Reply | None:
+        """The reply to one request; None means: reset the connection instead."""
+        parsed = urlparse(url)
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        if parsed.path.rstrip("/").lower() == EVENTS_PATH:
+            return self._events(headers)
+        with self._lock:
+            self.requests.append(Request(method, parsed.path, query))
+            fault = self._pick_fault(method)
+            if fault == "throttle":
+                message = "simulated throttling: retry after the Retry-After header"
+                return 429, _error("TooManyRequests", message), {"Retry-After": self.retry_after}
+            if fault == "error":
+                return 500, _error("InternalServerError", "simulated server error"), {}
+            late_reset = fault == "reset" and self._rng.random() < 0.5
+            if fault == "reset" and not late_reset:
+                return None
+            self._tick()
+            reply = self._route(method, parsed.path, query, headers, raw)
+            hold = method in self._hold
+        if late_reset:  # the request took effect, its answer is lost
+            return None
+        if hold:
+            with self._lock:
+                self._held += 1
+            self._release.wait(120)
+        return reply
+
+    def _pick_fault(self, method: str) -> str | None:
+        for i, (kind, only) in enumerate(self._scripted):
+            if only in (None, method):
+                del self._scripted[i]
+                return kind
+        if self._fault_rate and self._rng.random() < self._fault_rate:
+            return self._rng.choice(self._fault_kinds)
+        return None
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for key, vm in list(self._vms.items()):
+            if vm.evict_at is not None and now >= vm.evict_at:
+                del self._vms[key]
+                self.evicted.append(vm.name)
+                self._incarnation += 1
+            elif now >= vm.until and vm.state == "Creating":
+                vm.state = "Failed" if vm.error else "Succeeded"
+            elif now >= vm.until and vm.state == "Deleting":
+                del self._vms[key]
+
+    def _route(
+        self, method: str, path: str, query: dict[str, str], headers: Any, raw: bytes
+    ) -> Reply:
+        if headers.get("Authorization") != f"Bearer {TOKEN}":
+            return 401, _error("AuthenticationFailed", "no valid bearer token"), {}
+        if "api-version" not in query:
+            return 400, _error("MissingApiVersionParameter", "api-version is required"), {}
+        parts = [p.lower() for p in path.strip("/").split("/")]
+        raw_parts = path.strip("/").split("/")
+        is_vms = parts[:1] == ["subscriptions"] and parts[2:3] == ["resourcegroups"]
+        is_vms = is_vms and parts[4:7] == ["providers", "microsoft.compute", "virtualmachines"]
+        if is_vms and len(parts) == 7 and method == "GET":
+            return self._list(parts[3], path, query)
+        if is_vms and len(parts) == 8:
+            key = (parts[3], parts[7])
+            if method == "GET":
+                return self._get(key, query)
+            if method == "PUT":
+                return self._put(key, raw_parts[3], raw_parts[7], raw)
+            if method == "DELETE":
+                return self._delete(key, query)
+        is_op = parts[2:5] == ["providers", "microsoft.compute", "locations"]
+        if is_op and len(parts) == 8 and parts[6] == "operations" and method == "GET":
+            return self._operation(raw_parts[7], query)
+        return 400, _error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
+
+    def _view(self, vm: SimVm, instance_view: bool = False) -> dict[str, Any]:
+        props = json.loads(json.dumps(vm.props))
+        (props.get("osProfile") or {}).pop("customData", None)  # ARM never returns it
+        props.update(provisioningState=vm.state, vmId=vm.vm_id)
+        if instance_view:
+            power = {"Creating": "starting", "Succeeded": "running", "Deleting": "stopping"}
+            statuses = [{"code": f"ProvisioningState/{vm.state.lower()}"}]
+            if vm.state in power:
+                statuses.append({"code": f"PowerState/{power[vm.state]}"})
+            props["instanceView"] = {"statuses": statuses}
+        view = {k: v for k, v in vm.body.items() if k != "properties"}
+        view.update(
+            id=f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{vm.group}/providers/"
+            f"Microsoft.Compute/virtualMachines/{vm.name}",
+            name=vm.name,
+            type="Microsoft.Compute/virtualMachines",
+            properties=props,
+        )
+        return view
+
+    def _list(self, group: str, path: str, query: dict[str, str]) -> Reply:
+        vms = [v for (g, _), v in sorted(self._vms.items()) if g == group]
+        skip = int(query.get("$skiptoken", "0"))
+        page: dict[str, Any] = {"value": [self._view(v) for v in vms[skip : skip + self.page_size]]}
+        if skip + self.page_size < len(vms):
+            version = query["api-version"]
+            page["nextLink"] = (
+                f"{self.endpoint}{path}?api-version={version}&$skiptoken={skip + self.page_size}"
+            )
+        return 200, page, {}
+
+    def _get(self, key: tuple[str, str], query: dict[str, str]) -> Reply:
+        vm = self._vms.get(key)
+        if vm is None:
+            message = f"The Resource 'Microsoft.Compute/virtualMachines/{key[1]}' was not found."
+            return 404, _error("ResourceNotFound", message), {}
+        return 200, self._view(vm, query.get("$expand") == "instanceView"), {}
+
+    def _put(self, key: tuple[str, str], group: str, name: str, raw: bytes) -> Reply:
+        try:
+            body = json.loads(raw)
+            props = body.get("properties") or {}
+            sku = (props.get("hardwareProfile") or {}).get("vmSize")
+            region = body.get("location")
+            base64.b64decode((props.get("osProfile") or {}).get("customData") or "", validate=True)
+        except (ValueError, AttributeError) as exc:
+            return 400, _error("InvalidParameter", f"the VM body is not valid: {exc}"), {}
+        if not sku or not region:
+            message = "location and properties.hardwareProfile.vmSize are required"
+            return 400, _error("InvalidParameter", message), {}
+        vm = self._vms.get(key)
+        if vm is not None and vm.state == "Deleting":
+            message = (
+                f"Operation 'PUT' is not allowed on VM '{name}' since it is marked for deletion."
+            )
+            return 409, _error("OperationNotAllowed", message), {}
+        if vm is not None and vm.state != "Failed":  # a retried PUT: the VM as it is
+            busy = vm.state == "Creating"
+            return 200, self._view(vm), self._lro_headers(vm.op) if busy else {}
+        spot = props.get("priority") == "Spot"
+        refusal = next((r for r in self._refusals if r.matches(sku, region, spot)), None)
+        error = refusal.error(sku, region, spot) if refusal else None
+        if refusal is not None and refusal.times is not None:
+            refusal.times -= 1
+        if refusal is not None and refusal.code not in ASYNC_CODES:
+            return 409, {"error": error}, {}
+        now = time.monotonic()
+        vm = SimVm(group, name, body, until=now + self.provision_s, error=error)
+        self._vms[key] = vm
+        self.created.append(vm)
+        vm.op = self._new_op("create", vm)
+        return 201, self._view(vm), self._lro_headers(vm.op)
+
+    def _delete(self, key: tuple[str, str], query: dict[str, str]) -> Reply:
+        vm = self._vms.get(key)
+        if vm is None:
+            return 204, None, {}
+        if vm.state != "Deleting":
+            if vm.state == "Creating":  # the create loses to the delete
+                self._ops[vm.op].status = "Canceled"
+            vm.state, vm.until = "Deleting", time.monotonic() + self.delete_s
+            vm.op = self._new_op("delete", vm)
+        return 202, None, self._lro_headers(vm.op)
+
+    def _new_op(self, kind: str, vm: SimVm) -> str:
+        op = uuid.uuid4().hex
+        self._ops[op] = _Op(kind, vm.location, vm, vm.until, vm.error if kind == "create" else None)
+        return op
+
+    def _lro_headers(self, op_id: str) -> dict[str, str]:
+        op = self._ops[op_id]
+        base = (
+            f"{self.endpoint}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Compute/"
+            f"locations/{op.location}/operations/{op_id}?api-version=2024-07-01"
+        )
+        headers = {}
+        if self.lro in ("async", "both"):
+            headers["Azure-AsyncOperation"] = base
+        if self.lro in ("location", "both"):
+            headers["Location"] = base + "&monitor=true"
+        return headers
+
+    def _operation(self, op_id: str, query: dict[str, str]) -> Reply:
+        op = self._ops.get(op_id)
+        if op is None:
+            return 404, _error("NotFound", f"operation {op_id} is unknown"), {}
+        status = op.status or (
+            "InProgress" if time.monotonic() < op.until else "Failed" if op.error else "Succeeded"
+        )
+        if query.get("monitor") == "true":  # the Location protocol: 202 until done
+            if status == "InProgress":
+                return 202, None, self._lro_headers(op_id)
+            if status != "Succeeded":
+                error = op.error or {
+                    "code": "OperationPreempted",
+                    "message": "preempted by a delete",
+                }
+                return 409, {"error": error}, {}
+            if op.kind == "create" and op.vm.state == "Succeeded":
+                return 200, self._view(op.vm), {}
+            return 204, None, {}
+        body: dict[str, Any] = {"name": op_id, "status": status}
+        if status == "Failed":
+            body["error"] = op.error
+        elif status == "Canceled":
+            body["error"] = {"code": "OperationPreempted", "message": "preempted by a delete"}
+        return 200, body, {}
+
+    def _events(self, headers: Any) -> Reply:
+        if headers.get("Metadata", "").lower() != "true":
+            return 400, {"error": "Bad request. Required metadata header not specified"}, {}
+        with self._lock:
+            self._tick()
+            events = [dict(v.event) for v in self._vms.values() if v.event]
+            return 200, {"DocumentIncarnation": self._incarnation, "Events": events}, {}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops its connection (or is killed) is part of the game, not an error."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
+    sim: ArmSimulator
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        reply = self.sim.answer(self.command, self.path, self.headers, raw)
+        if reply is None:  # a connection reset: RST, no answer
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        status, body, headers = reply
+        data = b"" if body is None else json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("x-ms-request-id", str(uuid.uuid4()))
+            if data:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client is gone (killed while its request was held)
+            self.close_connection = True
+
+
+# -- the real client, pointed at the simulator -----------------------------------------------
+
+
+class StaticToken:
+    """A TokenCredential (with ``get_token_info``) that always yields the simulator's token."""
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
+
+
+def is_loopback(url: str) -> bool:
+    return urlparse(url).hostname in LOOPBACK
+
+
+def compute_client(endpoint: str, subscription_id: str = SUBSCRIPTION, **options: Any) -> Any:
+    """The real ``ComputeManagementClient`` for the simulator at ``endpoint`` (loopback only).
+
+    Bearer tokens over plain http are refused by azure-core; the authentication policy here
+    allows them for loopback hosts only, so the static token never leaves this machine.
+    """
+    if not is_loopback(endpoint):
+        raise BadInput(f"EPHEMERID_ARM_ENDPOINT '{endpoint}' must be a loopback simulator URL")
+    require_extra("azure.mgmt.compute", "azure")
+    from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
+
+    class LoopbackAuthentication(ARMChallengeAuthenticationPolicy):
+        def on_request(self, request: Any) -> None:
+            if is_loopback(request.http_request.url):
+                request.context["enforce_https"] = False
+            super().on_request(request)
+
+    credential = StaticToken()
+    fast = {"polling_interval": 0.02, "retry_backoff_factor": 0.02, "retry_backoff_max": 0.2}
+    return ComputeManagementClient(
+        credential,
+        subscription_id,
+        base_url=endpoint,
+        authentication_policy=LoopbackAuthentication(credential, SCOPE),
+        **{**fast, **options},
+    )

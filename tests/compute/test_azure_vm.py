@@ -1,0 +1,653 @@
+"""The azure-vm backend, through the real azure-mgmt-compute client against the ARM simulator.
+
+Nothing stands in for the client: ``ComputeManagementClient`` sends real HTTP to
+``ephemerid.testing.arm`` on 127.0.0.1, which keeps the inventory of what would be billed.
+
+A simulated VM runs nothing, so where a test needs the job to run, ``VmPlayer`` (compute/vms.py)
+plays the VM: once the simulator reports a VM running, it decodes that VM's custom data and runs
+the systemd unit's ExecStart from it (the real ``python -m ephemerid.runner``, with the job's URI
+from the VM's own environment file) as a local process, and kills it when the VM is deleted or
+evicted. Spot evictions reach that runner through the simulator's Scheduled Events endpoint.
+Every job is driven to its end by the real reaper, as the timer would.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compute.vms import IDENTITY, SUBNET, VmPlayer, azure_env, boot_files
+from drive import DONE_COMPUTE, Gate, held_spec, log_of, spec_for, wait_for, write_script
+from ephemerid import names
+from ephemerid.app import build_service
+from ephemerid.artifacts import get_bytes
+from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute.azure_vm import TAG_DEADLINE, TAG_JOB
+from ephemerid.errors import BadInput, SpecError
+from ephemerid.reaper import reap
+from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
+from ephemerid.service import Service
+from ephemerid.settings import Settings
+from ephemerid.spec import JobSpec
+from ephemerid.store import open_store
+from ephemerid.testing.arm import TOKEN, ArmSimulator, compute_client
+
+T4, A10, A100 = "Standard_NC4as_T4_v3", "Standard_NV6ads_A10_v5", "Standard_NC24ads_A100_v4"
+
+CHECKPOINT_SCRIPT = """
+import json, os, pathlib, signal, sys, time
+
+params = json.loads(pathlib.Path(os.environ["EPHEMERID_PARAMS"]).read_text())
+gate = pathlib.Path(params["gate"])
+ckpt = pathlib.Path(os.environ["EPHEMERID_CHECKPOINT_DIR"]) / "step"
+step = int(ckpt.read_text()) if ckpt.exists() else 0
+print(f"starting at step {step}", flush=True)
+
+def checkpoint(signum, frame):
+    ckpt.write_text(str(step))
+    print(f"checkpointed at step {step}", flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, checkpoint)
+first = step == 0
+while step < 3:
+    step += 1
+if first:
+    (gate / "reached").touch()
+    time.sleep(60)  # until evicted
+while step < 6:
+    step += 1
+out = pathlib.Path(os.environ["EPHEMERID_OUTPUT_DIR"])
+(out / "final.txt").write_text(f"step {step}")
+print(f"finished at step {step}", flush=True)
+"""
+
+# The ephemerid process the crash tests kill: it submits one job, then handles its result.
+EPHEMERID_PROCESS = """
+import json, sys, time
+from ephemerid import names
+from ephemerid.app import build_service
+from ephemerid.settings import Settings
+from ephemerid.spec import validate_spec
+
+service = build_service(Settings.from_env())
+job = service.submit(validate_spec(json.loads(sys.argv[1])), key="crash").job
+while True:
+    if service.artifacts.stat(names.run_key(job.id, names.RESULT_FILE)):
+        service.complete(job.id)
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def sim() -> Iterator[ArmSimulator]:
+    with ArmSimulator(provision_s=0.05, delete_s=0.05, retry_after="0.02") as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def connection_resets() -> Iterator[None]:
+    """For tests whose simulator resets connections: collect their sockets before the next test.
+
+    A reset while http.client reads the status line leaves the socket in a reference cycle
+    (response, traceback) that only the garbage collector closes, with a ResourceWarning. That is
+    the standard library's doing, not ours, so it is collected here, inside the test that caused
+    it; the test is marked to ignore exactly that warning.
+    """
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+def env(tmp_path: Path, sim: ArmSimulator) -> dict[str, str]:
+    return azure_env(tmp_path / "home", sim)
+
+
+@contextmanager
+def ephemerid(env: dict[str, str], **more: str) -> Iterator[Service]:
+    """A service built from settings, as the function app builds it, cleaned up after."""
+    service = build_service(Settings.from_env({**env, **more}))
+    try:
+        yield service
+    finally:
+        for job in service.store.list():
+            service.release(job) if job.state.terminal else service.cancel(job.id, "test ended")
+        for backend in service.backends.values():
+            for handle in backend.list_owned():
+                backend.teardown(handle)
+        service.close()
+
+
+@pytest.fixture
+def azure(env: dict[str, str]) -> Iterator[Service]:
+    with ephemerid(env) as service:
+        yield service
+
+
+@pytest.fixture
+def player(sim: ArmSimulator, tmp_path: Path) -> Iterator[VmPlayer]:
+    with VmPlayer(sim, tmp_path / "vms") as vms:
+        yield vms
+
+
+def settle(
+    service: Service, job_ids: list[str], timeout: float = 30, now: datetime | None = None
+) -> list[JobRecord]:
+    """Run the reaper, as its timer would, until every job is over and its compute given back."""
+
+    def done() -> list[JobRecord] | None:
+        reap(service, now and max(now, utcnow()))
+        jobs = [service.store.get(job_id) for job_id in job_ids]
+        over = all(j.state.terminal and j.compute_state in DONE_COMPUTE for j in jobs)
+        return jobs if over else None
+
+    return wait_for(done, f"jobs {job_ids} to end with their compute released", timeout)
+
+
+def record(spec: JobSpec, key: str = "direct") -> JobRecord:
+    return JobRecord(id=job_id_for("train", key), key=key, spec=spec, source="test")
+
+
+def vm_spec(code_dir: Path, body: str = "print('trained on a VM')\n", **compute: Any) -> JobSpec:
+    write_script(code_dir, body)
+    return spec_for(code_dir, compute={"skus": [T4], **compute})
+
+
+# -- the VM ---------------------------------------------------------------------------------
+
+
+def test_a_job_gets_one_vm_whose_nic_and_disk_go_with_it_with_no_public_ip_and_no_secrets(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('never runs here')\n")
+    spec = spec_for(
+        code_dir,
+        args=["--shell-me", "$(reboot)"],
+        params={"api_key": "sk-do-not-ship", "note": "'; rm -rf / #"},
+        compute={"skus": [T4], "max_runtime": "2h"},
+    )
+
+    job = azure.submit(spec).job
+
+    [vm] = sim.inventory()
+    body, props = vm.body, vm.body["properties"]
+    assert job.state is JobState.RUNNING and job.compute_state is ComputeState.LIVE
+    assert vm.name == f"eph-{job.id}-0" == job.handle["vm"]
+    assert vm.location == "eastus" and vm.sku == T4 and props["priority"] == "Regular"
+    assert props["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
+    [nic] = props["networkProfile"]["networkInterfaceConfigurations"]
+    assert nic["properties"]["deleteOption"] == "Delete"
+    [ip] = nic["properties"]["ipConfigurations"]
+    assert "publicIPAddressConfiguration" not in json.dumps(body)
+    assert ip["properties"]["subnet"]["id"] == SUBNET.replace("{region}", "eastus")
+    assert body["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {IDENTITY: {}}}
+    assert body["tags"][TAG_JOB] == job.id
+    deadline = datetime.fromisoformat(body["tags"][TAG_DEADLINE].replace("Z", "+00:00"))
+    assert utcnow() + timedelta(hours=2) < deadline < utcnow() + timedelta(hours=3)
+    linux = props["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    assert "adminPassword" not in props["osProfile"]
+    custom = vm.custom_data()
+    assert custom.startswith("#cloud-config\n")
+    for secret in ("sk-do-not-ship", "rm -rf", "$(reboot)", "shell-me", "AccountKey", "sig="):
+        assert secret not in custom
+    assert TOKEN not in custom and "PRIVATE KEY" not in custom
+    env, unit = boot_files(vm)
+    assert env == {
+        "EPHEMERID_ARTIFACTS": azure.artifacts.root_uri,
+        "EPHEMERID_JOB": job.id,
+        "EPHEMERID_SCHEDULED_EVENTS": sim.scheduled_events_url,
+    }
+    assert "EnvironmentFile=/etc/ephemerid/runner.env" in unit
+
+
+def test_the_vm_reaches_an_azure_bucket_with_its_identity_and_is_never_given_a_key(
+    tmp_path: Path, sim: ArmSimulator, code_dir: Path
+) -> None:
+    env = azure_env(
+        tmp_path / "home",
+        sim,
+        EPHEMERID_STORAGE="DefaultEndpointsProtocol=https;AccountName=ephdata;AccountKey=S3CRET==",
+        EPHEMERID_STORAGE__accountName="ephdata",
+    )
+    settings = Settings.from_env(env)
+    from ephemerid.compute.azure_vm import AzureVmCompute
+
+    backend = AzureVmCompute.from_settings(settings, "az://")
+    backend.provision(record(vm_spec(code_dir)))
+
+    [vm] = sim.inventory()
+    boot_env, _ = boot_files(vm)
+    assert boot_env["EPHEMERID_ARTIFACTS"] == "az://"
+    assert boot_env["EPHEMERID_STORAGE__blobServiceUri"] == "https://ephdata.blob.core.windows.net"
+    assert boot_env["EPHEMERID_STORAGE__credential"] == "managedidentity"
+    assert boot_env["EPHEMERID_STORAGE__clientId"] == env["EPHEMERID_VM_IDENTITY_CLIENT_ID"]
+    assert "S3CRET" not in vm.custom_data()
+    assert "ssh-rsa" in json.dumps(vm.body)
+    assert backend.teardown(Handle("azure-vm", "x", {"vm": vm.name})) is True
+
+
+def test_without_a_configured_key_the_vm_gets_an_ssh_key_nobody_holds(
+    tmp_path: Path, sim: ArmSimulator, code_dir: Path
+) -> None:
+    env = {**azure_env(tmp_path / "home", sim), "EPHEMERID_VM_SSH_PUBLIC_KEY": ""}
+    with ephemerid(env) as service:
+        service.submit(vm_spec(code_dir))
+        [vm] = sim.inventory()
+
+    keys = vm.body["properties"]["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
+    assert [k["keyData"].split()[0] for k in keys] == ["ssh-rsa"]
+    assert "PRIVATE" not in json.dumps(vm.body)
+
+
+def test_the_runner_result_deletes_the_vm_and_nothing_is_left_billed(
+    azure: Service, sim: ArmSimulator, player: VmPlayer, code_dir: Path
+) -> None:
+    job = azure.submit(vm_spec(code_dir)).job
+
+    [done] = settle(azure, [job.id])
+
+    assert done.state is JobState.SUCCEEDED
+    assert done.compute_state is ComputeState.RELEASED
+    assert "trained on a VM" in log_of(azure, job.id)
+    assert player.booted() == [job.handle["vm"]]
+    assert sim.inventory() == []
+    deletes = [r for r in sim.requests if r.method == "DELETE"]
+    assert [r.query.get("forceDeletion") for r in deletes] == ["false"]
+    confirm = sim.requests[sim.requests.index(deletes[0]) :]
+    assert any(r.method == "GET" and r.path.endswith(job.handle["vm"]) for r in confirm)
+    assert (done.sku, done.spot, done.price_per_hour) == (T4, False, 0.526)
+    assert done.held_s is not None and done.cost_usd == pytest.approx(
+        done.held_s / 3600 * 0.526, abs=1e-6
+    )
+    assert done.to_json()["cost_usd"] == done.cost_usd
+
+
+def test_a_retried_provision_finds_the_vm_it_started_instead_of_starting_another(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    backend = azure.backends["azure-vm"]
+    job = record(vm_spec(code_dir))
+
+    first = backend.provision(job)
+    again = backend.provision(job)
+
+    assert again == first
+    assert len(sim.created) == 1
+    assert [r.method for r in sim.requests].count("PUT") == 1
+
+
+def test_poll_says_starting_running_then_gone(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    backend = azure.backends["azure-vm"]
+    job = record(vm_spec(code_dir))
+    sim.provision_s = 0.5
+    handle = Handle("azure-vm", job.id, {"vm": f"eph-{job.id}-0"})
+    provisioning = threading.Thread(target=backend.provision, args=(job,))
+    provisioning.start()
+    wait_for(sim.inventory, "the VM to be created")
+
+    starting = backend.poll(handle)
+    provisioning.join()
+    running = backend.poll(handle)
+    backend.teardown(handle)
+
+    assert (starting, running) == (ComputeStatus.STARTING, ComputeStatus.RUNNING)
+    assert backend.poll(handle) is ComputeStatus.GONE
+
+
+# -- crashes --------------------------------------------------------------------------------
+
+CRASH_STEPS = {
+    "after the record is created": "GET",  # held: nothing has reached ARM's PUT yet
+    "after the PUT is sent": "PUT",
+    "after the VM is live": None,
+    "during teardown": "DELETE",
+}
+
+
+@pytest.mark.parametrize("step", list(CRASH_STEPS))
+def test_killing_ephemerid_at_any_step_leaves_no_vm_and_a_terminal_job(
+    step: str, env: dict[str, str], sim: ArmSimulator, tmp_path: Path, code_dir: Path
+) -> None:
+    spec = vm_spec(code_dir)
+    job_id = job_id_for("train", "crash")
+    held = CRASH_STEPS[step]
+    runs = step in ("after the VM is live", "during teardown")
+    with VmPlayer(sim, tmp_path / "vms") if runs else nullcontext():
+        if held:
+            sim.hold(held)
+        process = subprocess.Popen(
+            [sys.executable, "-c", EPHEMERID_PROCESS, spec.model_dump_json()],
+            env={**os.environ, **env},
+            stderr=subprocess.PIPE,
+        )
+        store = open_store(Settings.from_env(env).store_url)
+        if held:
+            wait_for(lambda: sim.held() or process.poll() is not None, f"a held {held}")
+        else:
+            wait_for(lambda: _state(store, job_id) is JobState.RUNNING, "the job to run")
+        process.kill()
+        _, err = process.communicate()
+        assert process.returncode == -9, err
+        sim.release_holds()
+        store.close()
+        with ephemerid(env) as restarted:  # a new ephemerid on the same store and simulator
+            [job] = settle(restarted, [job_id], now=utcnow() + timedelta(seconds=25))
+
+    assert sim.inventory() == []
+    assert len(sim.created_for(TAG_JOB, job_id)) == (0 if held == "GET" else 1)
+    assert job.compute_state in DONE_COMPUTE
+    if runs:
+        assert job.state is JobState.SUCCEEDED
+    else:
+        assert job.state is JobState.FAILED
+        assert job.reason == "provisioning did not finish in time"
+
+
+def _state(store: Any, job_id: str) -> JobState | None:
+    try:
+        return store.get(job_id).state  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("connection_resets")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_with_a_fifth_of_arm_requests_failing_100_jobs_all_end_and_nothing_is_billed(
+    env: dict[str, str], sim: ArmSimulator, tmp_path: Path, code_dir: Path
+) -> None:
+    spec = vm_spec(code_dir, "print('ok')\n")
+    sim.faults(0.2)
+    with ephemerid(env) as service, VmPlayer(sim, tmp_path / "vms"):
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(lambda i: service.submit(spec, key=f"job-{i}").job.id, range(100)))
+        jobs = settle(service, ids, timeout=90)
+        requests = len(sim.requests)
+        sim.faults(0.0)
+        assert sim.inventory() == []
+
+    assert len(set(ids)) == 100
+    assert all(j.state.terminal for j in jobs)
+    assert all(len(sim.created_for(TAG_JOB, j.id)) <= 1 for j in jobs)
+    states = {s: sum(j.state is s for j in jobs) for s in JobState}
+    assert states[JobState.SUCCEEDED] >= 90, states
+    assert requests > 1000
+
+
+@pytest.mark.usefixtures("connection_resets")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_teardown_retries_past_the_sdks_own_retries_and_confirms_the_vm_is_gone(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    backend = azure.backends["azure-vm"]
+    handle = backend.provision(record(vm_spec(code_dir)))
+    sim.fail_next("throttle", method="DELETE", count=12)  # the SDK gives up after 10 retries
+    sim.fail_next("reset", method="GET", count=2)
+
+    assert backend.teardown(handle) is True
+
+    assert sim.inventory() == []
+    assert [r.method for r in sim.requests].count("DELETE") >= 13
+
+
+def test_a_teardown_that_cannot_be_confirmed_stays_owed_until_the_reaper_confirms_it(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    with ephemerid(env, EPHEMERID_PROVISION_TIMEOUT_S="0.3") as service:
+        job = service.submit(vm_spec(code_dir)).job
+        sim.delete_s = 1.0
+
+        cancelled = service.cancel(job.id)
+
+        assert cancelled.state is JobState.CANCELLED
+        assert cancelled.compute_state is ComputeState.LIVE
+        assert cancelled.teardown_attempts == 1
+        assert [v.state for v in sim.inventory()] == ["Deleting"]
+        [done] = settle(service, [job.id], timeout=10)
+        assert done.compute_state is ComputeState.RELEASED
+        assert sim.inventory() == []
+
+
+# -- placement ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "nested"),
+    [
+        ("SkuNotAvailable", False),
+        ("AllocationFailed", False),
+        ("AllocationFailed", True),
+        ("ZonalAllocationFailed", True),
+        ("OverconstrainedAllocationRequest", False),
+        ("OperationNotAllowed", True),
+    ],
+)
+def test_a_capacity_or_quota_refusal_moves_on_to_the_next_region(
+    azure: Service, sim: ArmSimulator, code_dir: Path, code: str, nested: bool
+) -> None:
+    sim.refuse(code, region="eastus", nested=nested)
+
+    job = azure.submit(vm_spec(code_dir)).job
+
+    assert job.state is JobState.RUNNING
+    assert job.handle["region"] == "westus2"
+    assert [v.location for v in sim.inventory()] == ["westus2"]
+
+
+def test_placement_moves_past_a_capacity_refusal_and_a_quota_refusal_to_the_third_sku(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.refuse("AllocationFailed", sku=T4, nested=True)
+    sim.refuse("OperationNotAllowed", sku=A10)
+    with ephemerid(env, EPHEMERID_COMPUTE_REGIONS="eastus") as service:
+        job = service.submit(vm_spec(code_dir, skus=[T4, A10, A100])).job
+
+        assert job.state is JobState.RUNNING
+        assert (job.sku, job.handle["region"], job.spot) == (A100, "eastus", False)
+        assert [v.sku for v in sim.created] == [T4, A100]  # the quota refusal made nothing
+        assert [v.sku for v in sim.inventory()] == [A100]  # the failed T4 VM was deleted
+
+
+def test_spot_prefer_falls_back_to_on_demand(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.refuse("AllocationFailed", spot=True)
+
+    job = azure.submit(vm_spec(code_dir, spot="prefer")).job
+
+    assert job.state is JobState.RUNNING and job.spot is False
+    assert [v.spot for v in sim.created] == [True, True, False]
+
+
+def test_spot_only_without_spot_capacity_waits_then_fails_listing_every_attempt(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.refuse("AllocationFailed", spot=True)
+    limits = {"EPHEMERID_CAPACITY_MAX_WAIT_S": "0.8", "EPHEMERID_CAPACITY_BACKOFF_S": "0.3"}
+    with ephemerid(env, **limits) as service:
+        job = service.submit(vm_spec(code_dir, skus=[T4, A10], spot="only")).job
+        puts = len(sim.created)
+
+        assert job.state is JobState.WAITING_FOR_CAPACITY
+        assert job.compute_state is ComputeState.NONE
+        assert job.reason.startswith("waiting for capacity (next try in ")
+        assert job.next_try_at is not None and job.waiting_since is not None
+        assert service.dispatch_waiting() == []  # backing off: not tried again yet
+        assert len(sim.created) == puts == 4
+        [done] = settle(service, [job.id], timeout=10)
+
+    assert done.state is JobState.FAILED
+    assert "no capacity after waiting" in done.reason
+    for sku in (T4, A10):
+        for region in ("eastus", "westus2"):
+            assert f"{sku} spot in {region}: AllocationFailed" in done.reason
+    assert len(sim.created) > puts
+    assert all(v.spot for v in sim.created)
+    assert sim.inventory() == []
+
+
+# -- eviction -------------------------------------------------------------------------------
+
+
+def test_a_preempted_spot_job_checkpoints_and_resumes_on_a_second_vm(
+    azure: Service, sim: ArmSimulator, player: VmPlayer, code_dir: Path, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path / "gate")
+    write_script(code_dir, CHECKPOINT_SCRIPT, "train.py")
+    spec = spec_for(
+        code_dir, "train.py", params=gate.params, compute={"spot": "only", "skus": [T4]}
+    )
+    job = azure.submit(spec).job
+    first = job.handle["vm"]
+    wait_for((gate.path / "reached").exists, "the first run to reach step 3")
+
+    sim.preempt(first, evict_after_s=30)
+    [done] = settle(azure, [job.id], timeout=40)
+
+    assert done.state is JobState.SUCCEEDED
+    assert done.evictions == 1
+    assert done.handle["vm"] == f"eph-{job.id}-1"
+    assert player.booted() == [first, done.handle["vm"]]
+    assert sim.inventory() == []
+    log = log_of(azure, job.id)
+    assert "spot eviction notice" in log
+    assert "checkpointed at step 3" in log
+    assert "starting at step 3" in log and "finished at step 6" in log
+    evicted = json.loads(get_bytes(azure.artifacts, names.run_key(job.id, "evicted-1.json")))
+    assert evicted["status"] == "evicted"
+    assert get_bytes(azure.artifacts, names.run_key(job.id, "checkpoint/step")) == b"3"
+    [earlier] = done.earlier_compute
+    assert earlier["spot"] is True and earlier["why"] == "evicted" and earlier["cost_usd"] > 0
+    assert done.cost_usd is not None and done.cost_usd > earlier["cost_usd"]
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+def test_cancelling_while_the_vm_is_being_created_gives_it_back(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.provision_s = 2.0
+    spec = vm_spec(code_dir)
+    with ThreadPoolExecutor(1) as pool:
+        submitting = pool.submit(azure.submit, spec, key="slow")
+        wait_for(sim.inventory, "the VM to be created")
+
+        cancelled = azure.cancel(job_id_for("train", "slow"))
+
+        assert cancelled.state is JobState.CANCELLED
+        assert cancelled.compute_state is ComputeState.RELEASED
+        assert sim.inventory() == []
+        submitting.result()
+
+    after = azure.store.get(cancelled.id)
+    assert (after.state, after.compute_state) == (JobState.CANCELLED, ComputeState.RELEASED)
+    assert sim.inventory() == []
+
+
+def test_cancelling_a_running_job_deletes_its_vm_and_stops_its_runner(
+    azure: Service, sim: ArmSimulator, player: VmPlayer, code_dir: Path, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path / "gate")
+    job = azure.submit(held_spec(code_dir, gate, compute={"skus": [T4]})).job
+    script = gate.pid()
+
+    cancelled = azure.cancel(job.id)
+
+    assert cancelled.state is JobState.CANCELLED
+    assert cancelled.compute_state is ComputeState.RELEASED
+    assert sim.inventory() == []
+    wait_for(lambda: not Path(f"/proc/{script}").exists(), "the VM's runner to die with it")
+
+
+# -- strays, settings, CLI ------------------------------------------------------------------
+
+
+def test_the_reaper_deletes_a_tagged_vm_no_job_owns_and_leaves_untagged_vms_alone(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    stray = azure.backends["azure-vm"].provision(record(vm_spec(code_dir), key="elsewhere"))
+    client = compute_client(sim.endpoint)
+    other = {"location": "eastus", "properties": {"hardwareProfile": {"vmSize": T4}}}
+    client.virtual_machines.begin_create_or_update("eph-jobs", "not-ours", other).result()
+
+    actions = reap(azure)
+
+    assert actions == [f"{stray.job_id}: azure-vm compute with no job -> torn down"]
+    assert [v.name for v in sim.inventory()] == ["not-ours"]
+
+
+def test_azure_vm_is_configured_only_when_its_settings_are_and_never_half(
+    tmp_path: Path, sim: ArmSimulator, code_dir: Path
+) -> None:
+    local = build_service(Settings.from_env({"EPHEMERID_HOME": str(tmp_path / "local")}))
+    write_script(code_dir, "print('x')\n")
+
+    assert sorted(local.backends) == ["local"]
+    with pytest.raises(SpecError, match=r"compute\.backend 'azure-vm' is not configured"):
+        local.submit(spec_for(code_dir, compute={"backend": "azure-vm"}))
+    half = {"EPHEMERID_AZURE_SUBSCRIPTION_ID": "sub", "EPHEMERID_COMPUTE_REGIONS": "eastus"}
+    with pytest.raises(BadInput, match="set EPHEMERID_COMPUTE_RESOURCE_GROUP, EPHEMERID_COMPU"):
+        Settings.from_env(half)
+    env = azure_env(tmp_path / "home", sim, EPHEMERID_VM_IMAGE="ubuntu")
+    with pytest.raises(BadInput, match="write publisher:offer:sku:version"):
+        build_service(Settings.from_env(env))
+
+
+def test_a_price_table_setting_replaces_the_shipped_prices(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path, tmp_path: Path
+) -> None:
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({"skus": {T4: {"on_demand": 2.0, "spot": 0.5}}}))
+    with ephemerid(env, EPHEMERID_PRICE_TABLE=str(table)) as service:
+        job = service.submit(vm_spec(code_dir, spot="only")).job
+        assert job.price_per_hour == 0.5
+    table.write_text("{not json")
+    with pytest.raises(BadInput, match=r"price table .* is not valid"):
+        build_service(Settings.from_env({**env, "EPHEMERID_PRICE_TABLE": str(table)}))
+
+
+def test_eph_submit_with_backend_azure_vm_runs_on_a_vm_and_status_shows_its_cost(
+    env: dict[str, str], sim: ArmSimulator, player: VmPlayer, code_dir: Path, tmp_path: Path
+) -> None:
+    write_script(code_dir, "print('hello from the VM')\n")
+    cli_env = {**os.environ, **env, "COLUMNS": "300", "NO_COLOR": "1"}
+    del cli_env["EPHEMERID_BACKEND"]
+    eph = Path(sys.executable).with_name("eph")
+    flags = ["--code", str(code_dir), "--entrypoint", "job.py", "--backend", "azure-vm"]
+
+    submitted = subprocess.run(
+        [str(eph), "submit", *flags, "--json"], env=cli_env, capture_output=True, text=True
+    )
+    job = json.loads(submitted.stdout)
+    status = subprocess.run(
+        [str(eph), "status", job["id"]], env=cli_env, capture_output=True, text=True
+    )
+
+    assert submitted.returncode == 0, submitted.stderr
+    assert (job["state"], job["compute_state"], job["backend"]) == (
+        "SUCCEEDED",
+        "released",
+        "azure-vm",
+    )
+    assert job["sku"] == T4 and job["cost_usd"] > 0
+    assert f"{T4} on-demand" in status.stderr  # eph prints for people on stderr
+    assert f"${job['cost_usd']:.4f}" in status.stderr
+    assert sim.inventory() == []
