@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from drive import cleaned_up
 from ephemerid.app import build_service
 from ephemerid.service import Service
 from ephemerid.settings import Settings
@@ -29,14 +30,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def service(settings: Settings) -> Iterator[Service]:
-    svc = build_service(settings)
-    yield svc
-    for job in svc.store.list():  # never leave a runner behind, whatever the test did
-        svc.release(job) if job.state.terminal else svc.cancel(job.id, "test ended")
-    for backend in svc.backends.values():
-        for handle in backend.list_owned():
-            backend.teardown(handle)
-    svc.close()
+    with cleaned_up(build_service(settings)) as svc:  # never leave a runner behind
+        yield svc
 
 
 @pytest.fixture

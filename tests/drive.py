@@ -12,7 +12,7 @@ import json
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -169,9 +169,8 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def service_with(settings: Settings, **changes: Any) -> Iterator[Service]:
-    """A service on ``settings`` with ``changes``, left with no job running and no compute."""
-    service = build_service(dataclasses.replace(settings, **changes))
+def cleaned_up(service: Service) -> Iterator[Service]:
+    """``service``, left with no job running and no compute, then closed."""
     try:
         yield service
     finally:
@@ -181,3 +180,8 @@ def service_with(settings: Settings, **changes: Any) -> Iterator[Service]:
             for handle in backend.list_owned():
                 backend.teardown(handle)
         service.close()
+
+
+def service_with(settings: Settings, **changes: Any) -> AbstractContextManager[Service]:
+    """A service on ``settings`` with ``changes``, cleaned up after."""
+    return cleaned_up(build_service(dataclasses.replace(settings, **changes)))

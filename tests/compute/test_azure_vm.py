@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,16 @@ from typing import Any
 import pytest
 
 from compute.vms import IDENTITY, SUBNET, VmPlayer, azure_env, boot_files
-from drive import DONE_COMPUTE, Gate, held_spec, log_of, spec_for, wait_for, write_script
+from drive import (
+    DONE_COMPUTE,
+    Gate,
+    cleaned_up,
+    held_spec,
+    log_of,
+    spec_for,
+    wait_for,
+    write_script,
+)
 from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import get_bytes
@@ -115,19 +124,9 @@ def env(tmp_path: Path, sim: ArmSimulator) -> dict[str, str]:
     return azure_env(tmp_path / "home", sim)
 
 
-@contextmanager
-def ephemerid(env: dict[str, str], **more: str) -> Iterator[Service]:
+def ephemerid(env: dict[str, str], **more: str) -> AbstractContextManager[Service]:
     """A service built from settings, as the function app builds it, cleaned up after."""
-    service = build_service(Settings.from_env({**env, **more}))
-    try:
-        yield service
-    finally:
-        for job in service.store.list():
-            service.release(job) if job.state.terminal else service.cancel(job.id, "test ended")
-        for backend in service.backends.values():
-            for handle in backend.list_owned():
-                backend.teardown(handle)
-        service.close()
+    return cleaned_up(build_service(Settings.from_env({**env, **more})))
 
 
 @pytest.fixture
