@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean bench bench-billed-idle bench-dispatch bench-cold-start \
+	bench-batch-scoring bench-cost
 
 TEST_STAMP := $(VENV)/.installed-test
 AZURITE := node_modules/.bin/azurite
@@ -36,9 +37,28 @@ test: $(TEST_STAMP) $(AZURITE)
 	$(BIN)/python -m ephemerid.testing.azurite -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
 	$(BIN)/mypy
+
+# Benchmarks (BENCHMARKS.md): each prints a table and writes bench/results/<name>.json. They run
+# one after another: do not use -j, they measure. BENCH_ARGS passes options to one of them.
+bench: bench-billed-idle bench-dispatch bench-cold-start bench-batch-scoring bench-cost
+
+bench-billed-idle: $(TEST_STAMP)
+	$(BIN)/python bench/billed_idle.py $(BENCH_ARGS)
+
+bench-dispatch: $(TEST_STAMP) $(AZURITE)
+	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
+
+bench-cold-start: $(STAMP)
+	$(BIN)/python bench/cold_start.py $(BENCH_ARGS)
+
+bench-batch-scoring: $(STAMP)
+	$(BIN)/python bench/batch_scoring.py $(BENCH_ARGS)
+
+bench-cost: $(STAMP)
+	$(BIN)/python bench/cost.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .ephemerid .ephemerid-demo .pytest_cache .mypy_cache .ruff_cache

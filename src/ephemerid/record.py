@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -140,7 +141,12 @@ class JobRecord:
         return {"sku": self.sku, "spot": self.spot, "held_s": held, "cost_usd": cost, "why": reason}
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Not asdict(): it deep-copies the spec (a pydantic model) only for the copy to be
+        # replaced by its dump below, most of what serializing a record for the store cost.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in data.items():
+            if isinstance(value, dict | list):
+                data[name] = copy.deepcopy(value)
         data["spec"] = self.spec.model_dump(mode="json", exclude_none=True)
         data["state"] = self.state.value
         data["compute_state"] = self.compute_state.value
