@@ -26,7 +26,7 @@ from drive import (
     write_script,
 )
 from ephemerid import names
-from ephemerid.artifacts import put_bytes
+from ephemerid.artifacts import get_bytes, put_bytes
 from ephemerid.errors import BadInput, SpecError, UnsafeName
 from ephemerid.events import on_blob_created
 from ephemerid.record import ComputeState, JobState
@@ -115,6 +115,48 @@ def test_submits_without_a_key_are_different_jobs(service: Service, code_dir: Pa
 
     assert jobs[0].id != jobs[1].id
     assert [finish(service, j.id).state for j in jobs] == [JobState.SUCCEEDED] * 2
+
+
+def test_a_redelivery_is_answered_from_the_store_even_after_its_code_folder_is_gone(
+    service: Service, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('ok')\n")
+    spec = spec_for(code_dir)
+    first = service.submit(spec, key="upload-7")
+    finish(service, first.job.id)
+    (code_dir / "job.py").unlink()
+
+    again = service.submit(spec, key="upload-7")
+
+    assert again.created is False and again.job.id == first.job.id
+    with pytest.raises(SpecError, match=r"entrypoint 'job\.py' is not a file"):
+        service.submit(spec, key="upload-8")
+
+
+def test_jobs_with_the_same_code_share_one_snapshot_and_changed_code_gets_its_own(
+    service: Service, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('version 1')\n")
+    (code_dir / "lib").mkdir()
+    (code_dir / "lib" / "util.py").write_text("X = 1\n")
+    one, two = (service.submit(spec_for(code_dir)).job for _ in range(2))
+    write_script(code_dir, "print('version 2')\n")
+    three = service.submit(spec_for(code_dir)).job
+
+    done = [finish(service, job.id) for job in (one, two, three)]
+
+    code = [launch_of(service, job.id)["code"] for job in (one, two, three)]
+    assert code[0] == code[1] != code[2]
+    assert all(c.startswith(f"{names.RUNS}/{names.CODE_SNAPSHOTS}/") for c in code)
+    files = sorted(s.key for s in service.artifacts.list(f"{names.RUNS}/{names.CODE_SNAPSHOTS}/"))
+    snapshot = ["{}.json", "{}/job.py", "{}/lib/util.py"]
+    assert files == sorted(f.format(c) for c in (code[0], code[2]) for f in snapshot)
+    assert [log_of(service, job.id).count("version 1") for job in done] == [1, 1, 0]
+    assert "version 2" in log_of(service, three.id)
+
+
+def launch_of(service: Service, job_id: str) -> dict[str, Any]:
+    return json.loads(get_bytes(service.artifacts, names.run_key(job_id, names.JOB_FILE)))
 
 
 def test_eight_threads_delivering_one_blob_event_800_times_make_one_job_and_one_runner(

@@ -11,6 +11,9 @@ JOBS_TABLE = "jobs"
 # Files under runs/<job>/ ; result.json is written last and is itself the completion event.
 JOB_FILE = "job.json"
 CODE_DIR = "code"
+# Code snapshots, by content: runs/_code/<sha256>/ (written once, shared by every job that ran
+# that exact code) and runs/_code/<sha256>.json, the manifest written after the files.
+CODE_SNAPSHOTS = "_code"
 LOG_FILE = "output.log"
 HEARTBEAT_FILE = "heartbeat.json"
 METRICS_FILE = "metrics.jsonl"
@@ -30,6 +33,10 @@ ENV_JOB_ID = "EPHEMERID_JOB_ID"
 
 def run_key(job_id: str, name: str = "") -> str:
     return f"{RUNS}/{job_id}/{name}" if name else f"{RUNS}/{job_id}"
+
+
+def code_key(digest: str) -> str:
+    return f"{RUNS}/{CODE_SNAPSHOTS}/{digest}"
 
 
 def job_of_result(key: str) -> str | None:

@@ -7,6 +7,7 @@ instances handling the same event cannot both provision, and a lost race re-read
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -76,14 +77,23 @@ class Service:
     # -- submit ------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, key: str | None = None, source: str = "api") -> Submitted:
-        """Accept ``spec`` once per idempotency key; refuse bad input before renting anything."""
+        """Accept ``spec`` once per idempotency key; refuse bad input before renting anything.
+
+        A redelivery (a key already taken) is answered from the store before anything else is
+        checked: it costs one read.
+        """
+        key = spec.idempotency_key or key or f"uuid:{uuid.uuid4()}"
+        job_id = job_id_for(spec.kind.value, key)
+        known = self._known(job_id, key)
+        if known is not None:
+            log.info("duplicate delivery for job %s (%s): nothing to do", job_id, source)
+            return Submitted(known, created=False)
         backend = self._backend_name(spec)
         model = self._resolve_model(spec)
         inputs = self._input_keys(spec)
-        self._check_code(spec)
-        key = spec.idempotency_key or key or f"uuid:{uuid.uuid4()}"
+        files = self._check_code(spec)
         record = JobRecord(
-            id=job_id_for(spec.kind.value, key),
+            id=job_id,
             key=key,
             spec=spec,
             source=source,
@@ -96,11 +106,20 @@ class Service:
             return Submitted(job, created=False)
         self.notify(job)
         try:
-            self._write_launch(job, inputs, model)
+            self._write_launch(job, inputs, model, files)
         except (EphemeridError, OSError) as exc:
             failed = self._fail(job.id, f"could not stage the job: {exc}")
             return Submitted(failed, created=True)
         return Submitted(self.start(job.id), created=True)
+
+    def _known(self, job_id: str, key: str) -> JobRecord | None:
+        try:
+            job = self.store.get(job_id)
+        except NotFound:
+            return None
+        if job.key != key:  # a hash collision: never merged (create_if_absent refuses it)
+            return None
+        return job
 
     def _backend_name(self, spec: JobSpec) -> str:
         name = check_backend(spec.compute.backend or self.settings.backend)
@@ -135,7 +154,8 @@ class Service:
             keys[name] = key
         return keys
 
-    def _check_code(self, spec: JobSpec) -> None:
+    def _check_code(self, spec: JobSpec) -> list[Path]:
+        """The files of a local code folder (none for code already in the bucket), checked."""
         if "://" in spec.code:
             try:
                 prefix = self.artifacts.key_of(spec.code).rstrip("/")
@@ -143,33 +163,35 @@ class Service:
                 raise SpecError(f"code: {exc}") from exc
             if self.artifacts.stat(f"{prefix}/{spec.entrypoint}") is None:
                 raise SpecError(f"entrypoint '{spec.entrypoint}' is not in code '{spec.code}'")
-            return
+            return []
         code = Path(spec.code)
         if not code.is_dir():
             raise SpecError(f"code: '{spec.code}' is not a directory")
         if not (code / spec.entrypoint).is_file():
             raise SpecError(f"entrypoint '{spec.entrypoint}' is not a file in '{spec.code}'")
-        size = sum(p.stat().st_size for p in _code_files(code))
+        files = _code_files(code)
+        size = sum(p.stat().st_size for p in files)
         if size > self.settings.code_limit_bytes:
             raise SpecError(
                 f"code: '{spec.code}' holds {size} bytes, more than the "
                 f"{self.settings.code_limit_bytes}-byte limit; keep data out of the code "
                 "directory and pass it as inputs"
             )
+        return files
 
     def _write_launch(
-        self, job: JobRecord, inputs: dict[str, str], model: ModelVersion | None
+        self,
+        job: JobRecord,
+        inputs: dict[str, str],
+        model: ModelVersion | None,
+        files: list[Path],
     ) -> None:
         """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told."""
         spec = job.spec
         if "://" in spec.code:
             code = self.artifacts.key_of(spec.code).rstrip("/")
         else:
-            code = names.run_key(job.id, names.CODE_DIR)
-            root = Path(spec.code)
-            for path in _code_files(root):
-                with path.open("rb") as stream:
-                    self.artifacts.write(f"{code}/{path.relative_to(root).as_posix()}", stream)
+            code = self._snapshot(Path(spec.code), files)
         launch = {
             "job_id": job.id,
             "spec": spec.model_dump(mode="json", exclude_none=True),
@@ -183,6 +205,25 @@ class Service:
         put_bytes(
             self.artifacts, names.run_key(job.id, names.JOB_FILE), json.dumps(launch).encode()
         )
+
+    def _snapshot(self, root: Path, files: list[Path]) -> str:
+        """Upload the code folder once per content: runs/_code/<sha256>/, shared by its jobs.
+
+        The manifest is written after the files, so a snapshot with a manifest is whole; a
+        crash before it leaves files that the next job with that code writes again.
+        """
+        contents = {path.relative_to(root).as_posix(): path.read_bytes() for path in files}
+        digest = hashlib.sha256()
+        for name, data in contents.items():
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+        prefix = names.code_key(digest.hexdigest())
+        if self.artifacts.stat(f"{prefix}.json") is None:
+            for name, data in contents.items():
+                put_bytes(self.artifacts, f"{prefix}/{name}", data)
+            manifest = {"files": sorted(contents)}
+            put_bytes(self.artifacts, f"{prefix}.json", json.dumps(manifest).encode())
+        return prefix
 
     # -- compute -----------------------------------------------------------------------------
 

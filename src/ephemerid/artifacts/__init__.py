@@ -66,6 +66,7 @@ def safe_key(key: str, *, what: str = "blob name") -> str:
     return key
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
@@ -97,9 +98,9 @@ def _unsafe_reason(key: str) -> str:
         return f"it is longer than {MAX_KEY_LENGTH} characters"
     if "\\" in key:
         return "it contains a backslash"
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if _CONTROL.search(key):
         return "it contains control characters"
-    if key.startswith("/") or PurePosixPath(key).is_absolute():
+    if key.startswith("/"):
         return "it is an absolute path"
     parts = key.split("/")
     if any(p in ("..", ".") for p in parts):
