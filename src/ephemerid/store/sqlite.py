@@ -32,6 +32,10 @@ class SqliteJobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Writers in this process take turns here: a thread waiting on a lock wakes the moment
+        # it is free, where SQLite's busy handler would sleep and poll (up to 100 ms a try).
+        # Other processes still meet SQLite's own lock and busy timeout.
+        self._write = threading.Lock()
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
 
@@ -47,19 +51,21 @@ class SqliteJobStore:
 
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
         stored = record.evolve(version=1)
-        cursor = self._conn().execute(
-            "INSERT OR IGNORE INTO jobs (id, key, state, version, open, created_at, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                stored.id,
-                stored.key,
-                stored.state.value,
-                1,
-                stored.open,
-                stored.created_at.isoformat(),
-                stored.dumps(),
-            ),
+        row = (
+            stored.id,
+            stored.key,
+            stored.state.value,
+            1,
+            stored.open,
+            stored.created_at.isoformat(),
+            stored.dumps(),
         )
+        with self._write:
+            cursor = self._conn().execute(
+                "INSERT OR IGNORE INTO jobs (id, key, state, version, open, created_at, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
         if cursor.rowcount == 1:
             return stored, True
         row = self._conn().execute("SELECT data FROM jobs WHERE key = ?", (record.key,)).fetchone()
@@ -75,18 +81,13 @@ class SqliteJobStore:
 
     def update(self, record: JobRecord) -> JobRecord:
         stored = record.evolve(version=record.version + 1)
-        cursor = self._conn().execute(
-            "UPDATE jobs SET state = ?, version = ?, open = ?, data = ? "
-            "WHERE id = ? AND version = ?",
-            (
-                stored.state.value,
-                stored.version,
-                stored.open,
-                stored.dumps(),
-                record.id,
-                record.version,
-            ),
-        )
+        values = (stored.state.value, stored.version, stored.open, stored.dumps())
+        with self._write:
+            cursor = self._conn().execute(
+                "UPDATE jobs SET state = ?, version = ?, open = ?, data = ? "
+                "WHERE id = ? AND version = ?",
+                (*values, record.id, record.version),
+            )
         if cursor.rowcount != 1:
             raise Conflict(f"job {record.id} changed since version {record.version}")
         return stored
