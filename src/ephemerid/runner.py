@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,6 +125,8 @@ class ScheduledEvents:
 
     def preempt(self) -> dict[str, Any] | None:
         """The Preempt event naming this VM, if one is scheduled; None (also when unreachable)."""
+        import urllib.request  # here, not at the top: only spot VMs pay for importing it
+
         request = urllib.request.Request(self.url, headers={"Metadata": "true"})  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310
