@@ -1,0 +1,98 @@
+// ephemerid on Azure: the function app and what it needs, in one resource group, and a second
+// resource group that holds only job VMs and their network. `azd up` deploys it.
+// Every connection is identity-based: no account key or connection string exists anywhere.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; names and tags every resource.')
+param environmentName string
+
+@minLength(1)
+@description('Region of the function app, storage, Service Bus and monitoring.')
+param location string
+
+@description('Regions (or region:zone) where job VMs may run, in order of preference. Empty: the location.')
+param computeRegions string = ''
+
+@description('Outbound internet for job VMs through a NAT gateway (needed to pip install the runner; about 32 USD a month).')
+param jobsNatGateway bool = true
+
+@description('Also create an Azure ML workspace and a GPU cluster that scales to zero.')
+param enableAzureMl bool = false
+
+@description('SKU of the Azure ML cluster nodes (when enableAzureMl).')
+param amlClusterSku string = 'Standard_NC4as_T4_v3'
+
+var token = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+
+resource appGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+// Job VMs live here and nowhere else: the reaper lists this group, and the function app's
+// VM rights stop at its edge.
+resource computeGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}-jobs'
+  location: location
+  tags: tags
+}
+
+module identities 'modules/identities.bicep' = {
+  name: 'identities'
+  scope: appGroup
+  params: { location: location, tags: tags, token: token }
+}
+
+module compute 'modules/compute.bicep' = {
+  name: 'compute'
+  scope: computeGroup
+  params: {
+    location: location
+    tags: tags
+    functionPrincipalId: identities.outputs.functionPrincipalId
+    natGateway: jobsNatGateway
+  }
+}
+
+module app 'modules/app.bicep' = {
+  name: 'app'
+  scope: appGroup
+  params: {
+    location: location
+    tags: tags
+    token: token
+    functionIdentityName: identities.outputs.functionIdentityName
+    vmIdentityName: identities.outputs.vmIdentityName
+    computeResourceGroup: computeGroup.name
+    computeSubnetId: compute.outputs.subnetId
+    computeRegions: empty(computeRegions) ? location : computeRegions
+  }
+}
+
+module aml 'modules/aml.bicep' = if (enableAzureMl) {
+  name: 'aml'
+  scope: appGroup
+  params: {
+    location: location
+    tags: tags
+    token: token
+    clusterSku: amlClusterSku
+    storageAccountName: app.outputs.storageAccountName
+    appInsightsId: app.outputs.appInsightsId
+    functionPrincipalId: identities.outputs.functionPrincipalId
+    vmIdentityName: identities.outputs.vmIdentityName
+    subnetId: compute.outputs.subnetId
+  }
+}
+
+output AZURE_LOCATION string = location
+output AZURE_RESOURCE_GROUP string = appGroup.name
+output AZURE_FUNCTION_APP_NAME string = app.outputs.functionAppName
+output AZURE_STORAGE_ACCOUNT_NAME string = app.outputs.storageAccountName
+output AZURE_EVENTGRID_TOPIC_NAME string = app.outputs.systemTopicName
+output EPHEMERID_COMPUTE_RESOURCE_GROUP string = computeGroup.name
+output EPHEMERID_SERVICEBUS_NAMESPACE string = app.outputs.serviceBusNamespace
