@@ -21,11 +21,10 @@ False so it stays owed. ``list_owned`` is every VM of the resource group tagged 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -34,6 +33,7 @@ import yaml
 
 from ephemerid import __version__
 from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute.arm_errors import describe, error_tree, transient
 from ephemerid.compute.prices import PriceTable
 from ephemerid.errors import (
     BadInput,
@@ -472,44 +472,12 @@ def _data(vm: Any) -> dict[str, Any]:
     }
 
 
-def _error_tree(exc: Exception) -> Iterator[dict[str, Any]]:
-    """Every error object in an ARM answer: ``error`` and, recursively, its ``details``."""
-    try:
-        body = json.loads(exc.response.text())  # type: ignore[attr-defined]
-    except Exception:  # no response, or not JSON: nothing to read
-        return
-    stack = [body.get("error")] if isinstance(body, dict) else []
-    while stack:
-        error = stack.pop()
-        if isinstance(error, dict):
-            yield error
-            stack.extend(error.get("details") or [])
-
-
 def capacity_code(exc: Exception) -> str | None:
     """The capacity or quota refusal in ``exc`` (also nested in ``details``), or None."""
-    for error in _error_tree(exc):
+    for error in error_tree(exc):
         code = str(error.get("code", ""))
         if code in CAPACITY_CODES:
             return code
         if code == "OperationNotAllowed" and "quota" in str(error.get("message", "")).lower():
             return "OperationNotAllowed (quota)"
     return None
-
-
-def transient(exc: Exception) -> bool:
-    """Worth retrying: throttling, server errors, timeouts, lost connections, failed LROs."""
-    from azure.core.exceptions import HttpResponseError
-
-    if not isinstance(exc, HttpResponseError):
-        return True  # ServiceRequestError, ServiceResponseError, polling errors
-    status = exc.status_code or 0
-    return status in (200, 201, 202, 408, 429) or status >= 500
-
-
-def describe(exc: Exception) -> str:
-    errors = list(_error_tree(exc))
-    if errors:
-        return "; ".join(f"{e.get('code')}: {e.get('message', '')}"[:300] for e in errors)
-    status = getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {str(exc)[:300]}"
