@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from drive import (
     Gate,
@@ -24,6 +29,7 @@ from drive import (
 )
 from ephemerid import names
 from ephemerid.record import ComputeState, JobState
+from ephemerid.runner import Rank, Runner
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 
@@ -278,3 +284,46 @@ def test_input_deleted_before_the_job_runs_fails_it_naming_the_input(
     assert "rows.csv" in job.reason
     assert "should not run" not in log
     assert job.compute_state is ComputeState.RELEASED
+
+
+RANKED_SCRIPT = """
+    import os, pathlib
+    print(f"this is the process of rank {os.environ.get('RANK', '0')}", flush=True)
+    out = pathlib.Path(os.environ["EPHEMERID_OUTPUT_DIR"])
+    (out / f"from-rank-{os.environ.get('RANK', '0')}.txt").write_text("written")
+"""
+
+
+def test_a_rank_other_than_zero_logs_to_its_own_log_and_leaves_the_result_and_outputs_to_rank_zero(
+    service: Service, code_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_script(code_dir, RANKED_SCRIPT)
+    job = run(service, spec_for(code_dir))  # rank 0, as a one-process job is
+    result_key = names.run_key(job.id, names.RESULT_FILE)
+    result = text_of(service.artifacts, result_key)
+    monkeypatch.setenv("RANK", "1")  # what the launcher gives the entrypoint too
+
+    outcome = Runner(service.artifacts, job.id, tmp_path / "node", rank=Rank(1, 2)).run()
+
+    assert outcome.status == "succeeded"
+    rank_log = text_of(service.artifacts, names.run_key(job.id, names.log_file(1)))
+    assert "(rank 1 of 2)" in rank_log
+    assert "this is the process of rank 1" in rank_log
+    assert "this is the process of rank 1" not in log_of(service, job.id)
+    assert text_of(service.artifacts, result_key) == result
+    outputs = names.run_key(job.id, names.OUTPUTS_DIR)
+    assert [s.key for s in service.artifacts.list(outputs + "/")] == [f"{outputs}/from-rank-0.txt"]
+    assert (tmp_path / "node" / "rank-1" / "output" / "from-rank-1.txt").is_file()
+
+
+@pytest.mark.parametrize(("rank", "world"), [("2", "2"), ("-1", "2"), ("one", "2"), ("0", "0")])
+def test_the_runner_refuses_a_rank_outside_its_world(rank: str, world: str, tmp_path: Path) -> None:
+    env = {**os.environ, "RANK": rank, "WORLD_SIZE": world}
+    command = [sys.executable, "-m", "ephemerid.runner", "--artifacts", f"file://{tmp_path}"]
+    done = subprocess.run(
+        [*command, "--job", "train-000000000000"], env=env, capture_output=True, text=True
+    )
+
+    assert done.returncode == 2
+    assert "RANK" in done.stderr
+    assert not (tmp_path / "runs").exists()

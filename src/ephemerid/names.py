@@ -31,6 +31,11 @@ ENV_METRICS = "EPHEMERID_METRICS_FILE"
 ENV_JOB_ID = "EPHEMERID_JOB_ID"
 
 
+def log_file(rank: int = 0) -> str:
+    """The job log of one rank: rank 0's is the job's log, every other rank keeps its own."""
+    return LOG_FILE if rank == 0 else f"output.rank-{rank}.log"
+
+
 def run_key(job_id: str, name: str = "") -> str:
     return f"{RUNS}/{job_id}/{name}" if name else f"{RUNS}/{job_id}"
 

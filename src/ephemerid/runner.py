@@ -6,6 +6,13 @@ shell (params reach it as a JSON file, never as shell text), streams its output 
 while it runs, heartbeats, enforces ``max_runtime`` (SIGTERM, grace, SIGKILL), uploads outputs,
 and writes ``runs/<job>/result.json`` last: that file is the completion event.
 
+Launched once per process of a distributed job (torchrun, or Azure ML's PyTorch distribution:
+``RANK`` and ``WORLD_SIZE`` in the environment), every rank stages its own copy in
+``<work-dir>/rank-<n>``, runs the entrypoint (which inherits the launcher's ``RANK``,
+``LOCAL_RANK``, ``MASTER_ADDR``… for ``torch.distributed``) and streams its output, rank 0 to the
+job's log and rank n to ``output.rank-<n>.log``; only rank 0 heartbeats, uploads outputs and the
+checkpoint, and writes ``result.json``.
+
 On a spot VM, ``--scheduled-events URL`` makes it watch the instance metadata service: on a
 ``Preempt`` event for this VM it SIGTERMs the entrypoint (which may write a checkpoint), uploads
 the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job again elsewhere.
@@ -52,6 +59,29 @@ class Outcome:
     finished_at: str | None = None
     outputs: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a distributed launch; ``Rank()`` is a job of one process."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Rank:
+        env = dict(os.environ) if env is None else env
+        try:
+            rank, world = int(env.get("RANK") or 0), int(env.get("WORLD_SIZE") or 1)
+        except ValueError as exc:
+            raise ValueError(f"RANK and WORLD_SIZE must be whole numbers: {exc}") from exc
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world}")
+        return cls(rank, world)
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
 
 
 class LogPump:
@@ -147,11 +177,16 @@ class Runner:
         work: Path,
         events: ScheduledEvents | None = None,
         events_poll_s: float = 1.0,
+        rank: Rank | None = None,
     ) -> None:
-        self.store, self.job_id, self.work = store, job_id, work
+        self.rank = rank or Rank()
+        self.store, self.job_id = store, job_id
+        work = work.resolve()  # the entrypoint runs in its code folder: no path may be relative
+        self.work = work / f"rank-{self.rank.rank}" if self.rank.world > 1 else work
         self.events, self.events_poll_s = events, events_poll_s
         self.job: dict[str, Any] = {}
-        self.pump = LogPump(store, names.run_key(job_id, names.LOG_FILE), 10 * 1024 * 1024)
+        log_key = names.run_key(job_id, names.log_file(self.rank.rank))
+        self.pump = LogPump(store, log_key, 10 * 1024 * 1024)
         self._stop = threading.Event()
 
     def say(self, message: str) -> None:
@@ -164,10 +199,14 @@ class Runner:
         try:
             self.job = json.loads(get_bytes(self.store, names.run_key(self.job_id, names.JOB_FILE)))
             self.pump.limit = int(self.job.get("log_limit_bytes", self.pump.limit))
-            threading.Thread(target=self._heartbeat, daemon=True).start()
+            if self.rank.leader:
+                threading.Thread(target=self._heartbeat, daemon=True).start()
+            else:
+                threading.Thread(target=self._flush_often, daemon=True).start()
             entry, env = self._stage()
             self._execute(entry, env, outcome)
-            self._upload(outcome)
+            if self.rank.leader:
+                self._upload(outcome)
         except Exception as exc:  # anything the runner hits ends as a failed result, not a hang
             outcome.status, outcome.reason = "failed", f"runner error: {exc}"
             self.say(outcome.reason)
@@ -175,18 +214,20 @@ class Runner:
             self._stop.set()
             self.pump.close()
             outcome.finished_at = outcome.finished_at or _now()
-            put_bytes(
-                self.store,
-                names.run_key(self.job_id, names.RESULT_FILE),
-                json.dumps({"job_id": self.job_id, **outcome.__dict__}).encode(),
-            )
+            if self.rank.leader:  # the other ranks' ends are the launcher's to report
+                put_bytes(
+                    self.store,
+                    names.run_key(self.job_id, names.RESULT_FILE),
+                    json.dumps({"job_id": self.job_id, **outcome.__dict__}).encode(),
+                )
         return outcome
 
     def _stage(self) -> tuple[Path, dict[str, str]]:
         dirs = {n: self.work / n for n in ("code", "input", "output", "checkpoint", "model")}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
-        self.say(f"staging code and inputs for job {self.job_id}")
+        where = f" (rank {self.rank.rank} of {self.rank.world})" if self.rank.world > 1 else ""
+        self.say(f"staging code and inputs for job {self.job_id}{where}")
         download(self.store, self.job["code"], dirs["code"])
         for name, key in self.job.get("inputs", {}).items():
             if not download(self.store, key, dirs["input"] / name):
@@ -241,6 +282,8 @@ class Runner:
         if timed_out or preempt is not None:
             _stop_group(proc, float(self.job.get("grace_s", 10)))
         reader.join(timeout=10)
+        if proc.stdout is not None and not reader.is_alive():
+            proc.stdout.close()
         outcome.finished_at = _now()
         outcome.exit_code = proc.returncode
         if preempt is not None:
@@ -294,6 +337,11 @@ class Runner:
             outcome.metrics = summarize(metrics.read_text(errors="replace").splitlines())
         self.say(f"uploaded {len(outcome.outputs)} output file(s)")
 
+    def _flush_often(self) -> None:
+        """A rank other than 0 beats for nobody, but its log stays live too."""
+        while not self._stop.wait(LOG_FLUSH_S):
+            self.pump.flush()
+
     def _heartbeat(self) -> None:
         """Beat every ``heartbeat_s``, and flush the log often so `eph logs -f` stays live."""
         key = names.run_key(self.job_id, names.HEARTBEAT_FILE)
@@ -339,7 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vm-name", default=socket.gethostname(), help="this VM's name")
     args = parser.parse_args(argv)
     events = ScheduledEvents(args.scheduled_events, args.vm_name) if args.scheduled_events else None
-    runner = Runner(open_artifacts(args.artifacts), args.job, args.work_dir, events)
+    try:
+        rank = Rank.from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+    store = open_artifacts(args.artifacts)
+    runner = Runner(store, args.job, args.work_dir, events, rank=rank)
     return 0 if runner.run().status == "succeeded" else 1
 
 
