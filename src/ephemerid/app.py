@@ -28,6 +28,10 @@ def build_service(settings: Settings, notify: Callable[[JobRecord], None] | None
         from ephemerid.compute.azure_vm import AzureVmCompute
 
         backends["azure-vm"] = AzureVmCompute.from_settings(settings, artifacts.root_uri)
+    if settings.azure_ml is not None:
+        from ephemerid.compute.azure_ml import AzureMlCompute
+
+        backends["azure-ml"] = AzureMlCompute.from_settings(settings, artifacts)
     return Service(
         open_store(settings.store_url),
         artifacts,

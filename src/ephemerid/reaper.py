@@ -56,7 +56,8 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
             return [_end(service, job, JobState.FAILED, "provisioning did not finish in time")]
         return []
     handle = Handle(job.backend, job.id, job.handle)
-    if service.backends[job.backend].poll(handle) is ComputeStatus.GONE:
+    status = service.backends[job.backend].poll(handle)
+    if status is ComputeStatus.GONE:
         return [_end(service, job, JobState.FAILED, "compute exited without writing a result")]
     live = job.live_at or job.updated_at
     deadline = live + timedelta(
@@ -65,6 +66,8 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
     if now > deadline:
         reason = f"ran past max_runtime of {job.spec.compute.max_runtime}s (reaper)"
         return [_end(service, job, JobState.TIMED_OUT, reason)]
+    if status is ComputeStatus.STARTING:  # queued or booting: no runner to beat yet
+        return []
     beat = _last_heartbeat(service, job) or live
     if (now - max(beat, live)).total_seconds() > settings.heartbeat_timeout_s:
         reason = f"lost heartbeat: none for over {settings.heartbeat_timeout_s:.0f}s"

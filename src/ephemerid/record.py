@@ -77,6 +77,8 @@ class JobRecord:
     sku: str = ""
     spot: bool = False
     price_per_hour: float | None = None
+    # billed after the release: an Azure ML cluster's idle time before it scales down
+    billed_tail_s: float = 0.0
     # compute given back before this one (a spot eviction re-provisions): sku, spot, held_s, cost
     earlier_compute: list[dict[str, Any]] = field(default_factory=list)
     evictions: int = 0
@@ -113,9 +115,10 @@ class JobRecord:
 
     @property
     def held_s(self) -> float | None:
-        """Seconds the compute was held (requested to released): what the bill counts."""
+        """Seconds the compute was held (requested to released, and its billed tail)."""
         if self.compute_requested_at and self.released_at:
             held = (self.released_at - self.compute_requested_at).total_seconds()
+            held += self.billed_tail_s
             return held + sum(float(c.get("held_s") or 0) for c in self.earlier_compute)
         return None
 
@@ -125,7 +128,7 @@ class JobRecord:
         costs = [c.get("cost_usd") for c in self.earlier_compute]
         if self.price_per_hour is not None and self.compute_requested_at:
             end = self.released_at or utcnow()
-            held = (end - self.compute_requested_at).total_seconds()
+            held = (end - self.compute_requested_at).total_seconds() + self.billed_tail_s
             costs.append(held / 3600 * self.price_per_hour)
         known = [float(c) for c in costs if c is not None]
         return round(sum(known), 6) if known else None
@@ -135,6 +138,7 @@ class JobRecord:
         held = None
         if self.compute_requested_at and self.released_at:
             held = (self.released_at - self.compute_requested_at).total_seconds()
+            held += self.billed_tail_s
         cost = None
         if held is not None and self.price_per_hour is not None:
             cost = round(held / 3600 * self.price_per_hour, 6)

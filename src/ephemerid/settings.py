@@ -71,7 +71,7 @@ class AzureVmSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AzureVmSettings | None:
         values: dict[str, Any] = {k: env[v] for k, v in _AZURE_VM_REQUIRED.items() if env.get(v)}
-        if not values:
+        if not set(values) - {"subscription_id"}:  # the subscription is the azure-ml one's too
             return None
         missing = [v for k, v in _AZURE_VM_REQUIRED.items() if k not in values]
         if missing:
@@ -82,6 +82,74 @@ class AzureVmSettings:
             account = env["EPHEMERID_STORAGE__accountName"]
             values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
         for name, setting in _AZURE_VM_NUMBERS.items():
+            values[name] = _number(env, setting, float, None)
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+_AZURE_ML_REQUIRED = {
+    "subscription_id": "EPHEMERID_AZURE_SUBSCRIPTION_ID",
+    "resource_group": "EPHEMERID_AML_RESOURCE_GROUP",
+    "workspace": "EPHEMERID_AML_WORKSPACE",
+    "cluster": "EPHEMERID_AML_CLUSTER",
+    "environment": "EPHEMERID_AML_ENVIRONMENT",
+}
+_AZURE_ML_OPTIONAL = {
+    "identity_client_id": "EPHEMERID_AML_IDENTITY_CLIENT_ID",
+    "node_sku": "EPHEMERID_AML_SKU",
+    "datastore": "EPHEMERID_AML_DATASTORE",
+    "experiment": "EPHEMERID_AML_EXPERIMENT",
+    "arm_endpoint": "EPHEMERID_ARM_ENDPOINT",
+    "blob_service_uri": "EPHEMERID_STORAGE__blobServiceUri",
+}
+_AZURE_ML_NUMBERS = {
+    "idle_s": "EPHEMERID_AML_IDLE_S",
+    "finish_wait_s": "EPHEMERID_AML_FINISH_WAIT_S",
+    "arm_retry_s": "EPHEMERID_ARM_RETRY_S",
+}
+
+
+@dataclass(frozen=True)
+class AzureMlSettings:
+    """The azure-ml backend's settings; present only when its workspace settings are set.
+
+    ``cluster`` is an AmlCompute cluster made with ``min_instances=0``: ``node_sku``,
+    ``low_priority`` and ``idle_s`` (its ``idle_time_before_scale_down``) describe it for the
+    bill. ``environment`` is a registered Azure ML environment whose image has ephemerid
+    installed (``name:version``, ``name@latest`` or an ARM id). ``datastore`` is the workspace
+    datastore on the ``runs`` container: the job's folder and outputs are declared on it as
+    ``uri_folder``, so Azure ML shows what each job read and wrote.
+    """
+
+    subscription_id: str
+    resource_group: str
+    workspace: str
+    cluster: str
+    environment: str
+    identity_client_id: str = ""
+    node_sku: str = "Standard_NC4as_T4_v3"
+    low_priority: bool = False
+    datastore: str = "ephemerid_runs"
+    experiment: str = "ephemerid"
+    arm_endpoint: str = ""  # a local ARM simulator (ephemerid.testing.arm); empty: Azure
+    blob_service_uri: str = ""
+    idle_s: float = 120.0
+    finish_wait_s: float = 30.0  # a job whose result is written ends by itself: wait, then cancel
+    arm_retry_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AzureMlSettings | None:
+        values: dict[str, Any] = {k: env[v] for k, v in _AZURE_ML_REQUIRED.items() if env.get(v)}
+        if not set(values) - {"subscription_id"}:  # the subscription is the azure-vm one's too
+            return None
+        missing = [v for k, v in _AZURE_ML_REQUIRED.items() if k not in values]
+        if missing:
+            raise BadInput(f"the azure-ml backend is half configured: set {', '.join(missing)}")
+        values.update({k: env[v] for k, v in _AZURE_ML_OPTIONAL.items() if env.get(v)})
+        if not values.get("blob_service_uri") and env.get("EPHEMERID_STORAGE__accountName"):
+            account = env["EPHEMERID_STORAGE__accountName"]
+            values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
+        values["low_priority"] = _flag(env, "EPHEMERID_AML_LOW_PRIORITY")
+        for name, setting in _AZURE_ML_NUMBERS.items():
             values[name] = _number(env, setting, float, None)
         return cls(**{k: v for k, v in values.items() if v is not None})
 
@@ -103,6 +171,7 @@ class Settings:
     eviction_retries: int = 3
     price_table: Path | None = None
     azure_vm: AzureVmSettings | None = None
+    azure_ml: AzureMlSettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -116,6 +185,7 @@ class Settings:
             "rules_path": Path(env.get(f"{PREFIX}RULES", "ephemerid.yaml")),
             "backend": env.get(f"{PREFIX}BACKEND", "local"),
             "azure_vm": AzureVmSettings.from_env(env),
+            "azure_ml": AzureMlSettings.from_env(env),
         }
         if env.get(f"{PREFIX}PRICE_TABLE"):
             values["price_table"] = Path(env[f"{PREFIX}PRICE_TABLE"])
@@ -143,3 +213,12 @@ def _number(env: Mapping[str, str], setting: str, kind: type, default: Any) -> A
         return kind(raw)
     except ValueError as exc:
         raise BadInput(f"setting {setting}='{raw}' is not a {kind.__name__}") from exc
+
+
+def _flag(env: Mapping[str, str], setting: str) -> bool:
+    raw = env.get(setting, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadInput(f"setting {setting}='{env[setting]}' is not true or false")

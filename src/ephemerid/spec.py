@@ -108,7 +108,9 @@ class ComputeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: str | None = None
+    # GPUs per node; more than one node is a distributed job (the azure-ml backend)
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
+    nodes: Annotated[int, Field(ge=1, le=64)] = 1
     skus: list[str] = Field(default_factory=list)
     spot: Spot = Spot.NEVER
     max_runtime: Seconds = 3600

@@ -14,6 +14,7 @@ import pytest
 
 from drive import HOLD_SCRIPT, Gate, alive, wait_gone, write_script
 from ephemerid.app import build_service
+from ephemerid.artifacts import put_bytes
 from ephemerid.settings import Settings
 
 EPH = Path(sys.executable).with_name("eph")
@@ -173,11 +174,23 @@ BAD = {
         lambda code, tmp: flags(code, "--backend", "nimbus"),
         "compute backend 'nimbus' is unknown",
     ),
+    "nodes on a one-machine backend": (
+        lambda code, tmp: flags(code, "--nodes", "2"),
+        "compute.nodes: 2 nodes need a multi-node backend (azure-ml); 'local' runs each job",
+    ),
+    "no nodes": (
+        lambda code, tmp: flags(code, "--nodes", "0"),
+        "compute.nodes",
+    ),
     "entrypoint not in code": (
         lambda code, tmp: ["submit", "--code", str(code), "--entrypoint", "train.py"],
         "entrypoint 'train.py' is not a file",
     ),
     "unknown job": (lambda code, tmp: ["status", "nope", "--json"], "no job 'nope'"),
+    "follow a rank": (
+        lambda code, tmp: ["logs", "train-000000000000", "-f", "--rank", "1"],
+        "--follow streams rank 0's log",
+    ),
     "unknown job to cancel": (lambda code, tmp: ["cancel", "nope"], "no job 'nope'"),
     "unknown state filter": (
         lambda code, tmp: ["list", "--state", "sleeping"],
@@ -244,6 +257,24 @@ def test_every_read_command_prints_json(eph: Eph, code_dir: Path) -> None:
         ("churn", 1, ["production"])
     ]
     assert reaped == {"actions": []}
+
+
+def test_logs_of_a_rank_show_that_ranks_own_log(eph: Eph, home: Path, code_dir: Path) -> None:
+    write_script(code_dir, "print('rank zero speaks')\n")
+    job = as_json(eph(*flags(code_dir, "--json")))
+    service = build_service(Settings.from_env({}, home=home))
+    try:  # what rank 1 of a distributed job streams (tests/compute/test_azure_ml.py runs one)
+        put_bytes(service.artifacts, f"runs/{job['id']}/output.rank-1.log", b"rank one speaks\n")
+    finally:
+        service.close()
+
+    one = as_json(eph("logs", job["id"], "--rank", "1", "--json"))
+    printed = eph("logs", job["id"], "--rank", "1")
+    zero = as_json(eph("logs", job["id"], "--json"))
+
+    assert (one["rank"], one["log"]) == (1, "rank one speaks\n")
+    assert "rank one speaks" in printed.stdout and "rank zero" not in printed.stdout
+    assert "rank zero speaks" in zero["log"]
 
 
 def test_a_detached_job_can_be_cancelled_and_its_compute_is_released(

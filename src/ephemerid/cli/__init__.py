@@ -58,7 +58,10 @@ def submit(
     code: Annotated[Path | None, typer.Option(help="Directory holding the entrypoint.")] = None,
     entrypoint: Annotated[str | None, typer.Option(help="Script to run, e.g. train.py.")] = None,
     kind: Annotated[str, typer.Option(help="train or predict.")] = "train",
-    gpus: Annotated[int | None, typer.Option(help="GPUs to rent.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs to rent (per node).")] = None,
+    nodes: Annotated[
+        int | None, typer.Option(help="Nodes for a distributed job (azure-ml).")
+    ] = None,
     param: Annotated[list[str] | None, typer.Option(help="k=v (repeatable).")] = None,
     input_: Annotated[
         list[str] | None, typer.Option("--input", help="name=URI (repeatable).")
@@ -81,6 +84,7 @@ def submit(
         entrypoint,
         kind,
         gpus,
+        nodes,
         param or [],
         input_ or [],
         model,
@@ -110,6 +114,7 @@ def _spec_data(
     entrypoint: str | None,
     kind: str,
     gpus: int | None,
+    nodes: int | None,
     params: list[str],
     inputs: list[str],
     model: str | None,
@@ -129,7 +134,8 @@ def _spec_data(
     data.setdefault("params", {}).update(_pairs(params, "--param", typed=True))
     data.setdefault("inputs", {}).update(_pairs(inputs, "--input"))
     compute = data.setdefault("compute", {})
-    for name, value in (("gpus", gpus), ("max_runtime", max_runtime), ("backend", backend)):
+    flags = {"gpus": gpus, "nodes": nodes, "max_runtime": max_runtime, "backend": backend}
+    for name, value in flags.items():
         if value is not None:
             compute[name] = value
     if model:
@@ -231,20 +237,25 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Stream until the job ends.")
     ] = False,
+    rank: Annotated[
+        int, typer.Option(min=0, help="A distributed job's rank (0: the job's log).")
+    ] = 0,
     home: Home = None,
     json_: Json = False,
 ) -> None:
     """The job's output (stdout and stderr of the entrypoint, and the runner's notes)."""
+    if follow and rank:
+        raise BadInput("--follow streams rank 0's log: drop --rank, or --follow")
     service = _service(home)
     job = service.store.get(job_id)
-    key = names.run_key(job.id, names.LOG_FILE)
+    key = names.run_key(job.id, names.log_file(rank))
     if json_:
         try:
             with service.artifacts.open_read(key) as stream:
                 text = stream.read().decode("utf-8", "replace")
         except NotFound:
             text = ""
-        dump({"job": job.id, "state": job.state.value, "log": text})
+        dump({"job": job.id, "state": job.state.value, "rank": rank, "log": text})
     elif follow:
         _follow(service, job, show_logs=True)
     else:

@@ -27,7 +27,9 @@ class ComputeStatus(str, Enum):
 class Handle:
     """What a backend needs to find the compute again (``data``, stored with the job).
 
-    ``sku``, ``spot`` and ``price_per_hour`` (USD, None if unknown) are what the job pays for.
+    ``sku``, ``spot`` and ``price_per_hour`` (USD, None if unknown) are what the job pays for;
+    ``billed_tail_s`` is how long the compute stays billed after it is released (an Azure ML
+    cluster's nodes idle that long before they scale down).
     """
 
     backend: str
@@ -36,6 +38,7 @@ class Handle:
     sku: str = ""
     spot: bool = False
     price_per_hour: float | None = None
+    billed_tail_s: float = 0.0
 
 
 class ComputeBackend(Protocol):
@@ -78,8 +81,20 @@ def _azure_vm(**options: Any) -> ComputeBackend:
     return AzureVmCompute(**options)
 
 
+def _azure_ml(**options: Any) -> ComputeBackend:
+    from ephemerid.compute.azure_ml import AzureMlCompute
+
+    return AzureMlCompute(**options)
+
+
 # name -> factory; the names are what `compute.backend` and `--backend` accept
-ADAPTERS: dict[str, BackendFactory] = {"local": _local, "azure-vm": _azure_vm}
+ADAPTERS: dict[str, BackendFactory] = {
+    "local": _local,
+    "azure-vm": _azure_vm,
+    "azure-ml": _azure_ml,
+}
+# the backends that can spread one job over several nodes (compute.nodes > 1)
+MULTI_NODE = frozenset({"azure-ml"})
 
 
 def backend_names() -> list[str]:
@@ -92,3 +107,13 @@ def check_backend(name: str) -> str:
             f"compute backend '{name}' is unknown: use one of {', '.join(backend_names())}"
         )
     return name
+
+
+def check_nodes(name: str, nodes: int) -> None:
+    """Refuse a multi-node job on a backend that runs each job on one machine."""
+    if nodes > 1 and name not in MULTI_NODE:
+        raise BadInput(
+            f"compute.nodes: {nodes} nodes need a multi-node backend "
+            f"({', '.join(sorted(MULTI_NODE))}); '{name}' runs each job on one machine: "
+            "set compute.backend: azure-ml, or nodes: 1"
+        )

@@ -1,4 +1,4 @@
-"""A local ARM simulator: the part of Azure Resource Manager the azure-vm backend calls.
+"""A local ARM simulator: the part of Azure Resource Manager that ephemerid's backends call.
 
 ``ArmSimulator`` is a ThreadingHTTPServer on 127.0.0.1 (a free port) that answers what
 ``azure-mgmt-compute``'s ``ComputeManagementClient.virtual_machines`` sends: PUT, GET and DELETE
@@ -16,6 +16,10 @@ region and spot (``refuse``), requests held until released (``hold``, to kill a 
 and evictions (``preempt``). Point the real client at it with ``compute_client(sim.endpoint)``:
 a static token, and plain http allowed for loopback hosts only. Fake the transport, never the
 client. What it does not simulate is listed in docs/azure-vm.md.
+
+Azure ML workspace jobs (``Microsoft.MachineLearningServices``) are answered by ``sim.ml``, an
+``AmlJobs`` (ephemerid.testing.aml); ``ml_client(sim.endpoint, …)`` is the real ``MLClient``
+pointed at it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from ephemerid.errors import BadInput, require_extra
+from ephemerid.testing.aml import PROVIDER, AmlJobs
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000e1"
 TOKEN = "arm-simulator-token"  # noqa: S105 - not a secret: only the simulator takes it
@@ -160,6 +165,8 @@ class ArmSimulator:
         lro: str = "both",  # headers on 201/202: "async" (Azure-AsyncOperation), "location", "both"
         page_size: int = 50,
         seed: int = 0,
+        aml_queue_s: float = 0.05,
+        aml_cancel_s: float = 0.05,
     ) -> None:
         self.provision_s, self.delete_s = provision_s, delete_s
         self.retry_after, self.lro, self.page_size = retry_after, lro, page_size
@@ -178,6 +185,13 @@ class ArmSimulator:
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
+        self.ml = AmlJobs(
+            lambda: self.endpoint,
+            SUBSCRIPTION,
+            self._lock,
+            queue_s=aml_queue_s,
+            cancel_s=aml_cancel_s,
+        )
 
     # -- life ------------------------------------------------------------------------------
 
@@ -222,6 +236,8 @@ class ArmSimulator:
             self._fault_rate, self._fault_kinds = rate, kinds
 
     def fail_next(self, kind: str, *, method: str | None = None, count: int = 1) -> None:
+        """Answer the next ``count`` requests (of ``method``) with fault ``kind``: one of FAULTS,
+        or ``lost`` (the request takes effect, then its connection is reset)."""
         with self._lock:
             self._scripted.extend([(kind, method)] * count)
 
@@ -290,7 +306,7 @@ class ArmSimulator:
                 return 429, _error("TooManyRequests", message), {"Retry-After": self.retry_after}
             if fault == "error":
                 return 500, _error("InternalServerError", "simulated server error"), {}
-            late_reset = fault == "reset" and self._rng.random() < 0.5
+            late_reset = fault == "lost" or (fault == "reset" and self._rng.random() < 0.5)
             if fault == "reset" and not late_reset:
                 return None
             self._tick()
@@ -314,6 +330,7 @@ class ArmSimulator:
         return None
 
     def _tick(self) -> None:
+        self.ml.tick()
         now = time.monotonic()
         for key, vm in list(self._vms.items()):
             if vm.evict_at is not None and now >= vm.evict_at:
@@ -334,6 +351,8 @@ class ArmSimulator:
             return 400, _error("MissingApiVersionParameter", "api-version is required"), {}
         parts = [p.lower() for p in path.strip("/").split("/")]
         raw_parts = path.strip("/").split("/")
+        if parts[:1] == ["subscriptions"] and PROVIDER in parts:
+            return self.ml.route(method, path, query, raw)
         is_vms = parts[:1] == ["subscriptions"] and parts[2:3] == ["resourcegroups"]
         is_vms = is_vms and parts[4:7] == ["providers", "microsoft.compute", "virtualmachines"]
         if is_vms and len(parts) == 7 and method == "GET":
@@ -509,6 +528,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve()
 
+    def do_POST(self) -> None:
+        self._serve()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -588,3 +610,53 @@ def compute_client(endpoint: str, subscription_id: str = SUBSCRIPTION, **options
         authentication_policy=LoopbackAuthentication(credential, SCOPE),
         **{**fast, **options},
     )
+
+
+def ml_client(
+    endpoint: str,
+    resource_group: str,
+    workspace: str,
+    subscription_id: str = SUBSCRIPTION,
+    **options: Any,
+) -> Any:
+    """The real ``azure.ai.ml.MLClient`` for the simulator at ``endpoint`` (loopback only).
+
+    MLClient takes its ARM endpoint from a cloud's metadata, so the simulator is registered as a
+    cloud of its own (one name per endpoint); registering sets ``AZUREML_CURRENT_CLOUD`` in this
+    process, which is put back as it was. Plain http makes the SDK's pipeline allow the bearer
+    token without TLS; telemetry is off.
+    """
+    if not is_loopback(endpoint):
+        raise BadInput(f"EPHEMERID_ARM_ENDPOINT '{endpoint}' must be a loopback simulator URL")
+    require_extra("azure.ai.ml", "azure")
+    import os
+
+    from azure.ai.ml import MLClient
+
+    cloud = f"ephemerid-simulator-{urlparse(endpoint).port}"
+    metadata = {
+        "azure_portal": endpoint,
+        "resource_manager": endpoint,
+        "active_directory": endpoint,
+        "aml_resource_id": endpoint,
+        "storage_endpoint": "core.windows.net",
+        "registry_discovery_endpoint": endpoint,
+    }
+    before = os.environ.get("AZUREML_CURRENT_CLOUD")
+    try:
+        return MLClient(
+            StaticToken(),
+            subscription_id,
+            resource_group,
+            workspace,
+            cloud=cloud,
+            cloud_metadata=metadata,
+            enable_telemetry=False,
+            show_progress=False,
+            **{"polling_interval": 0.02, "retry_backoff_factor": 0.02, **options},
+        )
+    finally:
+        if before is None:
+            os.environ.pop("AZUREML_CURRENT_CLOUD", None)
+        else:
+            os.environ["AZUREML_CURRENT_CLOUD"] = before
