@@ -24,6 +24,20 @@ param enableAzureMl bool = false
 @description('SKU of the Azure ML cluster nodes (when enableAzureMl).')
 param amlClusterSku string = 'Standard_NC4as_T4_v3'
 
+@description('Azure ML cluster: most nodes at once (jobs beyond them queue).')
+param amlMaxNodes int = 4
+
+@description('Azure ML cluster: seconds an idle node is kept (and billed) before it is released.')
+param amlIdleSeconds int = 120
+
+@description('Azure ML cluster: low-priority nodes (cheaper, can be preempted).')
+param amlLowPriority bool = false
+
+// The Azure ML names, known before the workspace exists: the function app is told them.
+var amlWorkspace = enableAzureMl ? 'mlw-${token}' : ''
+var amlCluster = 'gpu'
+var amlEnvironment = 'azureml:ephemerid-runner:1'
+
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 
@@ -70,6 +84,12 @@ module app 'modules/app.bicep' = {
     computeResourceGroup: computeGroup.name
     computeSubnetId: compute.outputs.subnetId
     computeRegions: empty(computeRegions) ? location : computeRegions
+    amlWorkspace: amlWorkspace
+    amlCluster: enableAzureMl ? amlCluster : ''
+    amlEnvironment: enableAzureMl ? amlEnvironment : ''
+    amlClusterSku: amlClusterSku
+    amlIdleSeconds: amlIdleSeconds
+    amlLowPriority: amlLowPriority
   }
 }
 
@@ -80,7 +100,13 @@ module aml 'modules/aml.bicep' = if (enableAzureMl) {
     location: location
     tags: tags
     token: token
+    workspaceName: amlWorkspace
+    clusterName: amlCluster
+    environmentName: amlEnvironment
     clusterSku: amlClusterSku
+    maxNodes: amlMaxNodes
+    idleSeconds: amlIdleSeconds
+    lowPriority: amlLowPriority
     storageAccountName: app.outputs.storageAccountName
     appInsightsId: app.outputs.appInsightsId
     functionPrincipalId: identities.outputs.functionPrincipalId

@@ -25,7 +25,15 @@ from ephemerid import names
 from ephemerid.compute import ADAPTERS
 from ephemerid.functions import APP_SETTING_DEFAULTS, handlers_from_settings, register
 from ephemerid.functions.handlers import JOBS_QUEUE
-from ephemerid.settings import _AZURE_VM_REQUIRED, PREFIX, Settings
+from ephemerid.settings import (
+    _AZURE_ML_NUMBERS,
+    _AZURE_ML_OPTIONAL,
+    _AZURE_ML_REQUIRED,
+    _AZURE_VM_REQUIRED,
+    PREFIX,
+    AzureMlSettings,
+    Settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -55,6 +63,7 @@ NEEDS = {
         {"networkContributor"},
         {"managedIdentityOperator"},
     ],
+    "azure.ai.ml": [{"azureMlDataScientist"}],  # submit, read, list and cancel jobs
     "blobTrigger": [{"storageBlobDataOwner"}],  # the host's blob receipts and leases
     "queueTrigger": [{"storageQueueDataContributor"}],
     "serviceBusTrigger": [{"serviceBusDataReceiver"}],
@@ -219,6 +228,9 @@ def test_azure_yaml_names_a_python_function_service_and_hooks_that_exist() -> No
 def test_every_setting_the_functions_and_backends_read_is_set_in_bicep() -> None:
     needed = settings_the_bindings_name() | set(APP_SETTING_DEFAULTS) | set(HOST_STORAGE)
     needed |= set(_AZURE_VM_REQUIRED.values()) | {"EPHEMERID_VM_IDENTITY_CLIENT_ID"}
+    needed |= set(_AZURE_ML_REQUIRED.values()) | {"EPHEMERID_AML_LOW_PRIORITY"}
+    aml_cluster = {"identity_client_id", "node_sku", "datastore"}  # what the bill and jobs use
+    needed |= {_AZURE_ML_OPTIONAL[k] for k in aml_cluster} | {_AZURE_ML_NUMBERS["idle_s"]}
     needed |= {"EPHEMERID_STORE", "EPHEMERID_ARTIFACTS", "EPHEMERID_HOME"}
 
     missing = sorted(needed - set(app_settings()))
@@ -251,6 +263,46 @@ def test_settings_are_identity_based_and_point_at_what_the_code_expects() -> Non
     assert (
         settings["EPHEMERID_HOME"].strip("'").startswith("/tmp/")
     )  # the app's folder is read-only
+
+
+def test_the_azure_ml_settings_name_the_workspace_cluster_environment_and_datastore_made() -> None:
+    main, aml, settings = bicep("main.bicep"), bicep("modules/aml.bicep"), app_settings()
+    variables = bicep_vars(main)
+    module = block(main, main.index("module aml "))
+
+    assert variables["amlWorkspace"] == "enableAzureMl ? 'mlw-${token}' : ''"
+    assert "workspaceName: amlWorkspace" in module
+    assert settings["EPHEMERID_AML_WORKSPACE"] == "amlWorkspace"
+    assert "clusterName: amlCluster" in module
+    assert "amlCluster: enableAzureMl ? amlCluster : ''" in main
+    kind, name, version = variables["amlEnvironment"].strip("'").split(":")
+    assert kind == "azureml"
+    environment = block(aml, aml.index("resource runnerEnvironment "))
+    assert f"name: '{name}'" in environment
+    assert f"name: '{version}'" in block(aml, aml.index("resource runnerEnvironmentVersion "))
+    assert "ephemerid[azure]==" in aml
+    datastore = block(aml, aml.index("resource runsDatastore "))
+    assert f"name: {settings['EPHEMERID_AML_DATASTORE']}" in datastore
+    assert settings["EPHEMERID_AML_DATASTORE"] == f"'{AzureMlSettings.datastore}'"
+    assert f"containerName: '{names.RUNS}'" in datastore
+    assert "credentialsType: 'None'" in datastore  # identity-based: no key
+
+
+def test_the_cluster_scales_to_zero_and_the_bill_counts_the_idle_time_it_is_given() -> None:
+    main, aml, settings = bicep("main.bicep"), bicep("modules/aml.bicep"), app_settings()
+    cluster = block(aml, aml.index("resource cluster "))
+    module = block(main, main.index("module aml "))
+    default = re.search(r"param amlIdleSeconds int = (\d+)", main)
+
+    assert "minNodeCount: 0" in cluster
+    assert "nodeIdleTimeBeforeScaleDown: 'PT${idleSeconds}S'" in cluster
+    assert "idleSeconds: amlIdleSeconds" in module
+    assert settings["EPHEMERID_AML_IDLE_S"] == "string(amlIdleSeconds)"
+    assert default and float(default.group(1)) == AzureMlSettings.idle_s
+    assert "vmPriority: lowPriority ? 'LowPriority' : 'Dedicated'" in cluster
+    assert settings["EPHEMERID_AML_LOW_PRIORITY"] == "string(amlLowPriority)"
+    assert settings["EPHEMERID_AML_SKU"] == "amlClusterSku"
+    assert "clusterSku: amlClusterSku" in module
 
 
 # -- names ---------------------------------------------------------------------------------------
