@@ -16,6 +16,11 @@ Per job: result.json written (its mtime) -> DELETE accepted by ARM (202) -> the 
 simulator (what Azure stops billing) -> release confirmed in the job's record. Times that the
 simulator's scale stretches are also given in Azure seconds (divided by ``--scale``).
 
+The azure-ml backend runs in the same run with the real ``MLClient`` against the simulator's
+Azure ML jobs, played by the tests' ``AmlPlayer``: result.json -> the Azure ML job terminal ->
+release confirmed; then the cluster's node idles ``EPHEMERID_AML_IDLE_S`` (120 s, the infra's
+setting) before it scales down, which is billed: not simulated, added as configured.
+
     python bench/billed_idle.py
     python bench/billed_idle.py --jobs 10 --scale 0.05
 """
@@ -35,6 +40,10 @@ import common
 GOAL_DELETE_S = 5.0
 POLL_S = 0.05  # the watcher that stands in for Event Grid
 SDK_POLLING_S = 30.0  # azure-mgmt-compute's LRO polling interval without Retry-After
+BACKEND_KEYS = {
+    "azure-vm": ["delete_accepted_s", "vm_gone_s"],
+    "azure-ml": ["aml_ended_s", "billed_idle_s"],
+}
 JOB_SCRIPT = """
 import json, os, pathlib, time
 params = json.loads(pathlib.Path(os.environ["EPHEMERID_PARAMS"]).read_text())
@@ -107,13 +116,16 @@ class ResultWatcher:
             thread.join()
 
 
-def build(root: Path, sim: Any, scale: float, jobs: int) -> tuple[Any, Any]:
-    """A service with the azure-vm backend on ``sim`` and the local backend, and the function."""
+def build(root: Path, sim: Any, scale: float, jobs: int, idle_s: float) -> tuple[Any, Any]:
+    """A service with the azure-vm and azure-ml backends on ``sim`` and the local backend, and
+    the function."""
     import azure.functions as func
 
     sys.path.insert(0, str(common.ROOT / "tests"))
+    from compute.aml import GROUP, WORKSPACE, aml_env
     from compute.vms import azure_env
     from ephemerid.artifacts import open_artifacts
+    from ephemerid.compute.azure_ml import AzureMlCompute
     from ephemerid.compute.azure_vm import AzureVmCompute
     from ephemerid.compute.local import LocalCompute
     from ephemerid.functions import register
@@ -122,11 +134,13 @@ def build(root: Path, sim: Any, scale: float, jobs: int) -> tuple[Any, Any]:
     from ephemerid.service import Service
     from ephemerid.settings import Settings
     from ephemerid.store import open_store
-    from ephemerid.testing.arm import compute_client
+    from ephemerid.testing.arm import compute_client, ml_client
 
     env = azure_env(root / "home", sim, EPHEMERID_PROVISION_TIMEOUT_S="600")
+    ml_env = aml_env(root / "home", sim, EPHEMERID_AML_FINISH_WAIT_S="30")
+    env = {**ml_env, **env, "EPHEMERID_AML_IDLE_S": str(idle_s)}
     settings = Settings.from_env(env)
-    assert settings.azure_vm is not None
+    assert settings.azure_vm is not None and settings.azure_ml is not None
     artifacts = open_artifacts(settings.artifacts_url)
     client = compute_client(
         sim.endpoint, settings.azure_vm.subscription_id, polling_interval=SDK_POLLING_S * scale
@@ -134,6 +148,12 @@ def build(root: Path, sim: Any, scale: float, jobs: int) -> tuple[Any, Any]:
     backends = {
         "azure-vm": AzureVmCompute(
             client, settings.azure_vm, artifacts.root_uri, timeout_s=settings.provision_timeout_s
+        ),
+        "azure-ml": AzureMlCompute(
+            ml_client(sim.endpoint, GROUP, WORKSPACE, settings.azure_ml.subscription_id),
+            settings.azure_ml,
+            artifacts,
+            timeout_s=settings.provision_timeout_s,
         ),
         "local": LocalCompute(
             settings.home / "compute", artifacts.root_uri, slots=jobs, grace_s=settings.grace_s
@@ -201,6 +221,13 @@ def measure(service: Any, sim: Any, watcher: ResultWatcher, records: list) -> li
             "event_s": watcher.delivered[job.id] - written,
             "released_s": job.released_at.timestamp() - written,
         }
+        aml = job.handle.get("aml_job")
+        if aml:
+            ended = sim.ml.job(aml).ended_at
+            row["aml_job"] = aml
+            row["aml_status"] = sim.ml.job(aml).status
+            row["aml_ended_s"] = ended - written
+            row["billed_idle_s"] = ended - written + job.billed_tail_s
         vm = job.handle.get("vm")
         if vm:
             row["vm"] = vm
@@ -216,6 +243,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.1, help="simulated time / Azure time")
     parser.add_argument("--provision-s", type=float, default=60.0, help="Azure VM create time")
     parser.add_argument("--delete-s", type=float, default=45.0, help="Azure VM delete time")
+    parser.add_argument(
+        "--aml-idle-s", type=float, default=120.0, help="Azure ML cluster idle time (billed)"
+    )
     args = parser.parse_args()
     if ArmSimulator is object:
         raise SystemExit("bench/billed_idle.py needs pip install -e '.[azure]' (make bench does)")
@@ -228,17 +258,18 @@ def main() -> None:
         ) as sim,
     ):
         sys.path.insert(0, str(common.ROOT / "tests"))
+        from compute.aml import AmlPlayer
         from compute.vms import VmPlayer
 
         root = Path(tmp)
         code = root / "code"
         code.mkdir()
         (code / "job.py").write_text(JOB_SCRIPT)
-        service, function = build(root, sim, args.scale, args.jobs)
+        service, function = build(root, sim, args.scale, args.jobs, args.aml_idle_s)
         watcher = ResultWatcher(service.artifacts, function)
         try:
-            with VmPlayer(sim, root / "vms"):
-                for backend in ("azure-vm", "local"):
+            with VmPlayer(sim, root / "vms"), AmlPlayer(sim, root / "nodes"):
+                for backend in ("azure-vm", "azure-ml", "local"):
                     common.console.print(f"[dim]{backend}: {args.jobs} jobs...[/dim]")
                     # the job outlasts the create's polling, as a real VM's boot and setup would
                     seconds = SDK_POLLING_S * args.scale + 1.0
@@ -255,9 +286,7 @@ def main() -> None:
 def summarize(results: dict, args: argparse.Namespace, left: list[str], errors: list) -> dict:
     out: dict[str, Any] = {"left_in_inventory": left, "errors": errors, "jobs": results}
     for backend, rows in results.items():
-        keys = ["event_s", "released_s"] + (
-            ["delete_accepted_s", "vm_gone_s"] if backend == "azure-vm" else []
-        )
+        keys = ["event_s", "released_s", *BACKEND_KEYS.get(backend, [])]
         out[backend] = {k: common.summary([r[k] for r in rows]) for k in keys}
         out[backend]["states"] = sorted({r["state"] for r in rows})
     vm = out["azure-vm"]
@@ -272,6 +301,12 @@ def summarize(results: dict, args: argparse.Namespace, left: list[str], errors: 
     out["billed_idle_note"] = (
         f"{accepted:.2f} s measured from result.json to DELETE accepted, then the VM's delete "
         f"({args.delete_s:.0f} s assumed for Azure, simulated at {args.scale}x)"
+    )
+    ml = out["azure-ml"]
+    out["azure_ml_billed_idle_s"] = ml["billed_idle_s"]["p50"]
+    out["azure_ml_note"] = (
+        f"{ml['aml_ended_s']['p50']:.2f} s measured from result.json to the Azure ML job "
+        f"terminal (Completed), then the cluster's {args.aml_idle_s:.0f} s idle tail (configured)"
     )
     out["goal_delete_accepted_s"] = GOAL_DELETE_S
     out["goal_met"] = vm["delete_accepted_s"]["max"] <= GOAL_DELETE_S and not left
@@ -290,7 +325,9 @@ def report(results: dict, args: argparse.Namespace, left: list[str], errors: lis
         "event_s": "result.json -> event delivered",
         "delete_accepted_s": "result.json -> DELETE accepted",
         "vm_gone_s": "result.json -> VM gone (billing ends)",
+        "aml_ended_s": "result.json -> Azure ML job terminal",
         "released_s": "result.json -> release confirmed",
+        "billed_idle_s": "result.json -> idle node scaled down (billing ends)",
     }
     for backend, rows in results.items():
         for key, label in labels.items():
@@ -315,6 +352,12 @@ def report(results: dict, args: argparse.Namespace, left: list[str], errors: lis
             ["result.json -> VM gone (billing ends)", f"{summary['vm_gone_p50']:.1f}"],
             ["result.json -> release confirmed", f"{summary['released_p50']:.1f}"],
         ],
+    )
+    ml = common.summary([r["billed_idle_s"] for r in results["azure-ml"]])
+    common.table(
+        f"azure-ml: billed after result.json, with the cluster's {args.aml_idle_s:.0f} s idle tail",
+        ["azure-ml, p50", "seconds"],
+        [["result.json -> idle node scaled down (billing ends)", f"{ml['p50']:.1f}"]],
     )
 
 

@@ -66,6 +66,7 @@ class SimJob:
     status: str = "NotStarted"
     error: dict[str, Any] | None = None
     cancel_at: float | None = None
+    ended_at: float | None = None  # wall time (time.time()) it became terminal
 
     @property
     def props(self) -> dict[str, Any]:
@@ -137,7 +138,7 @@ class AmlJobs:
         with self._lock:
             if job is None or job.status in TERMINAL:
                 return
-            job.status = "Completed" if ok else "Failed"
+            job.status, job.ended_at = ("Completed" if ok else "Failed"), time.time()
             if not ok:
                 job.error = {"code": "UserError", "message": message or "a process failed"}
 
@@ -164,7 +165,7 @@ class AmlJobs:
         now = time.monotonic()
         for (group, ws, _), job in self._jobs.items():
             if job.status == "CancelRequested" and job.cancel_at and now >= job.cancel_at:
-                job.status = "Canceled"
+                job.status, job.ended_at = "Canceled", time.time()
             elif job.status == "NotStarted" and now >= job.created + self.queue_s / 2:
                 job.status = "Queued"
             elif job.status == "Queued" and now >= job.created + self.queue_s:
