@@ -141,6 +141,7 @@ def build(root: Path, sim: Any, scale: float, jobs: int, idle_s: float) -> tuple
     env = {**ml_env, **env, "EPHEMERID_AML_IDLE_S": str(idle_s)}
     settings = Settings.from_env(env)
     assert settings.azure_vm is not None and settings.azure_ml is not None
+    subscription = settings.azure_ml.subscription_id
     artifacts = open_artifacts(settings.artifacts_url)
     client = compute_client(
         sim.endpoint, settings.azure_vm.subscription_id, polling_interval=SDK_POLLING_S * scale
@@ -150,7 +151,7 @@ def build(root: Path, sim: Any, scale: float, jobs: int, idle_s: float) -> tuple
             client, settings.azure_vm, artifacts.root_uri, timeout_s=settings.provision_timeout_s
         ),
         "azure-ml": AzureMlCompute(
-            ml_client(sim.endpoint, GROUP, WORKSPACE, settings.azure_ml.subscription_id),
+            lambda: ml_client(sim.endpoint, GROUP, WORKSPACE, subscription),
             settings.azure_ml,
             artifacts,
             timeout_s=settings.provision_timeout_s,

@@ -15,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -538,4 +541,24 @@ def test_an_azure_bucket_reaches_the_runner_as_an_endpoint_and_identity_never_a_
     assert settings.azure_ml is not None
     no_endpoint = dataclasses.replace(settings.azure_ml, blob_service_uri="")
     with pytest.raises(BadInput, match="EPHEMERID_STORAGE__accountName"):
-        AzureMlCompute(connect(no_endpoint), no_endpoint, bucket)
+        AzureMlCompute(lambda: connect(no_endpoint), no_endpoint, bucket)
+
+
+def test_a_service_with_azure_ml_configured_imports_azure_ml_only_when_a_job_needs_it(
+    env: dict[str, str],
+) -> None:
+    probe = (
+        "import sys\n"
+        "from ephemerid.app import build_service\n"
+        "from ephemerid.settings import Settings\n"
+        "service = build_service(Settings.from_env())\n"
+        "print('azure.ai.ml' in sys.modules)\n"
+        "service.backends['azure-ml'].list_owned()\n"
+        "print('azure.ai.ml' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

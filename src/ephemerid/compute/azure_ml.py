@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -100,7 +101,7 @@ class AzureMlCompute:
 
     def __init__(
         self,
-        client: Any,
+        connect: Callable[[], Any],
         config: AzureMlSettings,
         artifacts: ArtifactStore,
         *,
@@ -109,7 +110,9 @@ class AzureMlCompute:
         deadline_margin_s: float = 900.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.jobs = client.jobs
+        self._connect: Callable[[], Any] = connect
+        self._client: Any = None
+        self._connecting = threading.Lock()
         self.config, self.artifacts = config, artifacts
         self.artifacts_uri = artifacts_uri = artifacts.root_uri
         self.prices = prices or PriceTable.load()
@@ -122,14 +125,24 @@ class AzureMlCompute:
                 "EPHEMERID_STORAGE__accountName or EPHEMERID_STORAGE__blobServiceUri"
             )
 
+    @property
+    def jobs(self) -> Any:
+        """``MLClient.jobs``, the client made on first use: importing azure.ai.ml takes 0.7 s,
+        which a function instance that never touches Azure ML should not pay at cold start."""
+        with self._connecting:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client.jobs
+
     @classmethod
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> AzureMlCompute:
         if settings.azure_ml is None:
             raise BadInput("the azure-ml backend is not configured: see docs/azure-ml.md")
         margin = settings.provision_timeout_s + settings.grace_s + settings.heartbeat_timeout_s
+        config = settings.azure_ml
         return cls(
-            connect(settings.azure_ml),
-            settings.azure_ml,
+            lambda: connect(config),
+            config,
             artifacts,
             prices=PriceTable.load(settings.price_table),
             timeout_s=settings.provision_timeout_s,
