@@ -7,6 +7,7 @@ the SQLite job store and the local compute's scratch space.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,6 +102,13 @@ _AZURE_ML_OPTIONAL = {
     "arm_endpoint": "EPHEMERID_ARM_ENDPOINT",
     "blob_service_uri": "EPHEMERID_STORAGE__blobServiceUri",
 }
+# a registered environment: name:version or name@label (after an optional azureml:), or an ARM id
+_AML_ENVIRONMENT = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*[:@][A-Za-z0-9_.-]+$"
+    r"|^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.MachineLearningServices/"
+    r"(workspaces|registries)/[^/]+/environments/[^/]+/versions/[^/]+$",
+    re.IGNORECASE,
+)
 _AZURE_ML_NUMBERS = {
     "idle_s": "EPHEMERID_AML_IDLE_S",
     "finish_wait_s": "EPHEMERID_AML_FINISH_WAIT_S",
@@ -148,6 +156,11 @@ class AzureMlSettings:
         if not values.get("blob_service_uri") and env.get("EPHEMERID_STORAGE__accountName"):
             account = env["EPHEMERID_STORAGE__accountName"]
             values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
+        if not _AML_ENVIRONMENT.match(values["environment"].removeprefix("azureml:")):
+            raise BadInput(
+                f"EPHEMERID_AML_ENVIRONMENT='{values['environment']}' names no environment: "
+                "write azureml:name:version, name@latest or the environment version's ARM id"
+            )
         values["low_priority"] = _flag(env, "EPHEMERID_AML_LOW_PRIORITY")
         for name, setting in _AZURE_ML_NUMBERS.items():
             values[name] = _number(env, setting, float, None)

@@ -468,6 +468,32 @@ def test_more_nodes_than_the_cluster_has_fails_the_job_with_azure_mls_reason(
     assert "Requested 5 nodes but cluster 'gpu' has at most 4" in job.reason
 
 
+@pytest.mark.parametrize(
+    ("compute", "message"),
+    [
+        ({"skus": ["Standard_NC24ads_A100_v4"]}, "runs Standard_NC4as_T4_v3 nodes only"),
+        ({"spot": "only"}, "compute.spot: only: cluster 'gpu' has dedicated nodes"),
+    ],
+)
+def test_a_job_asking_for_what_the_cluster_cannot_give_fails_with_nothing_submitted(
+    azure: Service, sim: ArmSimulator, code_dir: Path, compute: dict[str, Any], message: str
+) -> None:
+    job = azure.submit(ml_spec(code_dir, **compute)).job
+
+    assert job.state is JobState.FAILED
+    assert message in job.reason
+    assert puts(sim) == []
+
+
+def test_spot_prefer_and_the_clusters_own_sku_run_on_the_cluster(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    spec = ml_spec(code_dir, spot="prefer", skus=["Standard_NC4as_T4_v3"])
+
+    assert azure.submit(spec).job.state is JobState.RUNNING
+    assert len(sim.ml.created) == 1
+
+
 def test_a_multi_node_job_is_refused_before_anything_is_rented_on_a_one_machine_backend(
     env: dict[str, str], sim: ArmSimulator, code_dir: Path
 ) -> None:
@@ -493,6 +519,12 @@ def test_azure_ml_is_configured_only_when_its_settings_are_and_never_half(
         Settings.from_env(half)
     with pytest.raises(BadInput, match="EPHEMERID_AML_LOW_PRIORITY='maybe' is not true or false"):
         Settings.from_env({**env, "EPHEMERID_AML_LOW_PRIORITY": "maybe"})
+    for environment in ("ephemerid-runner", "azureml:ephemerid-runner", "a b:1"):
+        with pytest.raises(BadInput, match="names no environment: write azureml:name:version"):
+            Settings.from_env({**env, "EPHEMERID_AML_ENVIRONMENT": environment})
+    for environment in ("ephemerid-runner@latest", "runner:3"):
+        ok = Settings.from_env({**env, "EPHEMERID_AML_ENVIRONMENT": environment}).azure_ml
+        assert ok is not None and ok.environment == environment
 
 
 def test_a_low_priority_cluster_is_billed_at_the_spot_price(

@@ -42,6 +42,7 @@ from ephemerid.compute.prices import PriceTable
 from ephemerid.errors import BadInput, ComputeError, require_extra
 from ephemerid.record import JobRecord
 from ephemerid.settings import AzureMlSettings, Settings
+from ephemerid.spec import Spot
 
 log = logging.getLogger("ephemerid")
 
@@ -155,6 +156,7 @@ class AzureMlCompute:
         from azure.core.exceptions import AzureError
 
         name = aml_job_name(job.id, job.evictions)
+        self._check(job)
         found = self._find(name)
         if found is not None:
             log.info("azure-ml: job %s already has Azure ML job %s: using it", job.id, name)
@@ -261,6 +263,21 @@ class AzureMlCompute:
         return [str(j.name) for j in self._owned() if j.tags[TAG_JOB] == job_id]
 
     # -- what is sent ------------------------------------------------------------------------
+
+    def _check(self, job: JobRecord) -> None:
+        """Refuse what this cluster cannot give, before anything is submitted."""
+        request, cluster = job.spec.compute, f"cluster '{self.config.cluster}'"
+        sku = self.config.node_sku
+        if request.skus and sku.lower() not in {s.lower() for s in request.skus}:
+            raise ComputeError(
+                f"compute.skus {request.skus}: {cluster} runs {sku} nodes only; add {sku} to "
+                "skus, drop skus, or use the azure-vm backend"
+            )
+        if request.spot is Spot.ONLY and not self.config.low_priority:
+            raise ComputeError(
+                f"compute.spot: only: {cluster} has dedicated nodes, not low-priority ones; "
+                "use spot: prefer or never, or a low-priority cluster (EPHEMERID_AML_LOW_PRIORITY)"
+            )
 
     def _command(self, job: JobRecord, name: str) -> Any:
         from azure.ai.ml import Input, Output, PyTorchDistribution, command
