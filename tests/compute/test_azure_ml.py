@@ -29,12 +29,14 @@ import isodate
 import pytest
 
 from compute.aml import CLUSTER, ENVIRONMENT, GROUP, WORKSPACE, AmlPlayer, aml_env
+from conftest import EXAMPLES
 from drive import (
     DONE_COMPUTE,
     Gate,
     cleaned_up,
     held_spec,
     log_of,
+    run,
     spec_for,
     text_of,
     wait_for,
@@ -57,23 +59,7 @@ from ephemerid.testing.arm import ArmSimulator
 
 T4_PRICE = 0.526  # the shipped price table's Standard_NC4as_T4_v3, the cluster's default SKU
 
-DISTRIBUTED_SCRIPT = """
-import json, os, pathlib
-import torch
-import torch.distributed as dist
-
-dist.init_process_group("gloo")  # RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the launcher
-rank = dist.get_rank()
-total = torch.tensor([float(rank + 1)])
-dist.all_reduce(total)
-print(f"rank {rank} of {dist.get_world_size()}: sum {total.item():.0f}", flush=True)
-out = pathlib.Path(os.environ["EPHEMERID_OUTPUT_DIR"])
-(out / f"rank-{rank}.json").write_text(json.dumps({"sum": total.item()}))
-with open(os.environ["EPHEMERID_METRICS_FILE"], "a") as metrics:
-    metrics.write(json.dumps({"type": "metric", "name": "sum", "value": total.item()}) + "\\n")
-    metrics.write(json.dumps({"type": "metric", "name": "rank", "value": rank}) + "\\n")
-dist.destroy_process_group()
-"""
+DISTRIBUTED = EXAMPLES / "distributed"  # examples/distributed/train.py: DDP over gloo on the CPU
 
 
 @pytest.fixture
@@ -236,22 +222,47 @@ def test_a_two_node_job_renders_a_pytorch_distribution_of_one_process_per_gpu(
     assert props["command"] == COMMAND
 
 
-def test_every_rank_of_a_two_node_job_runs_and_logs_but_only_rank_zero_reports(
-    azure: Service, sim: ArmSimulator, player: AmlPlayer, code_dir: Path
+def test_every_rank_of_a_two_node_job_trains_and_logs_and_rank_zero_registers_the_model(
+    azure: Service, sim: ArmSimulator, player: AmlPlayer
 ) -> None:
-    job = azure.submit(ml_spec(code_dir, DISTRIBUTED_SCRIPT, nodes=2)).job
+    spec = JobSpec.model_validate(
+        {
+            "kind": "train",
+            "code": str(DISTRIBUTED),
+            "entrypoint": "train.py",
+            "register_as": {"name": "ddp", "alias": "production"},
+            "compute": {"nodes": 2, "gpus": 0},
+        }
+    )
+    job = azure.submit(spec).job
 
     [done] = settle(azure, [job.id], timeout=90)
 
     assert done.state is JobState.SUCCEEDED, done.reason
-    assert "rank 0 of 2: sum 3" in log_of(azure, job.id)
+    assert "rank 0 of 2 on cpu: 2048 samples" in log_of(azure, job.id)
     rank_1 = text_of(azure.artifacts, names.run_key(job.id, names.log_file(1)))
-    assert "rank 1 of 2: sum 3" in rank_1
+    assert "rank 1 of 2 on cpu: 2048 samples" in rank_1
     assert "(rank 1 of 2)" in rank_1
-    assert done.outputs == [f"runs/{job.id}/outputs/rank-0.json"]
-    assert done.metrics["sum"] == 3.0 and done.metrics["rank"] == 0.0
+    assert "epoch 0" not in rank_1  # rank 0 reports
+    model = f"runs/{job.id}/outputs/model"
+    assert sorted(done.outputs) == [f"{model}/model.json", f"{model}/model.pt"]
+    assert json.loads(text_of(azure.artifacts, f"{model}/model.json"))["world_size"] == 2
+    assert done.metrics["accuracy"] > 0.9
+    assert done.model_version == "ddp:1"
     assert done.price_per_hour == pytest.approx(2 * T4_PRICE)
     assert status(sim, done.handle["aml_job"]) == "Completed"
+
+
+def test_the_distributed_example_trains_alone_on_local_compute(service: Service) -> None:
+    spec = JobSpec.model_validate(
+        {"kind": "train", "code": str(DISTRIBUTED), "entrypoint": "train.py"}
+    )
+
+    done = run(service, spec, timeout=90)
+
+    assert done.state is JobState.SUCCEEDED, done.reason
+    assert "rank 0 of 1 on cpu: 4096 samples" in log_of(service, done.id)
+    assert done.metrics["accuracy"] > 0.9
 
 
 def test_cancelling_a_running_job_cancels_its_azure_ml_job_and_stops_its_runner(
