@@ -7,8 +7,12 @@ source would do it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
+import subprocess
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +113,14 @@ def session_of(sid: int) -> list[int]:
             if int(fields[3]) == sid and fields[0] != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def kill_session(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process in ``proc``'s session (it started one), then reap ``proc``."""
+    for pid in session_of(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def wait_gone(pids: list[int], timeout: float = 15.0) -> None:

@@ -71,20 +71,13 @@ class AzureVmSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AzureVmSettings | None:
-        values: dict[str, Any] = {k: env[v] for k, v in _AZURE_VM_REQUIRED.items() if env.get(v)}
-        if not set(values) - {"subscription_id"}:  # the subscription is the azure-ml one's too
+        values = _backend_values(
+            env, "azure-vm", _AZURE_VM_REQUIRED, _AZURE_VM_OPTIONAL, _AZURE_VM_NUMBERS
+        )
+        if values is None:
             return None
-        missing = [v for k, v in _AZURE_VM_REQUIRED.items() if k not in values]
-        if missing:
-            raise BadInput(f"the azure-vm backend is half configured: set {', '.join(missing)}")
         values["regions"] = tuple(r.strip() for r in values["regions"].split(",") if r.strip())
-        values.update({k: env[v] for k, v in _AZURE_VM_OPTIONAL.items() if env.get(v)})
-        if not values.get("blob_service_uri") and env.get("EPHEMERID_STORAGE__accountName"):
-            account = env["EPHEMERID_STORAGE__accountName"]
-            values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
-        for name, setting in _AZURE_VM_NUMBERS.items():
-            values[name] = _number(env, setting, float, None)
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        return cls(**values)
 
 
 _AZURE_ML_REQUIRED = {
@@ -146,25 +139,47 @@ class AzureMlSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AzureMlSettings | None:
-        values: dict[str, Any] = {k: env[v] for k, v in _AZURE_ML_REQUIRED.items() if env.get(v)}
-        if not set(values) - {"subscription_id"}:  # the subscription is the azure-vm one's too
+        values = _backend_values(
+            env, "azure-ml", _AZURE_ML_REQUIRED, _AZURE_ML_OPTIONAL, _AZURE_ML_NUMBERS
+        )
+        if values is None:
             return None
-        missing = [v for k, v in _AZURE_ML_REQUIRED.items() if k not in values]
-        if missing:
-            raise BadInput(f"the azure-ml backend is half configured: set {', '.join(missing)}")
-        values.update({k: env[v] for k, v in _AZURE_ML_OPTIONAL.items() if env.get(v)})
-        if not values.get("blob_service_uri") and env.get("EPHEMERID_STORAGE__accountName"):
-            account = env["EPHEMERID_STORAGE__accountName"]
-            values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
         if not _AML_ENVIRONMENT.match(values["environment"].removeprefix("azureml:")):
             raise BadInput(
                 f"EPHEMERID_AML_ENVIRONMENT='{values['environment']}' names no environment: "
                 "write azureml:name:version, name@latest or the environment version's ARM id"
             )
         values["low_priority"] = _flag(env, "EPHEMERID_AML_LOW_PRIORITY")
-        for name, setting in _AZURE_ML_NUMBERS.items():
-            values[name] = _number(env, setting, float, None)
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        return cls(**values)
+
+
+def _backend_values(
+    env: Mapping[str, str],
+    backend: str,
+    required: Mapping[str, str],
+    optional: Mapping[str, str],
+    numbers: Mapping[str, str],
+) -> dict[str, Any] | None:
+    """A cloud backend's settings by field name; None when none of its own is set.
+
+    The subscription alone configures nothing: both Azure backends read it. The runner is told
+    the bucket's blob endpoint, which ``EPHEMERID_STORAGE__accountName`` implies when unset.
+    """
+    values: dict[str, Any] = {k: env[v] for k, v in required.items() if env.get(v)}
+    if not set(values) - {"subscription_id"}:
+        return None
+    missing = [v for k, v in required.items() if k not in values]
+    if missing:
+        raise BadInput(f"the {backend} backend is half configured: set {', '.join(missing)}")
+    values.update({k: env[v] for k, v in optional.items() if env.get(v)})
+    if not values.get("blob_service_uri") and env.get("EPHEMERID_STORAGE__accountName"):
+        account = env["EPHEMERID_STORAGE__accountName"]
+        values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
+    for name, setting in numbers.items():
+        number = _number(env, setting, float, None)
+        if number is not None:
+            values[name] = number
+    return values
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,7 @@ nodes (every rank is on 127.0.0.1).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from drive import session_of
+from drive import kill_session
 from ephemerid.testing.aml import TERMINAL, Cluster, SimJob
 from ephemerid.testing.arm import SUBSCRIPTION, ArmSimulator
 
@@ -80,7 +78,7 @@ class AmlPlayer:
         self._thread.join(timeout=10)
         for procs in self.procs.values():
             for proc in procs:
-                self._kill(proc)
+                kill_session(proc)
 
     def played(self) -> list[str]:
         return list(self.procs)
@@ -93,7 +91,7 @@ class AmlPlayer:
                 procs = self.procs.get(job.name, [])
                 if job.status in ("CancelRequested", *TERMINAL):
                     for proc in procs:
-                        self._kill(proc)
+                        kill_session(proc)
                 elif procs and all(p.poll() is not None for p in procs):
                     codes = [p.returncode for p in procs]
                     ok = all(c == 0 for c in codes)
@@ -138,11 +136,3 @@ class AmlPlayer:
                         )
                     )
         return procs
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
-        """Everything in the process's session, the entrypoint's own process group included."""
-        for pid in session_of(proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=10)

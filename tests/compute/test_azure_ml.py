@@ -13,14 +13,12 @@ studio, real quotas and timings. docs/azure-ml.md lists the same.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,10 @@ import isodate
 import pytest
 
 from compute.aml import CLUSTER, ENVIRONMENT, GROUP, WORKSPACE, AmlPlayer, aml_env
+from compute.cloud import ephemerid, record, settle
 from conftest import EXAMPLES
 from drive import (
-    DONE_COMPUTE,
     Gate,
-    cleaned_up,
     held_spec,
     log_of,
     run,
@@ -50,7 +47,7 @@ from ephemerid.compute import ComputeStatus, Handle
 from ephemerid.compute.azure_ml import COMMAND, TAG_JOB, status_of
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
-from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
+from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
@@ -73,11 +70,6 @@ def env(tmp_path: Path, sim: ArmSimulator) -> dict[str, str]:
     return aml_env(tmp_path / "home", sim)
 
 
-def ephemerid(env: dict[str, str], **more: str) -> AbstractContextManager[Service]:
-    """A service built from settings, as the function app builds it, cleaned up after."""
-    return cleaned_up(build_service(Settings.from_env({**env, **more})))
-
-
 @pytest.fixture
 def azure(env: dict[str, str]) -> Iterator[Service]:
     with ephemerid(env) as service:
@@ -88,22 +80,6 @@ def azure(env: dict[str, str]) -> Iterator[Service]:
 def player(sim: ArmSimulator, tmp_path: Path) -> Iterator[AmlPlayer]:
     with AmlPlayer(sim, tmp_path / "nodes") as nodes:
         yield nodes
-
-
-def settle(service: Service, job_ids: list[str], timeout: float = 60) -> list[JobRecord]:
-    """Run the reaper, as its timer would, until every job is over and its compute given back."""
-
-    def done() -> list[JobRecord] | None:
-        reap(service)
-        jobs = [service.store.get(job_id) for job_id in job_ids]
-        over = all(j.state.terminal and j.compute_state in DONE_COMPUTE for j in jobs)
-        return jobs if over else None
-
-    return wait_for(done, f"jobs {job_ids} to end with their compute released", timeout)
-
-
-def record(spec: JobSpec, key: str = "direct") -> JobRecord:
-    return JobRecord(id=job_id_for("train", key), key=key, spec=spec, source="test")
 
 
 def ml_spec(
@@ -136,13 +112,6 @@ def status(sim: ArmSimulator, name: str) -> str:
 
 def started(sim: ArmSimulator, name: str) -> None:
     wait_for(lambda: status(sim, name) == "Running", f"Azure ML job {name} to run")
-
-
-@pytest.fixture
-def connection_resets() -> Iterator[None]:
-    """Collect the sockets a reset connection leaves in a reference cycle (see test_azure_vm)."""
-    yield
-    gc.collect()
 
 
 # -- a job's life ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ Every job is driven to its end by the real reaper, as the timer would.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -21,18 +20,18 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from compute.cloud import ephemerid, record, settle
 from compute.vms import IDENTITY, SUBNET, VmPlayer, azure_env, boot_files
 from drive import (
     DONE_COMPUTE,
     Gate,
-    cleaned_up,
     held_spec,
     log_of,
     spec_for,
@@ -46,7 +45,7 @@ from ephemerid.compute import ComputeStatus, Handle
 from ephemerid.compute.azure_vm import TAG_DEADLINE, TAG_JOB
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
-from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
+from ephemerid.record import ComputeState, JobState, job_id_for, utcnow
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
@@ -107,26 +106,8 @@ def sim() -> Iterator[ArmSimulator]:
 
 
 @pytest.fixture
-def connection_resets() -> Iterator[None]:
-    """For tests whose simulator resets connections: collect their sockets before the next test.
-
-    A reset while http.client reads the status line leaves the socket in a reference cycle
-    (response, traceback) that only the garbage collector closes, with a ResourceWarning. That is
-    the standard library's doing, not ours, so it is collected here, inside the test that caused
-    it; the test is marked to ignore exactly that warning.
-    """
-    yield
-    gc.collect()
-
-
-@pytest.fixture
 def env(tmp_path: Path, sim: ArmSimulator) -> dict[str, str]:
     return azure_env(tmp_path / "home", sim)
-
-
-def ephemerid(env: dict[str, str], **more: str) -> AbstractContextManager[Service]:
-    """A service built from settings, as the function app builds it, cleaned up after."""
-    return cleaned_up(build_service(Settings.from_env({**env, **more})))
 
 
 @pytest.fixture
@@ -139,24 +120,6 @@ def azure(env: dict[str, str]) -> Iterator[Service]:
 def player(sim: ArmSimulator, tmp_path: Path) -> Iterator[VmPlayer]:
     with VmPlayer(sim, tmp_path / "vms") as vms:
         yield vms
-
-
-def settle(
-    service: Service, job_ids: list[str], timeout: float = 30, now: datetime | None = None
-) -> list[JobRecord]:
-    """Run the reaper, as its timer would, until every job is over and its compute given back."""
-
-    def done() -> list[JobRecord] | None:
-        reap(service, now and max(now, utcnow()))
-        jobs = [service.store.get(job_id) for job_id in job_ids]
-        over = all(j.state.terminal and j.compute_state in DONE_COMPUTE for j in jobs)
-        return jobs if over else None
-
-    return wait_for(done, f"jobs {job_ids} to end with their compute released", timeout)
-
-
-def record(spec: JobSpec, key: str = "direct") -> JobRecord:
-    return JobRecord(id=job_id_for("train", key), key=key, spec=spec, source="test")
 
 
 def vm_spec(code_dir: Path, body: str = "print('trained on a VM')\n", **compute: Any) -> JobSpec:

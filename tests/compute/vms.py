@@ -14,10 +14,8 @@ the managed identity (the bucket is a local folder), and the GPU.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from drive import session_of
+from drive import kill_session
 from ephemerid.compute.azure_vm import ENV_FILE, UNIT_FILE, VENV
 from ephemerid.testing.arm import SUBSCRIPTION, ArmSimulator, SimVm
 
@@ -104,7 +102,7 @@ class VmPlayer:
         self._stop.set()
         self._thread.join(timeout=10)
         for proc in self.procs.values():
-            self._kill(proc)
+            kill_session(proc)
 
     def booted(self) -> list[str]:
         return list(self.procs)
@@ -117,7 +115,7 @@ class VmPlayer:
                     self.procs[name] = self._boot(vm)
             for name, proc in self.procs.items():
                 if name not in live:
-                    self._kill(proc)
+                    kill_session(proc)
 
     def _boot(self, vm: SimVm) -> subprocess.Popen[bytes]:
         work = self.root / vm.name
@@ -133,11 +131,3 @@ class VmPlayer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
-        """Everything in the runner's session, the entrypoint's own process group included."""
-        for pid in session_of(proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=10)
