@@ -556,21 +556,32 @@ def test_an_azure_bucket_reaches_the_runner_as_an_endpoint_and_identity_never_a_
         AzureMlCompute(lambda: connect(no_endpoint), no_endpoint, bucket)
 
 
-def test_a_service_with_azure_ml_configured_imports_azure_ml_only_when_a_job_needs_it(
-    env: dict[str, str],
+def test_a_service_with_azure_ml_imports_it_only_when_a_job_needs_it_and_keeps_its_chatter_out(
+    env: dict[str, str], code_dir: Path
 ) -> None:
+    write_script(code_dir, "print('hi')\n")
     probe = (
-        "import sys\n"
+        "import logging, sys\n"
         "from ephemerid.app import build_service\n"
+        "from ephemerid.compute import Handle\n"
         "from ephemerid.settings import Settings\n"
+        "from ephemerid.spec import JobSpec\n"
+        "logging.getLogger('ephemerid').warning('ours')\n"
         "service = build_service(Settings.from_env())\n"
         "print('azure.ai.ml' in sys.modules)\n"
-        "service.backends['azure-ml'].list_owned()\n"
+        "backend = service.backends['azure-ml']\n"
+        "print(backend.poll(Handle('azure-ml', 'train-000000000000', {'aml_job': 'none'})).value)\n"
+        f"spec = {{'kind': 'train', 'code': {str(code_dir)!r}, 'entrypoint': 'job.py'}}\n"
+        "print(service.submit(JobSpec.model_validate(spec)).job.state.value)\n"
         "print('azure.ai.ml' in sys.modules)\n"
+        "service.cancel(service.store.list()[0].id)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True
     )
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]
+    assert done.stdout.split() == ["False", "gone", "RUNNING", "True"]
+    # with no logging set up, Python prints warnings and errors to stderr: only ephemerid's here,
+    # none of the SDK's import-time "experimental class" warnings or per-call activity errors
+    assert done.stderr.splitlines() == ["ours"]

@@ -74,8 +74,18 @@ def aml_job_name(job_id: str, attempt: int) -> str:
     return f"eph-{job_id}-{attempt}"
 
 
+# The SDK warns once per schema it calls experimental when it first builds a job (six lines on
+# every cold start); its per-call activity log does not propagate. ephemerid logs what it did.
+EXPERIMENTAL_LOGGER = "azure.ai.ml._utils._experimental"
+
+
 def connect(config: AzureMlSettings) -> Any:
     """The real MLClient: Azure with DefaultAzureCredential, or the local simulator."""
+    logging.getLogger(EXPERIMENTAL_LOGGER).setLevel(logging.ERROR)
+    return _client(config)
+
+
+def _client(config: AzureMlSettings) -> Any:
     if config.arm_endpoint:
         from ephemerid.testing.arm import ml_client
 
