@@ -6,6 +6,7 @@ the SQLite job store and the local compute's scratch space.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -102,6 +103,7 @@ _AML_ENVIRONMENT = re.compile(
     r"(workspaces|registries)/[^/]+/environments/[^/]+/versions/[^/]+$",
     re.IGNORECASE,
 )
+_AML_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 _AZURE_ML_NUMBERS = {
     "idle_s": "EPHEMERID_AML_IDLE_S",
     "finish_wait_s": "EPHEMERID_AML_FINISH_WAIT_S",
@@ -149,6 +151,13 @@ class AzureMlSettings:
                 f"EPHEMERID_AML_ENVIRONMENT='{values['environment']}' names no environment: "
                 "write azureml:name:version, name@latest or the environment version's ARM id"
             )
+        for name in ("datastore", "experiment"):
+            if name in values and not _AML_NAME.match(values[name]):
+                setting = _AZURE_ML_OPTIONAL[name]
+                raise BadInput(
+                    f"{setting}='{values[name]}' is not an Azure ML name: use letters, digits, "
+                    "'_', '-' and '.'"
+                )
         values["low_priority"] = _flag(env, "EPHEMERID_AML_LOW_PRIORITY")
         return cls(**values)
 
@@ -177,6 +186,8 @@ def _backend_values(
         values["blob_service_uri"] = f"https://{account}.blob.core.windows.net"
     for name, setting in numbers.items():
         number = _number(env, setting, float, None)
+        if number is not None and not (math.isfinite(number) and number >= 0):
+            raise BadInput(f"setting {setting}='{env[setting]}' must be seconds, 0 or more")
         if number is not None:
             values[name] = number
     return values

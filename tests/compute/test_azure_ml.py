@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -502,6 +503,15 @@ def test_azure_ml_is_configured_only_when_its_settings_are_and_never_half(
     for environment in ("ephemerid-runner", "azureml:ephemerid-runner", "a b:1"):
         with pytest.raises(BadInput, match="names no environment: write azureml:name:version"):
             Settings.from_env({**env, "EPHEMERID_AML_ENVIRONMENT": environment})
+    for setting, value, message in (
+        ("EPHEMERID_AML_IDLE_S", "-120", "EPHEMERID_AML_IDLE_S='-120' must be seconds, 0 or more"),
+        ("EPHEMERID_AML_FINISH_WAIT_S", "nan", "must be seconds, 0 or more"),
+        ("EPHEMERID_AML_IDLE_S", "two minutes", "EPHEMERID_AML_IDLE_S='two minutes' is not a"),
+        ("EPHEMERID_AML_DATASTORE", "runs/../models", "is not an Azure ML name"),
+        ("EPHEMERID_AML_EXPERIMENT", "my experiment", "is not an Azure ML name"),
+    ):
+        with pytest.raises(BadInput, match=re.escape(message)):
+            Settings.from_env({**env, setting: value})
     for environment in ("ephemerid-runner@latest", "runner:3"):
         ok = Settings.from_env({**env, "EPHEMERID_AML_ENVIRONMENT": environment}).azure_ml
         assert ok is not None and ok.environment == environment
