@@ -113,32 +113,33 @@ class JobRecord:
             return (self.finished_at - self.started_at).total_seconds()
         return None
 
+    def _billed_s(self, end: datetime | None) -> float | None:
+        """This rental's billed seconds: requested to ``end``, and its billed tail."""
+        if not (self.compute_requested_at and end):
+            return None
+        return (end - self.compute_requested_at).total_seconds() + self.billed_tail_s
+
     @property
     def held_s(self) -> float | None:
         """Seconds the compute was held (requested to released, and its billed tail)."""
-        if self.compute_requested_at and self.released_at:
-            held = (self.released_at - self.compute_requested_at).total_seconds()
-            held += self.billed_tail_s
-            return held + sum(float(c.get("held_s") or 0) for c in self.earlier_compute)
-        return None
+        held = self._billed_s(self.released_at)
+        if held is None:
+            return None
+        return held + sum(float(c.get("held_s") or 0) for c in self.earlier_compute)
 
     @property
     def cost_usd(self) -> float | None:
         """What the compute cost at the prices it was rented at, so far if it is still held."""
         costs = [c.get("cost_usd") for c in self.earlier_compute]
-        if self.price_per_hour is not None and self.compute_requested_at:
-            end = self.released_at or utcnow()
-            held = (end - self.compute_requested_at).total_seconds() + self.billed_tail_s
+        held = self._billed_s(self.released_at or utcnow())
+        if self.price_per_hour is not None and held is not None:
             costs.append(held / 3600 * self.price_per_hour)
         known = [float(c) for c in costs if c is not None]
         return round(sum(known), 6) if known else None
 
     def rental(self, reason: str) -> dict[str, Any]:
         """This compute as one closed line of the bill (for ``earlier_compute``)."""
-        held = None
-        if self.compute_requested_at and self.released_at:
-            held = (self.released_at - self.compute_requested_at).total_seconds()
-            held += self.billed_tail_s
+        held = self._billed_s(self.released_at)
         cost = None
         if held is not None and self.price_per_hour is not None:
             cost = round(held / 3600 * self.price_per_hour, 6)

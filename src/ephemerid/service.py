@@ -21,7 +21,6 @@ from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes, safe_key
 from ephemerid.compute import ComputeBackend, Handle, check_backend, check_nodes
 from ephemerid.errors import (
-    BadInput,
     CapacityUnavailable,
     Conflict,
     EphemeridError,
@@ -126,10 +125,7 @@ class Service:
         name = check_backend(spec.compute.backend or self.settings.backend)
         if name not in self.backends:
             raise SpecError(f"compute.backend '{name}' is not configured on this ephemerid")
-        try:
-            check_nodes(name, spec.compute.nodes)
-        except BadInput as exc:
-            raise SpecError(str(exc)) from exc
+        check_nodes(name, spec.compute.nodes)
         return name
 
     def _resolve_model(self, spec: JobSpec) -> ModelVersion | None:
@@ -424,7 +420,7 @@ def _live(handle: Handle) -> Change:
     def change(job: JobRecord) -> dict[str, Any] | None:
         values: dict[str, Any] = {"handle": handle.data, "next_try_at": None}
         values.update(sku=handle.sku, spot=handle.spot, price_per_hour=handle.price_per_hour)
-        values["billed_tail_s"] = handle.billed_tail_s
+        values.update(billed_tail_s=handle.billed_tail_s)
         if job.compute_state is ComputeState.REQUESTED:
             values.update(compute_state=ComputeState.LIVE, live_at=utcnow())
         if job.compute_state is ComputeState.RELEASED:  # cancelled while it was provisioned

@@ -8,12 +8,13 @@ can give back what no job owns any more.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from ephemerid.errors import BadInput
+from ephemerid.errors import BadInput, ComputeError, SpecError
 from ephemerid.record import JobRecord
 
 
@@ -58,12 +59,30 @@ class ComputeBackend(Protocol):
     def list_owned(self) -> list[Handle]: ...
 
 
-@dataclass(frozen=True)
-class Launch:
-    """What every backend needs to start the runner: where the job's files live."""
+# What a cloud backend puts in a name or an environment value it sends: nothing else passes.
+_JOB_ID = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
+SAFE_ENV_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=?&%-]+$")
 
-    artifacts_uri: str
-    python: str
+
+def compute_name(backend: str, what: str, job_id: str, attempt: int) -> str:
+    """``eph-<job>-<attempt>``: named from the job, a retried provision finds what it started."""
+    if not _JOB_ID.match(job_id):
+        raise ComputeError(f"{backend}: job id '{job_id}' cannot name {what}")
+    return f"eph-{job_id}-{attempt}"
+
+
+def runner_env(
+    artifacts_uri: str, job_id: str, blob_service_uri: str, identity_client_id: str
+) -> dict[str, str]:
+    """All the runner on cloud compute is told: the bucket and the job and, for an Azure bucket,
+    its blob endpoint and the identity to reach it with; never a key."""
+    env = {"EPHEMERID_ARTIFACTS": artifacts_uri, "EPHEMERID_JOB": job_id}
+    if blob_service_uri:
+        env["EPHEMERID_STORAGE__blobServiceUri"] = blob_service_uri
+        env["EPHEMERID_STORAGE__credential"] = "managedidentity"
+    if blob_service_uri and identity_client_id:
+        env["EPHEMERID_STORAGE__clientId"] = identity_client_id
+    return env
 
 
 BackendFactory = Callable[..., ComputeBackend]
@@ -112,7 +131,7 @@ def check_backend(name: str) -> str:
 def check_nodes(name: str, nodes: int) -> None:
     """Refuse a multi-node job on a backend that runs each job on one machine."""
     if nodes > 1 and name not in MULTI_NODE:
-        raise BadInput(
+        raise SpecError(
             f"compute.nodes: {nodes} nodes need a multi-node backend "
             f"({', '.join(sorted(MULTI_NODE))}); '{name}' runs each job on one machine: "
             "set compute.backend: azure-ml, or nodes: 1"

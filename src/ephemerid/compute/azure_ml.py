@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +35,13 @@ from typing import Any
 
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore
-from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute import (
+    SAFE_ENV_VALUE,
+    ComputeStatus,
+    Handle,
+    compute_name,
+    runner_env,
+)
 from ephemerid.compute.arm_errors import describe, error_tree, transient
 from ephemerid.compute.prices import PriceTable
 from ephemerid.errors import BadInput, ComputeError, require_extra
@@ -56,8 +61,6 @@ STARTING = frozenset({"NotStarted", "Starting", "Provisioning", "Preparing", "Qu
 FINISHED = frozenset({"Completed", "Failed", "Canceled"})
 # Every other status (Running, Finalizing, CancelRequested, NotResponding, Paused, Unknown) is
 # compute still held: RUNNING, and the job's own heartbeat decides whether it is lost.
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=?&%-]+$")
-_JOB_ID = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
 
 
 def status_of(aml_status: str) -> ComputeStatus:
@@ -66,12 +69,6 @@ def status_of(aml_status: str) -> ComputeStatus:
     if aml_status in STARTING:
         return ComputeStatus.STARTING
     return ComputeStatus.RUNNING
-
-
-def aml_job_name(job_id: str, attempt: int) -> str:
-    if not _JOB_ID.match(job_id):
-        raise ComputeError(f"azure-ml: job id '{job_id}' cannot name an Azure ML job")
-    return f"eph-{job_id}-{attempt}"
 
 
 # The SDK warns once per schema it calls experimental when it first builds a job (six lines on
@@ -125,12 +122,12 @@ class AzureMlCompute:
         self._client: Any = None
         self._connecting = threading.Lock()
         self.config, self.artifacts = config, artifacts
-        self.artifacts_uri = artifacts_uri = artifacts.root_uri
+        self.artifacts_uri = artifacts.root_uri
         self.prices = prices or PriceTable.load()
         self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
         self._sleep = sleep
         self._where = f"workspace '{config.workspace}' (resource group '{config.resource_group}')"
-        if artifacts_uri.startswith("az://") and not config.blob_service_uri:
+        if self.artifacts_uri.startswith("az://") and not config.blob_service_uri:
             raise BadInput(
                 "azure-ml: the cluster's runner reaches the bucket with its identity: set "
                 "EPHEMERID_STORAGE__accountName or EPHEMERID_STORAGE__blobServiceUri"
@@ -165,7 +162,7 @@ class AzureMlCompute:
     def provision(self, job: JobRecord) -> Handle:
         from azure.core.exceptions import AzureError
 
-        name = aml_job_name(job.id, job.evictions)
+        name = compute_name(self.name, "an Azure ML job", job.id, job.evictions)
         self._check(job)
         found = self._find(name)
         if found is not None:
@@ -319,14 +316,12 @@ class AzureMlCompute:
         )
 
     def _runner_env(self, job_id: str) -> dict[str, str]:
-        env = {"EPHEMERID_ARTIFACTS": self.artifacts_uri, "EPHEMERID_JOB": job_id}
-        if self.config.blob_service_uri:
-            env["EPHEMERID_STORAGE__blobServiceUri"] = self.config.blob_service_uri
-            env["EPHEMERID_STORAGE__credential"] = "managedidentity"
-        if self.config.blob_service_uri and self.config.identity_client_id:
-            env["EPHEMERID_STORAGE__clientId"] = self.config.identity_client_id
+        config = self.config
+        env = runner_env(
+            self.artifacts_uri, job_id, config.blob_service_uri, config.identity_client_id
+        )
         for key, value in env.items():
-            if not _SAFE_VALUE.match(value):
+            if not SAFE_ENV_VALUE.match(value):
                 raise ComputeError(
                     f"azure-ml: {key}='{value}' cannot go into the job's environment"
                 )

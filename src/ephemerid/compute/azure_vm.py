@@ -32,7 +32,13 @@ from typing import Any
 import yaml
 
 from ephemerid import __version__
-from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute import (
+    SAFE_ENV_VALUE,
+    ComputeStatus,
+    Handle,
+    compute_name,
+    runner_env,
+)
 from ephemerid.compute.arm_errors import describe, error_tree, transient
 from ephemerid.compute.prices import PriceTable
 from ephemerid.errors import (
@@ -78,9 +84,7 @@ ExecStart={VENV}/bin/python -m ephemerid.runner --artifacts ${{EPHEMERID_ARTIFAC
 --job ${{EPHEMERID_JOB}} --work-dir {WORK_DIR} --scheduled-events ${{EPHEMERID_SCHEDULED_EVENTS}}
 Restart=no
 """
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=?&%-]+$")
 _SAFE_PACKAGE = re.compile(r"^[A-Za-z0-9._:/@+=<>!~\[\],-]+$")
-_JOB_ID = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -104,16 +108,10 @@ def placements(request: ComputeRequest, regions: tuple[str, ...], sku: str) -> l
     ]
 
 
-def vm_name(job_id: str, attempt: int) -> str:
-    if not _JOB_ID.match(job_id):
-        raise ComputeError(f"azure-vm: job id '{job_id}' cannot name a VM")
-    return f"eph-{job_id}-{attempt}"
-
-
 def cloud_init(env: dict[str, str], package: str, python: str) -> str:
     """The VM's cloud-config: write the runner's environment and unit, install it, start it."""
     for name, value in env.items():
-        if not _SAFE_VALUE.match(value):
+        if not SAFE_ENV_VALUE.match(value):
             raise ComputeError(f"azure-vm: {name}='{value}' cannot go into the VM's environment")
     for what, value in (("EPHEMERID_RUNNER_PACKAGE", package), ("EPHEMERID_VM_PYTHON", python)):
         if not _SAFE_PACKAGE.match(value):
@@ -209,7 +207,7 @@ class AzureVmCompute:
     def provision(self, job: JobRecord) -> Handle:
         from azure.core.exceptions import AzureError
 
-        name = vm_name(job.id, job.evictions)
+        name = compute_name(self.name, "a VM", job.id, job.evictions)
         found = self._find(name)
         if found is not None and _state(found) in ("Creating", "Updating", "Succeeded"):
             log.info("azure-vm: job %s already has VM %s: using it", job.id, name)
@@ -365,17 +363,11 @@ class AzureVmCompute:
         )
 
     def _runner_env(self, job_id: str) -> dict[str, str]:
-        env = {
-            "EPHEMERID_ARTIFACTS": self.artifacts_uri,
-            "EPHEMERID_JOB": job_id,
-            "EPHEMERID_SCHEDULED_EVENTS": self.config.scheduled_events_url,
-        }
-        if self.config.blob_service_uri:
-            env["EPHEMERID_STORAGE__blobServiceUri"] = self.config.blob_service_uri
-            env["EPHEMERID_STORAGE__credential"] = "managedidentity"
-        if self.config.blob_service_uri and self.config.identity_client_id:
-            env["EPHEMERID_STORAGE__clientId"] = self.config.identity_client_id
-        return env
+        config = self.config
+        env = runner_env(
+            self.artifacts_uri, job_id, config.blob_service_uri, config.identity_client_id
+        )
+        return {**env, "EPHEMERID_SCHEDULED_EVENTS": config.scheduled_events_url}
 
     def _body(self, job: JobRecord, name: str, placement: Placement) -> dict[str, Any]:
         custom = cloud_init(self._runner_env(job.id), self.package, self.config.python)
