@@ -40,6 +40,17 @@ class Conflict(EphemeridError):
     """A compare-and-swap lost: the record changed since it was read."""
 
 
+class AccessDenied(EphemeridError):
+    """The service refused the caller's identity (401/403): the message names the role to grant."""
+
+
+class Unavailable(EphemeridError):
+    """A service failed transiently (429, 5xx, a reset or timeout): retry, never treat as absent.
+
+    It always propagates out of a function, so the platform redelivers the event.
+    """
+
+
 class CapacityUnavailable(EphemeridError):
     """No compute can be placed right now; the job waits and says so (not a failure).
 
