@@ -28,7 +28,7 @@ from drive import (
 from ephemerid import names
 from ephemerid.artifacts import get_bytes, put_bytes
 from ephemerid.errors import BadInput, SpecError, UnsafeName
-from ephemerid.events import on_blob_created
+from ephemerid.intake import on_blob_created
 from ephemerid.record import ComputeState, JobState
 from ephemerid.rules import Rules
 from ephemerid.service import Service, Submitted

@@ -1,27 +1,131 @@
-"""Job requests from apps (queue messages, HTTP bodies): parsed once, refused once with a reason.
+"""Intake: every event that can become a job, turned into specs and submitted in one place.
 
-A request is a JSON ``JobSpec``; ``idempotency_key`` is optional (default: the message id). A
-request that cannot become a job is recorded under ``rejected/<source>/<id>.json`` in the bucket
-with the reason, so the sender can read why (``eph rejected``, ``GET /api/rejected``), and is
-not retried: retrying bad input only costs money.
+- a blob created in the bucket: the rules that match it (``ephemerid.yaml``), or, for a
+  ``runs/<job>/result.json``, the completion of that job;
+- a schedule tick: each rule's latest due time, once;
+- a request from an app (a Service Bus or Storage Queue message, an HTTP body): a JSON
+  ``JobSpec``, over the queue rule's ``job`` template.
+
+Idempotency keys: ``blob:<uri>@<etag>#<rule>`` for a blob (a redelivered event, or the same
+upload seen twice, names the same job; a new upload of the same name has a new ETag),
+``cron:<rule>@<scheduled time>`` for a schedule (two instances or a restart never fire twice),
+``<source>:<message id>`` for a message and ``http:<Idempotency-Key>`` for HTTP.
+
+Bad input (``BadInput``) is refused once with its reason, recorded through the service, and not
+retried; anything else propagates, so the platform redelivers the event.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
-from ephemerid.errors import BadInput, SpecError
-from ephemerid.record import utcnow
+from ephemerid import names
+from ephemerid.artifacts import safe_key
+from ephemerid.errors import BadInput, NotFound, SpecError
+from ephemerid.record import JobRecord, utcnow
 from ephemerid.rules import Rules, merge
+from ephemerid.service import Service, Submitted
 from ephemerid.spec import JobSpec, validate_spec
 
+log = logging.getLogger("ephemerid")
 MAX_BODY_BYTES = 256 * 1024
-REJECTED = "rejected"
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+JOBS_QUEUE = "jobs"
+
+
+@dataclass
+class Delivery:
+    """What one event led to: jobs submitted, or the job whose result it completed."""
+
+    submitted: list[Submitted] = field(default_factory=list)
+    completed: JobRecord | None = None
+
+
+@dataclass
+class Intake:
+    service: Service
+    rules: Rules
+    jobs_queue: str = JOBS_QUEUE  # the queue the request triggers bind to
+
+    def blob(self, key: str, etag: str | None) -> Delivery:
+        """A blob-created event; ``etag`` None takes the blob's own. Refusals are recorded."""
+        try:
+            etag = etag or self.service.etag_of(key)
+            if etag is None:
+                raise BadInput(f"blob '{key}' is gone: nothing to run")
+            delivery = on_blob_created(self.service, self.rules, key, etag)
+        except BadInput as exc:
+            self.service.reject("blob", key, exc, key)
+            log.warning("refused blob %s: %s", key, exc)
+            return Delivery()
+        for submitted in delivery.submitted:
+            fresh = "new" if submitted.created else "duplicate"
+            log.info("blob %s -> job %s (%s)", key, submitted.job.id, fresh)
+        return delivery
+
+    def message(self, source: str, message_id: str, body: bytes) -> JobRecord | None:
+        """A job request from a queue; None when it was refused (and recorded)."""
+        what = f"{source} message {message_id}"
+        try:
+            spec = parse_request(body, what=what, defaults=self.queue_defaults())
+            check_remote_code(spec.code)
+            submitted = self.service.submit(spec, key=f"{source}:{message_id}", source=what)
+        except BadInput as exc:
+            self.service.reject(source, message_id, exc, body)
+            log.warning("rejected %s: %s", what, exc)
+            return None
+        return submitted.job
+
+    def http(self, body: bytes, idempotency_key: str | None) -> Submitted:
+        """A job request over HTTP: BadInput goes back to the caller (400), not to the record."""
+        spec = parse_request(body, what="request body")
+        check_remote_code(spec.code)
+        key = f"http:{idempotency_key}" if idempotency_key else None
+        return self.service.submit(spec, key=key, source="http")
+
+    def tick(self, now: datetime | None = None) -> list[Submitted]:
+        return fire_schedules(self.service, self.rules, now or utcnow())
+
+    def queue_defaults(self) -> dict[str, Any]:
+        """The ``job`` template of the rule for the jobs queue, if any, under every message."""
+        rule = self.rules.queue_rule(self.jobs_queue) if self.rules else None
+        return dict(rule.job) if rule else {}
+
+
+def on_blob_created(
+    service: Service, rules: Rules, key: str, etag: str, at: datetime | None = None
+) -> Delivery:
+    safe_key(key)
+    job_id = names.job_of_result(key)
+    if job_id:
+        try:
+            return Delivery(completed=service.complete(job_id))
+        except NotFound:
+            log.warning("result %s names no known job: ignored (the reaper owns strays)", key)
+            return Delivery()
+    uri = service.uri(key)
+    delivery = Delivery()
+    for match in rules.match_blob(key, uri=uri, etag=etag, at=at or utcnow()):
+        idem = f"blob:{uri}@{etag}#{match.rule.name}"
+        source = f"blob {key} (rule {match.rule.name})"
+        delivery.submitted.append(service.submit(match.spec, key=idem, source=source))
+    return delivery
+
+
+def fire_schedules(
+    service: Service, rules: Rules, now: datetime, catch_up: timedelta = timedelta(hours=1)
+) -> list[Submitted]:
+    """Submit each schedule's latest due time once; a missed tick is caught up once."""
+    fired = []
+    for rule, scheduled in rules.due(now, catch_up):
+        values = {"scheduled": scheduled.isoformat()}
+        spec = rules.fill(rule, values, scheduled)
+        idem = f"cron:{rule.name}@{scheduled.isoformat()}"
+        fired.append(service.submit(spec, key=idem, source=f"schedule {rule.name}"))
+    return fired
 
 
 def parse_request(
@@ -40,34 +144,7 @@ def parse_request(
     return validate_spec(merge(defaults or {}, data), what)
 
 
-def queue_defaults(rules: Rules | None, queue: str) -> dict[str, Any]:
-    """The ``job`` template of the rule for ``queue``, if there is one, under every message."""
-    rule = rules.queue_rule(queue) if rules else None
-    return dict(rule.job) if rule else {}
-
-
-@dataclass(frozen=True)
-class Rejection:
-    source: str
-    id: str
-    reason: str
-    at: str
-    body: str
-
-
-def record_rejection(
-    artifacts: ArtifactStore, source: str, request_id: str, error: BadInput, body: bytes | str
-) -> Rejection:
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    rejection = Rejection(source, request_id, str(error), utcnow().isoformat(), text[:2000])
-    key = f"{REJECTED}/{_SAFE_ID.sub('_', source)}/{_SAFE_ID.sub('_', request_id)[:200]}.json"
-    put_bytes(artifacts, key, json.dumps(rejection.__dict__).encode())
-    return rejection
-
-
-def list_rejections(artifacts: ArtifactStore, limit: int = 100) -> list[Rejection]:
-    found = [
-        Rejection(**json.loads(get_bytes(artifacts, item.key)))
-        for item in artifacts.list(f"{REJECTED}/")
-    ]
-    return sorted(found, key=lambda r: r.at, reverse=True)[:limit]
+def check_remote_code(code: str) -> None:
+    """Code named by an app must be an artifact: a folder on the host is not the sender's."""
+    if "://" not in code:
+        raise SpecError(f"code '{code}' must be an artifact URI (upload the code to the bucket)")

@@ -8,13 +8,9 @@ compare-and-swap through the service, so a reaper racing an event handler is har
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 
-from ephemerid import names
-from ephemerid.artifacts import get_bytes
-from ephemerid.compute import ComputeStatus, Handle
-from ephemerid.errors import EphemeridError, NotFound
+from ephemerid.compute import ComputeStatus
 from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 from ephemerid.service import Service
 
@@ -25,7 +21,7 @@ def reap(service: Service, now: datetime | None = None) -> list[str]:
     """One pass; returns what it did, one line per action."""
     now = now or utcnow()
     actions: list[str] = []
-    for job in service.store.list_open():
+    for job in service.list_open():
         if job.state is JobState.WAITING_FOR_CAPACITY:
             continue
         if not job.state.terminal:
@@ -36,7 +32,7 @@ def reap(service: Service, now: datetime | None = None) -> list[str]:
             actions.append(f"{job.id}: teardown owed -> {'released' if ok else 'still owed'}")
         elif job.model_owed and service.register_model(job).model_version:
             actions.append(f"{job.id}: registered its model")
-    actions.extend(_strays(service))
+    actions.extend(service.strays())
     for job in service.dispatch_waiting():
         actions.append(f"{job.id}: waiting job -> {job.state.value}")
     return actions
@@ -44,7 +40,7 @@ def reap(service: Service, now: datetime | None = None) -> list[str]:
 
 def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
     settings = service.settings
-    if service.artifacts.stat(names.run_key(job.id, names.RESULT_FILE)):
+    if service.has_result(job.id):
         return [f"{job.id}: result found -> {service.complete(job.id).state.value}"]
     if job.state is JobState.ACCEPTED:
         if now - job.created_at > ACCEPTED_STALE:
@@ -55,8 +51,7 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
         if (now - started).total_seconds() > settings.provision_timeout_s:
             return [_end(service, job, JobState.FAILED, "provisioning did not finish in time")]
         return []
-    handle = Handle(job.backend, job.id, job.handle)
-    status = service.backends[job.backend].poll(handle)
+    status = service.poll(job)
     if status is ComputeStatus.GONE:
         return [_end(service, job, JobState.FAILED, "compute exited without writing a result")]
     live = job.live_at or job.updated_at
@@ -68,7 +63,7 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
         return [_end(service, job, JobState.TIMED_OUT, reason)]
     if status is ComputeStatus.STARTING:  # queued or booting: no runner to beat yet
         return []
-    beat = _last_heartbeat(service, job) or live
+    beat = service.last_heartbeat(job.id) or live
     if (now - max(beat, live)).total_seconds() > settings.heartbeat_timeout_s:
         reason = f"lost heartbeat: none for over {settings.heartbeat_timeout_s:.0f}s"
         return [_end(service, job, JobState.FAILED, reason)]
@@ -78,39 +73,3 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
 def _end(service: Service, job: JobRecord, state: JobState, reason: str) -> str:
     ended = service.end(job.id, state, reason)
     return f"{job.id}: {reason} -> {ended.state.value}, compute {ended.compute_state.value}"
-
-
-def _last_heartbeat(service: Service, job: JobRecord) -> datetime | None:
-    try:
-        beat = json.loads(get_bytes(service.artifacts, names.run_key(job.id, names.HEARTBEAT_FILE)))
-        return datetime.fromisoformat(beat["at"])
-    except (NotFound, ValueError, KeyError):
-        return None
-
-
-def _strays(service: Service) -> list[str]:
-    """Owned compute whose job is terminal or unknown: give it back."""
-    actions = []
-    for name, backend in service.backends.items():
-        try:
-            owned = backend.list_owned()
-        except EphemeridError as exc:  # the next pass tries again
-            actions.append(f"{name}: cannot list its compute now: {exc}")
-            continue
-        for handle in owned:
-            try:
-                job: JobRecord | None = service.store.get(handle.job_id)
-            except NotFound:
-                job = None
-            if job is not None and not job.state.terminal:
-                continue
-            try:
-                gone = backend.teardown(handle)
-            except EphemeridError:
-                gone = False
-            owner = f"job {job.state.value}" if job else "no job"
-            actions.append(
-                f"{handle.job_id}: {name} compute with {owner} -> "
-                f"{'torn down' if gone else 'teardown still owed'}"
-            )
-    return actions

@@ -1,47 +1,44 @@
-"""The one path every trigger takes: submit, start, complete, cancel, release.
+"""The one path every trigger takes: submit, start, complete, cancel, release; and the reads.
 
 Adapters (blob events, queue messages, cron, HTTP, the CLI) only turn an event into a JobSpec
-and call ``submit``. Every change to a job is a compare-and-swap through ``_transition``, so two
-instances handling the same event cannot both provision, and a lost race re-reads and retries.
+and call ``submit``. Every change to a job is one of the pure changes in ``transitions``,
+applied by a compare-and-swap in ``_transition``, so two instances handling the same event
+cannot both provision, and a lost race re-reads and retries. Callers read through the service
+(``get``, ``list``, ``read_log``, ``rejections`` ...), never through its store or bucket.
 """
 
 from __future__ import annotations
 
-import hashlib
+import builtins
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from datetime import datetime
 
-from ephemerid import names
-from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes, safe_key
-from ephemerid.compute import ComputeBackend, Handle, check_backend, check_nodes
+from ephemerid import names, rejections, transitions
+from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
+from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
 from ephemerid.errors import (
+    BadInput,
     CapacityUnavailable,
     Conflict,
     EphemeridError,
     NotFound,
     SpecError,
 )
-from ephemerid.models import ModelRegistry, ModelVersion
+from ephemerid.models import ModelRegistry
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
+from ephemerid.rejections import Rejection
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
+from ephemerid.staging import Staging
 from ephemerid.store import JobStore
+from ephemerid.transitions import Change
 
 log = logging.getLogger("ephemerid")
-
-_SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".ipynb_checkpoints"}
-_RESULT_STATES = {
-    "succeeded": JobState.SUCCEEDED,
-    "failed": JobState.FAILED,
-    "timed_out": JobState.TIMED_OUT,
-}
-Change = Callable[[JobRecord], dict[str, Any] | None]
+Listener = Callable[[JobRecord], None]
 
 
 @dataclass(frozen=True)
@@ -57,22 +54,90 @@ class Service:
         artifacts: ArtifactStore,
         backends: Mapping[str, ComputeBackend],
         settings: Settings,
-        notify: Callable[[JobRecord], None] = lambda job: None,
+        notify: Listener | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.backends = backends
         self.settings = settings
         self.models = ModelRegistry(artifacts)
-        self.notify = notify
+        self.staging = Staging(artifacts, self.models, settings)
+        self._listeners: list[Listener] = [notify] if notify else []
 
     def close(self) -> None:
-        """Close the store and every backend that holds a connection (an ARM client)."""
+        """Close the store and every backend's connections."""
         self.store.close()
         for backend in self.backends.values():
-            close = getattr(backend, "close", None)
-            if close is not None:
-                close()
+            backend.close()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with every job record this service creates or changes.
+
+        Returns the call that unsubscribes it. A listener that raises is logged, never fatal.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _notify(self, job: JobRecord) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(job)
+            except Exception:
+                log.exception("a job listener failed on %s", job.id)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def list(self, states: Iterable[JobState] | None = None) -> builtins.list[JobRecord]:
+        return self.store.list(states)
+
+    def list_open(self) -> builtins.list[JobRecord]:
+        return self.store.list_open()
+
+    def read_log(self, job_id: str, offset: int = 0, rank: int = 0) -> bytes:
+        """The job's log from ``offset`` (rank n's own log for a distributed job); b"" if none."""
+        try:
+            with self.artifacts.open_read(names.run_key(job_id, names.log_file(rank)), offset) as f:
+                return f.read()
+        except NotFound:
+            return b""
+
+    def has_result(self, job_id: str) -> bool:
+        return self.artifacts.stat(names.run_key(job_id, names.RESULT_FILE)) is not None
+
+    def last_heartbeat(self, job_id: str) -> datetime | None:
+        try:
+            beat = json.loads(
+                get_bytes(self.artifacts, names.run_key(job_id, names.HEARTBEAT_FILE))
+            )
+            return datetime.fromisoformat(beat["at"])
+        except (NotFound, ValueError, KeyError, TypeError):
+            return None
+
+    def poll(self, job: JobRecord) -> ComputeStatus:
+        """What the job's backend says of its compute now."""
+        return self.backends[job.backend].poll(Handle(job.backend, job.id, job.handle))
+
+    def etag_of(self, key: str) -> str | None:
+        """The blob's ETag, None when it is not there (BadInput for a name that escapes)."""
+        stat = self.artifacts.stat(key)
+        return stat.etag if stat else None
+
+    def uri(self, key: str) -> str:
+        return self.artifacts.uri(key)
+
+    @property
+    def bucket_uri(self) -> str:
+        return self.artifacts.root_uri
+
+    def reject(self, source: str, request_id: str, error: BadInput, body: bytes | str) -> Rejection:
+        """Record why a request could not become a job, for its sender to read."""
+        return rejections.record(self.artifacts, source, request_id, error, body)
+
+    def rejections(self, limit: int = 100) -> builtins.list[Rejection]:
+        return rejections.listing(self.artifacts, limit)
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -80,7 +145,8 @@ class Service:
         """Accept ``spec`` once per idempotency key; refuse bad input before renting anything.
 
         A redelivery (a key already taken) is answered from the store before anything else is
-        checked: it costs one read.
+        checked: it costs one read. A spec that the backend cannot run, or whose code, inputs or
+        model are not there, is refused (SpecError) with nothing stored.
         """
         key = spec.idempotency_key or key or f"uuid:{uuid.uuid4()}"
         job_id = job_id_for(spec.kind.value, key)
@@ -88,25 +154,23 @@ class Service:
         if known is not None:
             log.info("duplicate delivery for job %s (%s): nothing to do", job_id, source)
             return Submitted(known, created=False)
-        backend = self._backend_name(spec)
-        model = self._resolve_model(spec)
-        inputs = self._input_keys(spec)
-        files = self._check_code(spec)
+        backend = self._checked_backend(spec)
+        plan = self.staging.check(spec)
         record = JobRecord(
             id=job_id,
             key=key,
             spec=spec,
             source=source,
             backend=backend,
-            model_version=model.ref if model else "",
+            model_version=plan.model.ref if plan.model else "",
         )
         job, created = self.store.create_if_absent(record)
         if not created:
             log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)
             return Submitted(job, created=False)
-        self.notify(job)
+        self._notify(job)
         try:
-            self._write_launch(job, inputs, model, files)
+            self.staging.write_launch(job, plan)
         except (EphemeridError, OSError) as exc:
             failed = self._fail(job.id, f"could not stage the job: {exc}")
             return Submitted(failed, created=True)
@@ -121,127 +185,29 @@ class Service:
             return None
         return job
 
-    def _backend_name(self, spec: JobSpec) -> str:
+    def _checked_backend(self, spec: JobSpec) -> str:
         name = check_backend(spec.compute.backend or self.settings.backend)
         if name not in self.backends:
             raise SpecError(f"compute.backend '{name}' is not configured on this ephemerid")
-        check_nodes(name, spec.compute.nodes)
+        self.backends[name].check(spec)
         return name
-
-    def _resolve_model(self, spec: JobSpec) -> ModelVersion | None:
-        if spec.model is None:
-            return None
-        try:
-            return self.models.resolve(spec.model)
-        except NotFound as exc:
-            raise SpecError(f"model: {exc}") from exc
-
-    def _input_keys(self, spec: JobSpec) -> dict[str, str]:
-        keys = {}
-        for name, uri in spec.inputs.items():
-            try:
-                key = (
-                    self.artifacts.key_of(uri.rstrip("/"))
-                    if "://" in uri
-                    else safe_key(uri.rstrip("/"))
-                )
-            except EphemeridError as exc:
-                raise SpecError(f"inputs.{name}: {exc}") from exc
-            if (
-                self.artifacts.stat(key) is None
-                and next(iter(self.artifacts.list(key.rstrip("/") + "/")), None) is None
-            ):
-                raise SpecError(f"inputs.{name}: '{uri}' does not exist")
-            keys[name] = key
-        return keys
-
-    def _check_code(self, spec: JobSpec) -> list[Path]:
-        """The files of a local code folder (none for code already in the bucket), checked."""
-        if "://" in spec.code:
-            try:
-                prefix = self.artifacts.key_of(spec.code).rstrip("/")
-            except EphemeridError as exc:
-                raise SpecError(f"code: {exc}") from exc
-            if self.artifacts.stat(f"{prefix}/{spec.entrypoint}") is None:
-                raise SpecError(f"entrypoint '{spec.entrypoint}' is not in code '{spec.code}'")
-            return []
-        code = Path(spec.code)
-        if not code.is_dir():
-            raise SpecError(f"code: '{spec.code}' is not a directory")
-        if not (code / spec.entrypoint).is_file():
-            raise SpecError(f"entrypoint '{spec.entrypoint}' is not a file in '{spec.code}'")
-        files = _code_files(code)
-        size = sum(p.stat().st_size for p in files)
-        if size > self.settings.code_limit_bytes:
-            raise SpecError(
-                f"code: '{spec.code}' holds {size} bytes, more than the "
-                f"{self.settings.code_limit_bytes}-byte limit; keep data out of the code "
-                "directory and pass it as inputs"
-            )
-        return files
-
-    def _write_launch(
-        self,
-        job: JobRecord,
-        inputs: dict[str, str],
-        model: ModelVersion | None,
-        files: list[Path],
-    ) -> None:
-        """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told."""
-        spec = job.spec
-        if "://" in spec.code:
-            code = self.artifacts.key_of(spec.code).rstrip("/")
-        else:
-            code = self._snapshot(Path(spec.code), files)
-        launch = {
-            "job_id": job.id,
-            "spec": spec.model_dump(mode="json", exclude_none=True),
-            "code": code,
-            "inputs": inputs,
-            "model": model.files if model else None,
-            "heartbeat_s": self.settings.heartbeat_s,
-            "grace_s": self.settings.grace_s,
-            "log_limit_bytes": self.settings.log_limit_bytes,
-        }
-        put_bytes(
-            self.artifacts, names.run_key(job.id, names.JOB_FILE), json.dumps(launch).encode()
-        )
-
-    def _snapshot(self, root: Path, files: list[Path]) -> str:
-        """Upload the code folder once per content: runs/_code/<sha256>/, shared by its jobs.
-
-        The manifest is written after the files, so a snapshot with a manifest is whole; a
-        crash before it leaves files that the next job with that code writes again.
-        """
-        contents = {path.relative_to(root).as_posix(): path.read_bytes() for path in files}
-        digest = hashlib.sha256()
-        for name, data in contents.items():
-            digest.update(f"{name}\0{len(data)}\0".encode())
-            digest.update(data)
-        prefix = names.code_key(digest.hexdigest())
-        if self.artifacts.stat(f"{prefix}.json") is None:
-            for name, data in contents.items():
-                put_bytes(self.artifacts, f"{prefix}/{name}", data)
-            manifest = {"files": sorted(contents)}
-            put_bytes(self.artifacts, f"{prefix}.json", json.dumps(manifest).encode())
-        return prefix
 
     # -- compute -----------------------------------------------------------------------------
 
     def start(self, job_id: str) -> JobRecord:
         """Provision compute for an accepted or waiting job; exactly one caller wins."""
-        job, won = self._transition(job_id, _to_provisioning)
+        job, won = self._transition(job_id, transitions.to_provisioning)
         if not won:
             return job
         backend = self.backends[job.backend]
         try:
             handle = backend.provision(job)
         except CapacityUnavailable as exc:
-            return self._transition(job_id, _waiting(str(exc), exc.retry_after_s))[0]
+            return self._transition(job_id, transitions.waiting(str(exc), exc.retry_after_s))[0]
         except Exception as exc:  # anything else: fail the job, and still owe a teardown
             log.exception("provisioning job %s failed", job_id)
             return self.release(self._fail(job_id, f"provisioning failed: {exc}"))
-        job, _ = self._transition(job_id, _live(handle))
+        job, _ = self._transition(job_id, transitions.live(handle))
         return self.release(job) if job.state.terminal else job
 
     def release(self, job: JobRecord) -> JobRecord:
@@ -254,11 +220,10 @@ class Service:
         except EphemeridError as exc:
             log.warning("teardown of job %s not confirmed yet: %s", job.id, exc)
             confirmed = False
-        if confirmed:
-            return self._transition(job.id, _released)[0]
-        return self._transition(job.id, lambda j: {"teardown_attempts": j.teardown_attempts + 1})[0]
+        change = transitions.released if confirmed else transitions.teardown_owed
+        return self._transition(job.id, change)[0]
 
-    def dispatch_waiting(self) -> list[JobRecord]:
+    def dispatch_waiting(self) -> builtins.list[JobRecord]:
         """Try to place waiting jobs, oldest first, until one still finds no capacity.
 
         A job whose backend asked for a pause (``next_try_at``) is left until then.
@@ -274,6 +239,37 @@ class Service:
                 break
         return started
 
+    def strays(self) -> builtins.list[str]:
+        """Give back compute a backend holds whose job is terminal or unknown; what was done."""
+        actions = []
+        for name, backend in self.backends.items():
+            try:
+                owned = backend.list_owned()
+            except EphemeridError as exc:  # the next pass tries again
+                actions.append(f"{name}: cannot list its compute now: {exc}")
+                continue
+            for handle in owned:
+                try:
+                    job: JobRecord | None = self.store.get(handle.job_id)
+                except NotFound:
+                    job = None
+                if job is not None and not job.state.terminal:
+                    continue
+                try:
+                    gone = backend.teardown(handle)
+                except EphemeridError:
+                    gone = False
+                owner = f"job {job.state.value}" if job else "no job"
+                actions.append(
+                    f"{handle.job_id}: {name} compute with {owner} -> "
+                    f"{'torn down' if gone else 'teardown still owed'}"
+                )
+        return actions
+
+    def held_compute(self) -> int:
+        """How many pieces of compute the backends hold now (what would be billed)."""
+        return sum(len(backend.list_owned()) for backend in self.backends.values())
+
     # -- completion and cancel ---------------------------------------------------------------
 
     def complete(self, job_id: str) -> JobRecord:
@@ -283,7 +279,7 @@ class Service:
             job = self.store.get(job_id)
             if not job.state.terminal:
                 return self._evicted(job)
-        job, _ = self._transition(job_id, _finished(result))
+        job, _ = self._transition(job_id, transitions.finished(result))
         job = self.release(job)
         job = self.register_model(job)
         self.dispatch_waiting()
@@ -303,7 +299,7 @@ class Service:
             job = self.release(job)
             if job.compute_state is not ComputeState.RELEASED:
                 return job  # the teardown is owed: the reaper comes back to this result
-            job, _ = self._transition(job.id, _requeued)
+            job, _ = self._transition(job.id, transitions.requeued)
         if job.state is JobState.ACCEPTED:
             result = names.run_key(job.id, names.RESULT_FILE)
             aside = names.run_key(job.id, f"evicted-{job.evictions}.json")
@@ -321,18 +317,18 @@ class Service:
         version = self.models.register(target.name, model_dir, job_id=job.id, metrics=job.metrics)
         if target.alias:
             self.models.promote(version.name, version.version, target.alias)
-        return self._transition(job.id, lambda j: {"model_version": version.ref})[0]
+        return self._transition(job.id, transitions.model_registered(version.ref))[0]
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> JobRecord:
         return self.end(job_id, JobState.CANCELLED, reason)
 
     def end(self, job_id: str, state: JobState, reason: str) -> JobRecord:
         """Move an unfinished job to terminal ``state`` and give its compute back."""
-        job, _ = self._transition(job_id, _ended(state, reason))
+        job, _ = self._transition(job_id, transitions.ended(state, reason))
         return self.release(job)
 
     def _fail(self, job_id: str, reason: str) -> JobRecord:
-        return self._transition(job_id, _ended(JobState.FAILED, reason))[0]
+        return self._transition(job_id, transitions.ended(JobState.FAILED, reason))[0]
 
     # -- the compare-and-swap loop -----------------------------------------------------------
 
@@ -354,116 +350,6 @@ class Service:
                 updated.compute_state.value,
                 updated.reason,
             )
-            self.notify(updated)
+            self._notify(updated)
             return updated, True
         raise Conflict(f"job {job_id} kept changing under 50 attempts to update it")
-
-
-def _code_files(root: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(root).parts)
-    )
-
-
-def _to_provisioning(job: JobRecord) -> dict[str, Any] | None:
-    if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
-        return None
-    return {
-        "state": JobState.PROVISIONING,
-        "compute_state": ComputeState.REQUESTED,
-        "compute_requested_at": utcnow(),
-        "reason": "",
-    }
-
-
-def _waiting(reason: str, retry_after_s: float | None = None) -> Change:
-    def change(job: JobRecord) -> dict[str, Any] | None:
-        if job.state is not JobState.PROVISIONING:
-            return None
-        now = utcnow()
-        return {
-            "state": JobState.WAITING_FOR_CAPACITY,
-            "compute_state": ComputeState.NONE,
-            "compute_requested_at": None,
-            "reason": reason,
-            "waiting_since": job.waiting_since or now,
-            "next_try_at": now + timedelta(seconds=retry_after_s) if retry_after_s else None,
-        }
-
-    return change
-
-
-def _requeued(job: JobRecord) -> dict[str, Any] | None:
-    """An evicted job whose compute is released goes back to ACCEPTED for new compute."""
-    if job.state.terminal or job.compute_state is not ComputeState.RELEASED:
-        return None
-    return {
-        "state": JobState.ACCEPTED,
-        "reason": f"evicted by Azure (eviction {job.evictions + 1}): resuming on new compute",
-        "compute_state": ComputeState.NONE,
-        "handle": {},
-        "earlier_compute": [*job.earlier_compute, job.rental("evicted")],
-        "evictions": job.evictions + 1,
-        "compute_requested_at": None,
-        "live_at": None,
-        "released_at": None,
-        "waiting_since": None,
-        "next_try_at": None,
-        "price_per_hour": None,
-        "billed_tail_s": 0.0,
-    }
-
-
-def _live(handle: Handle) -> Change:
-    def change(job: JobRecord) -> dict[str, Any] | None:
-        values: dict[str, Any] = {"handle": handle.data, "next_try_at": None}
-        values.update(sku=handle.sku, spot=handle.spot, price_per_hour=handle.price_per_hour)
-        values.update(billed_tail_s=handle.billed_tail_s)
-        if job.compute_state is ComputeState.REQUESTED:
-            values.update(compute_state=ComputeState.LIVE, live_at=utcnow())
-        if job.compute_state is ComputeState.RELEASED:  # cancelled while it was provisioned
-            values.update(compute_state=ComputeState.LIVE)
-        if job.state is JobState.PROVISIONING:
-            values["state"] = JobState.RUNNING
-        return values
-
-    return change
-
-
-def _released(job: JobRecord) -> dict[str, Any] | None:
-    if job.compute_state is ComputeState.RELEASED:
-        return None
-    return {"compute_state": ComputeState.RELEASED, "released_at": utcnow()}
-
-
-def _ended(state: JobState, reason: str) -> Change:
-    def change(job: JobRecord) -> dict[str, Any] | None:
-        if job.state.terminal:
-            return None
-        return {"state": state, "reason": reason, "finished_at": job.finished_at or utcnow()}
-
-    return change
-
-
-def _finished(result: dict[str, Any]) -> Change:
-    from datetime import datetime
-
-    def when(name: str) -> datetime | None:
-        return datetime.fromisoformat(result[name]) if result.get(name) else None
-
-    def change(job: JobRecord) -> dict[str, Any] | None:
-        if job.state.terminal:
-            return None
-        return {
-            "state": _RESULT_STATES.get(str(result.get("status")), JobState.FAILED),
-            "reason": str(result.get("reason", "")),
-            "exit_code": result.get("exit_code"),
-            "started_at": when("started_at"),
-            "finished_at": when("finished_at") or utcnow(),
-            "metrics": dict(result.get("metrics") or {}),
-            "outputs": list(result.get("outputs") or []),
-        }
-
-    return change

@@ -456,13 +456,13 @@ def test_more_nodes_than_the_cluster_has_fails_the_job_with_azure_mls_reason(
         ({"spot": "only"}, "compute.spot: only: cluster 'gpu' has dedicated nodes"),
     ],
 )
-def test_a_job_asking_for_what_the_cluster_cannot_give_fails_with_nothing_submitted(
+def test_a_job_asking_for_what_the_cluster_cannot_give_is_refused_at_submit(
     azure: Service, sim: ArmSimulator, code_dir: Path, compute: dict[str, Any], message: str
 ) -> None:
-    job = azure.submit(ml_spec(code_dir, **compute)).job
+    with pytest.raises(SpecError, match=re.escape(message)):
+        azure.submit(ml_spec(code_dir, **compute))
 
-    assert job.state is JobState.FAILED
-    assert message in job.reason
+    assert azure.store.list() == []
     assert puts(sim) == []
 
 

@@ -16,7 +16,6 @@ from devhost.conftest import Call, MakeHost
 from drive import upload
 from ephemerid.devhost import DevHost
 from ephemerid.devhost.eventgrid import parse_delivery
-from ephemerid.intake import list_rejections
 
 EVENT_GRID_BLOB_CREATED = """
 [{
@@ -207,5 +206,5 @@ def test_a_blob_name_that_escapes_its_prefix_reaches_the_function_which_refuses_
     answer = call(host, "POST", webhook(), delivery)
     assert answer.status == 202
     assert host.service.store.list() == []
-    [rejection] = list_rejections(host.service.artifacts)
+    [rejection] = host.service.rejections()
     assert (rejection.source, "refused" in rejection.reason) == ("blob", True)

@@ -16,7 +16,6 @@ from devhost.conftest import MakeHost
 from ephemerid.artifacts import upload_dir
 from ephemerid.devhost import DevHost
 from ephemerid.devhost.folderqueue import FolderQueue
-from ephemerid.intake import list_rejections
 
 
 def job_request(host: DevHost, project: Path) -> bytes:
@@ -75,7 +74,7 @@ def test_a_malformed_queue_message_is_rejected_once_and_not_retried(
             ("on_job_queue_message", True)
         ]
         assert azurite_host.service.store.list() == []
-        [rejection] = list_rejections(azurite_host.service.artifacts)
+        [rejection] = azurite_host.service.rejections()
         assert (rejection.source, rejection.id) == ("queue", sent.id)
         assert "not JSON" in rejection.reason
         assert list(queue.peek_messages()) == []

@@ -17,7 +17,6 @@ from drive import finish, upload, write_script
 from ephemerid.artifacts import upload_dir
 from ephemerid.functions import register
 from ephemerid.functions.handlers import Handlers
-from ephemerid.intake import list_rejections
 from ephemerid.record import ComputeState, JobState
 from ephemerid.rules import Rules
 from ephemerid.service import Service
@@ -138,7 +137,7 @@ def test_a_blob_name_that_escapes_its_prefix_is_recorded_as_rejected(
 ) -> None:
     functions["on_blob_created"](blob_event(service, key))
     assert service.store.list() == []
-    [rejection] = list_rejections(service.artifacts)
+    [rejection] = service.rejections()
     assert rejection.source == "blob"
     assert "refused" in rejection.reason
 
@@ -213,7 +212,7 @@ def test_malformed_requests_are_each_rejected_once_with_a_reason_and_rent_nothin
             functions[function](func.QueueMessage(id=message_id, body=body))
     assert service.store.list() == []
     assert all(not b.list_owned() for b in service.backends.values())
-    rejections = {r.id: r.reason for r in list_rejections(service.artifacts, limit=1000)}
+    rejections = {r.id: r.reason for r in service.rejections(limit=1000)}
     assert set(rejections) == {f"bad-{i}" for i in range(len(MALFORMED))}
     assert all(rejections.values())
     assert "not JSON" in rejections["bad-1"]

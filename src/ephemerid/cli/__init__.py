@@ -20,9 +20,8 @@ from rich.console import Console
 
 from ephemerid import names
 from ephemerid.app import build_service
-from ephemerid.artifacts import ArtifactStore
 from ephemerid.cli.render import dump, job_detail, jobs_table
-from ephemerid.errors import BadInput, EphemeridError, NotFound, require_extra
+from ephemerid.errors import BadInput, EphemeridError, require_extra
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
@@ -168,29 +167,24 @@ def _scalar(text: str) -> Any:
 def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
     """Wait for the end (handling the result here) and stream the log while it runs."""
     offset = 0
-    log_key = names.run_key(job.id, names.LOG_FILE)
     try:
         while True:
             if show_logs:
-                offset = _print_log(service.artifacts, log_key, offset)
-            job = service.store.get(job.id)
+                offset = _print_log(service, job.id, offset)
+            job = service.get(job.id)
             if job.state.terminal and job.compute_state.value in ("none", "released"):
                 if show_logs:
-                    _print_log(service.artifacts, log_key, offset)
+                    _print_log(service, job.id, offset)
                 return job
             _catch_up(service)
             time.sleep(0.3)
     except KeyboardInterrupt:
         console.print(f"\ndetached: {job.id} keeps running; `eph cancel {job.id}` stops it")
-        return service.store.get(job.id)
+        return service.get(job.id)
 
 
-def _print_log(artifacts: ArtifactStore, key: str, offset: int) -> int:
-    try:
-        with artifacts.open_read(key, offset) as stream:
-            data = stream.read()
-    except NotFound:
-        return offset
+def _print_log(service: Service, job_id: str, offset: int, rank: int = 0) -> int:
+    data = service.read_log(job_id, offset, rank)
     if data:
         sys.stdout.write(data.decode("utf-8", "replace"))
         sys.stdout.flush()
@@ -202,7 +196,7 @@ def status(job_id: str, home: Home = None, json_: Json = False) -> None:
     """State, timings, compute and metrics of one job."""
     service = _service(home)
     _catch_up(service)
-    job = service.store.get(job_id)
+    job = service.get(job_id)
     if json_:
         dump(job.to_json())
     else:
@@ -224,7 +218,7 @@ def list_jobs(
         ) from exc
     service = _service(home)
     _catch_up(service)
-    jobs = service.store.list(states)
+    jobs = service.list(states)
     if json_:
         dump([j.to_json() for j in jobs])
     else:
@@ -247,19 +241,14 @@ def logs(
     if follow and rank:
         raise BadInput("--follow streams rank 0's log: drop --rank, or --follow")
     service = _service(home)
-    job = service.store.get(job_id)
-    key = names.run_key(job.id, names.log_file(rank))
+    job = service.get(job_id)
     if json_:
-        try:
-            with service.artifacts.open_read(key) as stream:
-                text = stream.read().decode("utf-8", "replace")
-        except NotFound:
-            text = ""
+        text = service.read_log(job.id, 0, rank).decode("utf-8", "replace")
         dump({"job": job.id, "state": job.state.value, "rank": rank, "log": text})
     elif follow:
         _follow(service, job, show_logs=True)
     else:
-        _print_log(service.artifacts, key, 0)
+        _print_log(service, job.id, 0, rank)
 
 
 @app.command()
@@ -287,11 +276,9 @@ def reap_command(home: Home = None, json_: Json = False) -> None:
 @app.command()
 def rejected(home: Home = None, json_: Json = False) -> None:
     """Requests that could not become jobs (bad messages, blob names), with the reason."""
-    from ephemerid.intake import list_rejections
-
-    found = list_rejections(_service(home).artifacts)
+    found = _service(home).rejections()
     if json_:
-        dump([r.__dict__ for r in found])
+        dump([r.to_json() for r in found])
         return
     for item in found or []:
         console.print(f"{item.at}  {item.source}:{item.id}  [red]{item.reason}[/]")
@@ -418,7 +405,7 @@ def _show_wiring(host: DevHost, as_json: bool) -> None:
     else:
         from rich.table import Table
 
-        table = Table(title=f"dev host: {host.service.artifacts.root_uri}")
+        table = Table(title=f"dev host: {host.service.bucket_uri}")
         for column in ("function", "trigger", "source", "detail"):
             table.add_column(column, overflow="fold")
         for wire in host.wiring:

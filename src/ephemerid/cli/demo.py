@@ -67,7 +67,7 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
     ) as host:
         service = host.service
         say(f"[bold]ephemerid demo[/] in {home}, through the dev host")
-        say(f"bucket: {service.artifacts.root_uri}   rules: {settings['EPHEMERID_RULES']}")
+        say(f"bucket: {service.bucket_uri}   rules: {settings['EPHEMERID_RULES']}")
         train = _drop(
             host,
             console,
@@ -129,13 +129,13 @@ def _report(
                 "jobs": [j.to_json() for j in jobs],
                 "outputs": outputs,
                 "live_compute": live,
-                "bucket": service.artifacts.root_uri,
+                "bucket": service.bucket_uri,
             }
         )
         return
     console.print(jobs_table(jobs, title="demo jobs"))
     for job_id, key in outputs.items():
-        console.print(f"outputs of {job_id}: {service.artifacts.uri(key)}")
+        console.print(f"outputs of {job_id}: {service.uri(key)}")
     console.print(f"live compute: [bold]{live}[/]")
     for job in jobs:
         if job.reason:
@@ -176,12 +176,12 @@ def _drop(
         stat = service.artifacts.write(key, stream)
     staging.unlink()
     if not quiet:
-        console.print(f"\n[bold]dropped[/] {service.artifacts.uri(key)}")
+        console.print(f"\n[bold]dropped[/] {service.uri(key)}")
     # the idempotency key every job made from this upload has (events.on_blob_created)
-    made_from_it = f"blob:{service.artifacts.uri(key)}@{stat.etag}#"
+    made_from_it = f"blob:{service.uri(key)}@{stat.etag}#"
 
     def done() -> bool:
-        job = next((j for j in service.store.list() if j.key.startswith(made_from_it)), None)
+        job = next((j for j in service.list() if j.key.startswith(made_from_it)), None)
         if job is None:
             return False
         found.append(job)
@@ -222,10 +222,8 @@ def _last_line(service: Service, job_id: str) -> str:
 
 
 def _live_compute(service: Service) -> int:
-    owned = sum(len(b.list_owned()) for b in service.backends.values())
+    owned = service.held_compute()
     held = [
-        j
-        for j in service.store.list()
-        if j.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
+        j for j in service.list() if j.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
     ]
     return owned + len(held)

@@ -12,10 +12,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ephemerid.errors import BadInput, ComputeError, SpecError
 from ephemerid.record import JobRecord
+from ephemerid.spec import JobSpec
+
+if TYPE_CHECKING:
+    from ephemerid.artifacts import ArtifactStore
+    from ephemerid.settings import Settings
 
 
 class ComputeStatus(str, Enum):
@@ -45,6 +50,9 @@ class Handle:
 class ComputeBackend(Protocol):
     name: str
 
+    def check(self, spec: JobSpec) -> None:
+        """Refuse (SpecError) what this backend cannot run, before anything is stored or rented."""
+
     def provision(self, job: JobRecord) -> Handle:
         """Start the runner for ``job``. CapacityUnavailable when nothing can be placed now.
 
@@ -57,6 +65,9 @@ class ComputeBackend(Protocol):
         """Give the compute back; True once it is confirmed gone, False if still owed."""
 
     def list_owned(self) -> list[Handle]: ...
+
+    def close(self) -> None:
+        """Let go of connections (an ARM client); the compute itself is not touched."""
 
 
 # What a cloud backend puts in a name or an environment value it sends: nothing else passes.
@@ -85,35 +96,68 @@ def runner_env(
     return env
 
 
-BackendFactory = Callable[..., ComputeBackend]
+def check_one_machine(backend: str, spec: JobSpec) -> None:
+    """Refuse a multi-node job on a backend that runs each job on one machine."""
+    nodes = spec.compute.nodes
+    if nodes > 1:
+        multi = ", ".join(name for name, adapter in sorted(ADAPTERS.items()) if adapter.multi_node)
+        raise SpecError(
+            f"compute.nodes: {nodes} nodes need a multi-node backend ({multi}); "
+            f"'{backend}' runs each job on one machine: set compute.backend: azure-ml, or nodes: 1"
+        )
 
 
-def _local(**options: Any) -> ComputeBackend:
+@dataclass(frozen=True)
+class Adapter:
+    """One way of renting compute: how to build it from settings, and whether it is set up.
+
+    ``multi_node``: it can spread one job over several nodes (``compute.nodes > 1``).
+    """
+
+    build: Callable[[Settings, ArtifactStore], ComputeBackend]
+    configured: Callable[[Settings], bool]
+    multi_node: bool = False
+
+
+def _local(settings: Settings, artifacts: ArtifactStore) -> ComputeBackend:
     from ephemerid.compute.local import LocalCompute
 
-    return LocalCompute(**options)
+    return LocalCompute.from_settings(settings, artifacts)
 
 
-def _azure_vm(**options: Any) -> ComputeBackend:
+def _azure_vm(settings: Settings, artifacts: ArtifactStore) -> ComputeBackend:
     from ephemerid.compute.azure_vm import AzureVmCompute
 
-    return AzureVmCompute(**options)
+    return AzureVmCompute.from_settings(settings, artifacts.root_uri)
 
 
-def _azure_ml(**options: Any) -> ComputeBackend:
+def _azure_ml(settings: Settings, artifacts: ArtifactStore) -> ComputeBackend:
     from ephemerid.compute.azure_ml import AzureMlCompute
 
-    return AzureMlCompute(**options)
+    return AzureMlCompute.from_settings(settings, artifacts)
 
 
-# name -> factory; the names are what `compute.backend` and `--backend` accept
-ADAPTERS: dict[str, BackendFactory] = {
-    "local": _local,
-    "azure-vm": _azure_vm,
-    "azure-ml": _azure_ml,
+# name -> adapter; the names are what `compute.backend` and `--backend` accept. The local
+# default is always there; a cloud backend only when its settings are (it needs no Azure else).
+ADAPTERS: dict[str, Adapter] = {
+    "local": Adapter(_local, lambda settings: True),
+    "azure-vm": Adapter(_azure_vm, lambda settings: settings.azure_vm is not None),
+    "azure-ml": Adapter(_azure_ml, lambda settings: settings.azure_ml is not None, True),
 }
-# the backends that can spread one job over several nodes (compute.nodes > 1)
-MULTI_NODE = frozenset({"azure-ml"})
+
+
+def build_backends(settings: Settings, artifacts: ArtifactStore) -> dict[str, ComputeBackend]:
+    """Every configured backend, built once from ``settings`` by the composition root."""
+    built: dict[str, ComputeBackend] = {}
+    try:
+        for name, adapter in ADAPTERS.items():
+            if adapter.configured(settings):
+                built[name] = adapter.build(settings, artifacts)
+    except BaseException:
+        for backend in built.values():
+            backend.close()
+        raise
+    return built
 
 
 def backend_names() -> list[str]:
@@ -126,13 +170,3 @@ def check_backend(name: str) -> str:
             f"compute backend '{name}' is unknown: use one of {', '.join(backend_names())}"
         )
     return name
-
-
-def check_nodes(name: str, nodes: int) -> None:
-    """Refuse a multi-node job on a backend that runs each job on one machine."""
-    if nodes > 1 and name not in MULTI_NODE:
-        raise SpecError(
-            f"compute.nodes: {nodes} nodes need a multi-node backend "
-            f"({', '.join(sorted(MULTI_NODE))}); '{name}' runs each job on one machine: "
-            "set compute.backend: azure-ml, or nodes: 1"
-        )

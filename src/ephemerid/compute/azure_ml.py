@@ -44,10 +44,10 @@ from ephemerid.compute import (
 )
 from ephemerid.compute.arm_errors import describe, error_tree, transient
 from ephemerid.compute.prices import PriceTable
-from ephemerid.errors import BadInput, ComputeError, require_extra
+from ephemerid.errors import BadInput, ComputeError, SpecError, require_extra
 from ephemerid.record import JobRecord
 from ephemerid.settings import AzureMlSettings, Settings
-from ephemerid.spec import Spot
+from ephemerid.spec import JobSpec, Spot
 
 log = logging.getLogger("ephemerid")
 
@@ -157,13 +157,32 @@ class AzureMlCompute:
             deadline_margin_s=margin,
         )
 
-    # -- the four verbs ----------------------------------------------------------------------
+    # -- the verbs ---------------------------------------------------------------------------
+
+    def check(self, spec: JobSpec) -> None:
+        """Refuse what this cluster cannot give, before the job is accepted."""
+        request, cluster = spec.compute, f"cluster '{self.config.cluster}'"
+        sku = self.config.node_sku
+        if request.skus and sku.lower() not in {s.lower() for s in request.skus}:
+            raise SpecError(
+                f"compute.skus {request.skus}: {cluster} runs {sku} nodes only; add {sku} to "
+                "skus, drop skus, or use the azure-vm backend"
+            )
+        if request.spot is Spot.ONLY and not self.config.low_priority:
+            raise SpecError(
+                f"compute.spot: only: {cluster} has dedicated nodes, not low-priority ones; "
+                "use spot: prefer or never, or a low-priority cluster (EPHEMERID_AML_LOW_PRIORITY)"
+            )
+
+    def close(self) -> None:
+        """``MLClient`` has no close: drop it, and the next call makes a new one."""
+        with self._connecting:
+            self._client = None
 
     def provision(self, job: JobRecord) -> Handle:
         from azure.core.exceptions import AzureError
 
         name = compute_name(self.name, "an Azure ML job", job.id, job.evictions)
-        self._check(job)
         found = self._find(name)
         if found is not None:
             log.info("azure-ml: job %s already has Azure ML job %s: using it", job.id, name)
@@ -270,21 +289,6 @@ class AzureMlCompute:
         return [str(j.name) for j in self._owned() if j.tags[TAG_JOB] == job_id]
 
     # -- what is sent ------------------------------------------------------------------------
-
-    def _check(self, job: JobRecord) -> None:
-        """Refuse what this cluster cannot give, before anything is submitted."""
-        request, cluster = job.spec.compute, f"cluster '{self.config.cluster}'"
-        sku = self.config.node_sku
-        if request.skus and sku.lower() not in {s.lower() for s in request.skus}:
-            raise ComputeError(
-                f"compute.skus {request.skus}: {cluster} runs {sku} nodes only; add {sku} to "
-                "skus, drop skus, or use the azure-vm backend"
-            )
-        if request.spot is Spot.ONLY and not self.config.low_priority:
-            raise ComputeError(
-                f"compute.spot: only: {cluster} has dedicated nodes, not low-priority ones; "
-                "use spot: prefer or never, or a low-priority cluster (EPHEMERID_AML_LOW_PRIORITY)"
-            )
 
     def _command(self, job: JobRecord, name: str) -> Any:
         from azure.ai.ml import Input, Output, PyTorchDistribution, command

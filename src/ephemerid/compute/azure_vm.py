@@ -36,6 +36,7 @@ from ephemerid.compute import (
     SAFE_ENV_VALUE,
     ComputeStatus,
     Handle,
+    check_one_machine,
     compute_name,
     runner_env,
 )
@@ -46,14 +47,17 @@ from ephemerid.errors import (
     CapacityUnavailable,
     ComputeError,
     EphemeridError,
+    SpecError,
     require_extra,
 )
 from ephemerid.record import JobRecord, utcnow
 from ephemerid.settings import AzureVmSettings, Settings
-from ephemerid.spec import ComputeRequest, Spot
+from ephemerid.spec import ComputeRequest, JobSpec, Spot
 
 log = logging.getLogger("ephemerid")
 
+# an Azure VM size: Standard_NC4as_T4_v3, Standard_ND96asr_v4, Basic_A1
+VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")
 TAG_JOB = "ephemerid-job"
 TAG_DEADLINE = "ephemerid-deadline"
 CAPACITY_CODES = frozenset(
@@ -201,6 +205,16 @@ class AzureVmCompute:
 
     def close(self) -> None:
         self.client.close()
+
+    def check(self, spec: JobSpec) -> None:
+        """One VM per job, of a size Azure names (``Standard_NC4as_T4_v3``)."""
+        check_one_machine(self.name, spec)
+        bad = [sku for sku in spec.compute.skus if not VM_SIZE.match(sku)]
+        if bad:
+            raise SpecError(
+                f"compute.skus: {', '.join(repr(s) for s in bad)} is not an Azure VM size name: "
+                "write it as Azure does, e.g. Standard_NC4as_T4_v3"
+            )
 
     # -- the four verbs ----------------------------------------------------------------------
 

@@ -19,10 +19,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute import ComputeStatus, Handle, check_one_machine
 from ephemerid.errors import CapacityUnavailable
 from ephemerid.record import JobRecord
+from ephemerid.spec import JobSpec
+
+if TYPE_CHECKING:
+    from ephemerid.artifacts import ArtifactStore
+    from ephemerid.settings import Settings
 
 _PROC = Path("/proc")
 
@@ -61,6 +67,21 @@ class LocalCompute:
         self.slots = slots or len(self.gpus) or 2
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         (work_root / "slots").mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> LocalCompute:
+        return cls(
+            settings.home / "compute",
+            artifacts.root_uri,
+            slots=settings.local_slots,
+            grace_s=settings.grace_s,
+        )
+
+    def check(self, spec: JobSpec) -> None:
+        check_one_machine(self.name, spec)
+
+    def close(self) -> None:
+        """Nothing to let go of: the runners are processes of their own."""
 
     def provision(self, job: JobRecord) -> Handle:
         workdir = self.work_root / "jobs" / job.id

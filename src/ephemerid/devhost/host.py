@@ -8,7 +8,7 @@ The host sets the app settings (``EPHEMERID_HOME`` and what it is given) in the 
 as long as it runs, and the functions build their services from them through the app's own
 factory, as in Azure. ``poll`` makes one pass over the bucket, the queues and the clock; HTTP
 requests are served on their own threads meanwhile. One dev host per process is the usual
-case: two share the app's cached services, and job events go to the one that last invoked.
+case: two share the app's cached services, and each hears every job change.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ephemerid.devhost.functions import (
 )
 from ephemerid.devhost.timers import Clock
 from ephemerid.devhost.web import WEBHOOK_PATH, DevServer, Route
-from ephemerid.devhost.wiring import WIRES, Source, Wire, host_options, not_run
+from ephemerid.devhost.wiring import WIRES, HostContext, Source, Wire, host_options, not_run
 from ephemerid.errors import BadInput
 from ephemerid.functions import APP_SETTING_DEFAULTS, handlers_from_settings
 from ephemerid.record import JobRecord, utcnow
@@ -85,8 +85,8 @@ class DevHost:
         self.on_job = on_job
         self.on_invocation = on_invocation
         self._handlers = handlers
-        self._notify = self._job_changed
-        self._chained: Callable[[JobRecord], None] = lambda job: None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._subscribed: Service | None = None
         self._lock = threading.Lock()
         self._stack = contextlib.ExitStack()
         self._sources: list[Source] = []
@@ -125,6 +125,9 @@ class DevHost:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = self._subscribed = None
         info = getattr(self._handlers, "cache_info", None)
         if info is not None and info().currsize:
             self._handlers().service.close()
@@ -206,22 +209,18 @@ class DevHost:
             self.on_invocation(invocation)
 
     def _hook(self) -> Service:
-        """The functions' service, its ``notify`` routed to this host's listener too."""
+        """The functions' service, with this host subscribed to its job changes."""
         service: Service = self._handlers().service
-        current = service.notify
-        if current is not self._notify:
-            other = getattr(current, "__self__", None)  # another dev host's: chain its original
-            self._chained = other._chained if isinstance(other, DevHost) else current
-            service.notify = self._notify
+        if self._subscribed is not service:  # first use, or the app built a new one
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+            self._unsubscribe = service.subscribe(self._job_changed)
+            self._subscribed = service
         return service
 
     def _job_changed(self, job: JobRecord) -> None:
-        self._chained(job)
         if self.on_job:
-            try:
-                self.on_job(job)
-            except Exception:
-                log.exception("the job listener failed on %s", job.id)
+            self.on_job(job)
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -236,6 +235,9 @@ class DevHost:
         return load_app(path), (path if path.is_dir() else path.parent)
 
     def _wire(self, options: Mapping[str, Any]) -> list[Wire]:
+        context = HostContext(
+            self.home, self.service.artifacts, self.invoke, self.clock, self.timers, os.environ
+        )
         wires: dict[str, Wire] = {}
         http: list[HostedFunction] = []
         for function in self.functions:
@@ -246,7 +248,7 @@ class DevHost:
                 http.append(function)
                 continue
             elif function.trigger in WIRES:
-                wire, source = WIRES[function.trigger](self, function, options)
+                wire, source = WIRES[function.trigger](context, function, options)
             else:
                 wire, source = not_run(function, "the dev host has no source for this trigger")
             wires[function.name] = wire

@@ -1,19 +1,20 @@
 """Which local source feeds which trigger: one small function per trigger type, in a registry.
 
-Each wiring function takes the host and a registered function and returns the ``Wire`` (what
-``eph dev`` prints) and the source to poll, if any. A function the dev host cannot feed (an
-unknown trigger, or input/output bindings it does not provide) is listed as ``not-run``.
+Each wiring function takes what the host lends its sources (``HostContext``) and a registered
+function, and returns the ``Wire`` (what ``eph dev`` prints) and the source to poll, if any. A
+function the dev host cannot feed (an unknown trigger, or input/output bindings it does not
+provide) is listed as ``not-run``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from ephemerid.artifacts import ArtifactStore
 from ephemerid.azure.connection import StorageConnection, storage_connection
 from ephemerid.devhost.blobs import BlobSource
 from ephemerid.devhost.folderqueue import FolderQueue
@@ -24,11 +25,8 @@ from ephemerid.devhost.queues import (
     ServiceBusStandIn,
     StorageQueueSource,
 )
-from ephemerid.devhost.timers import TimerSource
+from ephemerid.devhost.timers import Clock, TimerSource
 from ephemerid.errors import BadInput
-
-if TYPE_CHECKING:
-    from ephemerid.devhost.host import DevHost
 
 
 class Source(Protocol):
@@ -51,21 +49,37 @@ class Wire:
 
 
 Wiring = tuple[Wire, Source | None]
+Invoke = Callable[[HostedFunction, object, str], object]
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """What the dev host lends the sources it wires: its home, bucket, clock and invoker, and
+    the app settings a binding's ``connection`` is read from."""
+
+    home: Path
+    artifacts: ArtifactStore
+    invoke: Invoke
+    clock: Clock
+    timers: bool
+    env: Mapping[str, str]
 
 
 def not_run(function: HostedFunction, why: str) -> Wiring:
     return Wire(function.name, function.trigger, "not-run", why), None
 
 
-def wire_blob(host: DevHost, function: HostedFunction, options: Mapping[str, Any]) -> Wiring:
-    source = BlobSource(function, host.service.artifacts, host.invoke)
+def wire_blob(host: HostContext, function: HostedFunction, options: Mapping[str, Any]) -> Wiring:
+    source = BlobSource(function, host.artifacts, host.invoke)
     return Wire(function.name, function.trigger, "bucket", source.describe()), source
 
 
-def wire_queue(host: DevHost, function: HostedFunction, options: Mapping[str, Any]) -> Wiring:
+def wire_queue(host: HostContext, function: HostedFunction, options: Mapping[str, Any]) -> Wiring:
     name = str(function.binding["queueName"])
     max_dequeue = int(options.get("maxDequeueCount", MAX_DEQUEUE))
-    connection = _connection(str(function.binding.get("connection") or "AzureWebJobsStorage"))
+    connection = _connection(
+        host.env, str(function.binding.get("connection") or "AzureWebJobsStorage")
+    )
     source: Source
     if connection is None:
         root = host.home / "queues"
@@ -83,7 +97,9 @@ def wire_queue(host: DevHost, function: HostedFunction, options: Mapping[str, An
     return Wire(function.name, function.trigger, kind, source.describe()), source
 
 
-def wire_servicebus(host: DevHost, function: HostedFunction, options: Mapping[str, Any]) -> Wiring:
+def wire_servicebus(
+    host: HostContext, function: HostedFunction, options: Mapping[str, Any]
+) -> Wiring:
     if "queueName" not in function.binding:
         return not_run(function, "the Service Bus stand-in has queues, not topics")
     root = host.home / "servicebus" / str(function.binding["queueName"])
@@ -93,7 +109,7 @@ def wire_servicebus(host: DevHost, function: HostedFunction, options: Mapping[st
     return Wire(function.name, function.trigger, "servicebus-stand-in", source.describe()), source
 
 
-def wire_timer(host: DevHost, function: HostedFunction, options: Mapping[str, Any]) -> Wiring:
+def wire_timer(host: HostContext, function: HostedFunction, options: Mapping[str, Any]) -> Wiring:
     if not host.timers:
         return not_run(function, "timers are off")
     source = TimerSource(function, host.clock, host.invoke)
@@ -101,7 +117,7 @@ def wire_timer(host: DevHost, function: HostedFunction, options: Mapping[str, An
 
 
 # trigger type -> wiring; HTTP triggers are served together (see DevHost._serve)
-WIRES: dict[str, Callable[[DevHost, HostedFunction, Mapping[str, Any]], Wiring]] = {
+WIRES: dict[str, Callable[[HostContext, HostedFunction, Mapping[str, Any]], Wiring]] = {
     "blobTrigger": wire_blob,
     "queueTrigger": wire_queue,
     "serviceBusTrigger": wire_servicebus,
@@ -109,10 +125,10 @@ WIRES: dict[str, Callable[[DevHost, HostedFunction, Mapping[str, Any]], Wiring]]
 }
 
 
-def _connection(name: str) -> StorageConnection | None:
+def _connection(env: Mapping[str, str], name: str) -> StorageConnection | None:
     """The storage connection the binding names, or None when it is not set here."""
     try:
-        return storage_connection(os.environ, name)
+        return storage_connection(env, name)
     except BadInput:
         return None
 

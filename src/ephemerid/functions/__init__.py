@@ -14,7 +14,8 @@ from collections.abc import Callable
 import azure.functions as func
 
 from ephemerid.app import build_service, load_rules
-from ephemerid.functions.handlers import JOBS_QUEUE, Handlers
+from ephemerid.functions.handlers import Handlers
+from ephemerid.intake import JOBS_QUEUE
 from ephemerid.names import INCOMING, RESULT_FILE, RUNS
 from ephemerid.settings import Settings
 

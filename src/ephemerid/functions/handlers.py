@@ -1,36 +1,29 @@
-"""The functions' bodies: each turns one trigger's event into service calls and nothing more.
+"""The functions' bodies: each turns one trigger's event into an intake call and nothing more.
 
 They take the same ``azure.functions`` types in Azure and under ``eph dev``. Bad input is
-refused once with a reason (recorded, never retried); anything else raises, so the platform
-retries it (a storage timeout, say), and every retry is harmless because every step is
-idempotent.
+refused once with a reason (recorded, never retried, by ``ephemerid.intake``); anything else
+raises, so the platform retries it (a storage timeout, say), and every retry is harmless
+because every step is idempotent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import azure.functions as func
 
-from ephemerid import names
-from ephemerid.errors import BadInput, Conflict, NotFound, SpecError
-from ephemerid.events import fire_schedules, on_blob_created
-from ephemerid.intake import (
-    list_rejections,
-    parse_request,
-    queue_defaults,
-    record_rejection,
-)
+from ephemerid.errors import BadInput, Conflict, NotFound, Unavailable
+from ephemerid.intake import JOBS_QUEUE, Intake
 from ephemerid.reaper import reap
-from ephemerid.record import JobRecord, JobState, utcnow
+from ephemerid.record import JobState, utcnow
 from ephemerid.rules import Rules
 from ephemerid.service import Service
 
 log = logging.getLogger("ephemerid")
-JOBS_QUEUE = "jobs"
 
 
 @dataclass
@@ -38,35 +31,15 @@ class Handlers:
     service: Service
     rules: Rules
     jobs_queue: str = JOBS_QUEUE  # the queue the triggers bind to (EPHEMERID_JOBS_QUEUE)
+    intake: Intake = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.intake = Intake(self.service, self.rules, self.jobs_queue)
 
     # -- storage events ----------------------------------------------------------------------
 
     def blob_created(self, blob: func.InputStream) -> None:
-        key = _blob_key(blob)
-        try:
-            delivery = on_blob_created(self.service, self.rules, key, self._etag(key, blob))
-        except BadInput as exc:
-            record_rejection(self.service.artifacts, "blob", key, exc, key)
-            log.warning("refused blob %s: %s", key, exc)
-            return
-        for submitted in delivery.submitted:
-            log.info(
-                "blob %s -> job %s (%s)",
-                key,
-                submitted.job.id,
-                "new" if submitted.created else "duplicate",
-            )
-
-    def _etag(self, key: str, blob: func.InputStream) -> str:
-        """The event's ETag; without one, the blob's own (never its size: uploads differ)."""
-        props: dict[str, Any] = getattr(blob, "blob_properties", None) or {}
-        etag = props.get("ETag") or props.get("Etag") or props.get("etag")
-        if etag:
-            return str(etag).strip('"')
-        stat = self.service.artifacts.stat(key)
-        if stat is None:
-            raise BadInput(f"blob '{key}' is gone: nothing to run")
-        return stat.etag
+        self.intake.blob(_blob_key(blob), _event_etag(blob))
 
     def run_result(self, blob: func.InputStream) -> None:
         self.blob_created(blob)  # a result.json is routed to completion by its key
@@ -74,33 +47,16 @@ class Handlers:
     # -- job requests from apps --------------------------------------------------------------
 
     def job_message(self, message: func.ServiceBusMessage) -> None:
-        self._request("servicebus", message.message_id or "", message.get_body())
+        self.intake.message("servicebus", message.message_id or "", message.get_body())
 
     def job_queue_message(self, message: func.QueueMessage) -> None:
-        self._request("queue", message.id or "", message.get_body())
-
-    def _request(self, source: str, message_id: str, body: bytes) -> JobRecord | None:
-        try:
-            spec = parse_request(
-                body,
-                what=f"{source} message {message_id}",
-                defaults=queue_defaults(self.rules, self.jobs_queue),
-            )
-            _check_remote_code(spec.code)
-            submitted = self.service.submit(
-                spec, key=f"{source}:{message_id}", source=f"{source} message {message_id}"
-            )
-        except BadInput as exc:
-            record_rejection(self.service.artifacts, source, message_id, exc, body)
-            log.warning("rejected %s message %s: %s", source, message_id, exc)
-            return None
-        return submitted.job
+        self.intake.message("queue", message.id or "", message.get_body())
 
     # -- timer -------------------------------------------------------------------------------
 
     def tick(self, timer: func.TimerRequest) -> None:
         now = utcnow()
-        for submitted in fire_schedules(self.service, self.rules, now):
+        for submitted in self.intake.tick(now):
             if submitted.created:
                 log.info("schedule fired: job %s", submitted.job.id)
         for action in reap(self.service, now):
@@ -110,10 +66,7 @@ class Handlers:
 
     def http_submit(self, req: func.HttpRequest) -> func.HttpResponse:
         def submit() -> func.HttpResponse:
-            spec = parse_request(req.get_body(), what="request body")
-            _check_remote_code(spec.code)
-            key = req.headers.get("Idempotency-Key")
-            submitted = self.service.submit(spec, key=key and f"http:{key}", source="http")
+            submitted = self.intake.http(req.get_body(), req.headers.get("Idempotency-Key"))
             return _json(submitted.job.to_json(), 201 if submitted.created else 200)
 
         return _answer(submit)
@@ -128,26 +81,21 @@ class Handlers:
                     f"state '{state}' is unknown: use one of "
                     + ", ".join(s.value for s in JobState)
                 ) from exc
-            return _json([job.to_json() for job in self.service.store.list(states)])
+            return _json([job.to_json() for job in self.service.list(states)])
 
         return _answer(listing)
 
     def http_get(self, req: func.HttpRequest) -> func.HttpResponse:
-        return _answer(lambda: _json(self.service.store.get(req.route_params["id"]).to_json()))
+        return _answer(lambda: _json(self.service.get(req.route_params["id"]).to_json()))
 
     def http_cancel(self, req: func.HttpRequest) -> func.HttpResponse:
         return _answer(lambda: _json(self.service.cancel(req.route_params["id"]).to_json()))
 
     def http_logs(self, req: func.HttpRequest) -> func.HttpResponse:
         def logs() -> func.HttpResponse:
-            job = self.service.store.get(req.route_params["id"])
+            job = self.service.get(req.route_params["id"])
             offset = _int_param(req, "offset")
-            try:
-                key = names.run_key(job.id, names.LOG_FILE)
-                with self.service.artifacts.open_read(key, offset) as stream:
-                    text = stream.read()
-            except NotFound:
-                text = b""
+            text = self.service.read_log(job.id, offset)
             headers = {"X-Next-Offset": str(offset + len(text)), "X-Job-State": job.state.value}
             return func.HttpResponse(
                 text, status_code=200, headers=headers, mimetype="text/plain", charset="utf-8"
@@ -156,13 +104,14 @@ class Handlers:
         return _answer(logs)
 
     def http_rejected(self, req: func.HttpRequest) -> func.HttpResponse:
-        return _answer(lambda: _json([r.__dict__ for r in list_rejections(self.service.artifacts)]))
+        return _answer(lambda: _json([r.to_json() for r in self.service.rejections()]))
 
 
-def _check_remote_code(code: str) -> None:
-    """Code named by an app must be an artifact: a folder on the host is not the sender's."""
-    if "://" not in code:
-        raise SpecError(f"code '{code}' must be an artifact URI (upload the code to the bucket)")
+def _event_etag(blob: func.InputStream) -> str | None:
+    """The event's ETag, if it carries one (never the size: uploads of one size differ)."""
+    props: dict[str, Any] = getattr(blob, "blob_properties", None) or {}
+    etag = props.get("ETag") or props.get("Etag") or props.get("etag")
+    return str(etag).strip('"') if etag else None
 
 
 def _blob_key(blob: func.InputStream) -> str:
@@ -185,8 +134,8 @@ def _json(data: Any, status: int = 200) -> func.HttpResponse:
     )
 
 
-def _answer(handler: Any) -> func.HttpResponse:
-    """Map our errors to HTTP: 400 bad input, 404 unknown, 409 conflict; the body says why."""
+def _answer(handler: Callable[[], func.HttpResponse]) -> func.HttpResponse:
+    """Map our errors to HTTP: 400 bad input, 404 unknown, 409 conflict, 503 try again."""
     try:
         return handler()
     except NotFound as exc:
@@ -195,3 +144,10 @@ def _answer(handler: Any) -> func.HttpResponse:
         return _json({"error": str(exc)}, 400)
     except Conflict as exc:
         return _json({"error": str(exc)}, 409)
+    except Unavailable as exc:
+        return func.HttpResponse(
+            json.dumps({"error": str(exc)}),
+            status_code=503,
+            headers={"Retry-After": "5"},
+            mimetype="application/json",
+        )

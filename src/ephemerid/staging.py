@@ -1,0 +1,145 @@
+"""Staging: check what a job names before it is accepted, then write all its runner is told.
+
+``check`` refuses (SpecError) a job whose inputs, code or model are not there, before anything is
+stored or rented; ``write_launch`` snapshots the code (once per content) and writes
+``runs/<job>/job.json``, after the job is accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ephemerid import names
+from ephemerid.artifacts import ArtifactStore, put_bytes, safe_key
+from ephemerid.errors import EphemeridError, NotFound, SpecError
+from ephemerid.models import ModelRegistry, ModelVersion
+from ephemerid.record import JobRecord
+from ephemerid.settings import Settings
+from ephemerid.spec import JobSpec
+
+_SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".ipynb_checkpoints"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a checked spec resolved to: the model version, the input keys, the code's files."""
+
+    model: ModelVersion | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+class Staging:
+    def __init__(self, artifacts: ArtifactStore, models: ModelRegistry, settings: Settings) -> None:
+        self.artifacts, self.models, self.settings = artifacts, models, settings
+
+    def check(self, spec: JobSpec) -> Plan:
+        """Everything the spec names, resolved and checked; SpecError naming the field if not."""
+        return Plan(self._resolve_model(spec), self._input_keys(spec), self._check_code(spec))
+
+    def write_launch(self, job: JobRecord, plan: Plan) -> None:
+        """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told."""
+        spec = job.spec
+        if "://" in spec.code:
+            code = self.artifacts.key_of(spec.code).rstrip("/")
+        else:
+            code = self._snapshot(Path(spec.code), plan.files)
+        launch = {
+            "job_id": job.id,
+            "spec": spec.model_dump(mode="json", exclude_none=True),
+            "code": code,
+            "inputs": plan.inputs,
+            "model": plan.model.files if plan.model else None,
+            "heartbeat_s": self.settings.heartbeat_s,
+            "grace_s": self.settings.grace_s,
+            "log_limit_bytes": self.settings.log_limit_bytes,
+        }
+        put_bytes(
+            self.artifacts, names.run_key(job.id, names.JOB_FILE), json.dumps(launch).encode()
+        )
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def _resolve_model(self, spec: JobSpec) -> ModelVersion | None:
+        if spec.model is None:
+            return None
+        try:
+            return self.models.resolve(spec.model)
+        except NotFound as exc:
+            raise SpecError(f"model: {exc}") from exc
+
+    def _input_keys(self, spec: JobSpec) -> dict[str, str]:
+        keys = {}
+        for name, uri in spec.inputs.items():
+            try:
+                key = (
+                    self.artifacts.key_of(uri.rstrip("/"))
+                    if "://" in uri
+                    else safe_key(uri.rstrip("/"))
+                )
+            except EphemeridError as exc:
+                raise SpecError(f"inputs.{name}: {exc}") from exc
+            if (
+                self.artifacts.stat(key) is None
+                and next(iter(self.artifacts.list(key.rstrip("/") + "/")), None) is None
+            ):
+                raise SpecError(f"inputs.{name}: '{uri}' does not exist")
+            keys[name] = key
+        return keys
+
+    def _check_code(self, spec: JobSpec) -> list[Path]:
+        """The files of a local code folder (none for code already in the bucket), checked."""
+        if "://" in spec.code:
+            try:
+                prefix = self.artifacts.key_of(spec.code).rstrip("/")
+            except EphemeridError as exc:
+                raise SpecError(f"code: {exc}") from exc
+            if self.artifacts.stat(f"{prefix}/{spec.entrypoint}") is None:
+                raise SpecError(f"entrypoint '{spec.entrypoint}' is not in code '{spec.code}'")
+            return []
+        code = Path(spec.code)
+        if not code.is_dir():
+            raise SpecError(f"code: '{spec.code}' is not a directory")
+        if not (code / spec.entrypoint).is_file():
+            raise SpecError(f"entrypoint '{spec.entrypoint}' is not a file in '{spec.code}'")
+        files = _code_files(code)
+        size = sum(p.stat().st_size for p in files)
+        if size > self.settings.code_limit_bytes:
+            raise SpecError(
+                f"code: '{spec.code}' holds {size} bytes, more than the "
+                f"{self.settings.code_limit_bytes}-byte limit; keep data out of the code "
+                "directory and pass it as inputs"
+            )
+        return files
+
+    # -- the code snapshot -------------------------------------------------------------------
+
+    def _snapshot(self, root: Path, files: list[Path]) -> str:
+        """Upload the code folder once per content: runs/_code/<sha256>/, shared by its jobs.
+
+        The manifest is written after the files, so a snapshot with a manifest is whole; a
+        crash before it leaves files that the next job with that code writes again.
+        """
+        contents = {path.relative_to(root).as_posix(): path.read_bytes() for path in files}
+        digest = hashlib.sha256()
+        for name, data in contents.items():
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+        prefix = names.code_key(digest.hexdigest())
+        if self.artifacts.stat(f"{prefix}.json") is None:
+            for name, data in contents.items():
+                put_bytes(self.artifacts, f"{prefix}/{name}", data)
+            manifest = {"files": sorted(contents)}
+            put_bytes(self.artifacts, f"{prefix}.json", json.dumps(manifest).encode())
+        return prefix
+
+
+def _code_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(root).parts)
+    )

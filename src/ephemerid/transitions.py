@@ -1,0 +1,155 @@
+"""The job's whole life as pure functions: each takes the stored record and returns the change.
+
+A change is the fields to set, or None when the record is already past that step (a redelivery,
+a lost race, a reaper arriving after the event). ``Service`` applies them through one
+compare-and-swap loop; a test can drive a record through its life with ``apply`` and no store.
+
+    ACCEPTED -> PROVISIONING -> RUNNING -> SUCCEEDED | FAILED | TIMED_OUT | CANCELLED
+                     |  ^
+                     v  |  (no capacity: waits, then tries again)
+             WAITING_FOR_CAPACITY
+
+and separately compute: none -> requested -> live -> released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from ephemerid.compute import Handle
+from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
+
+Change = Callable[[JobRecord], dict[str, Any] | None]
+
+RESULT_STATES = {
+    "succeeded": JobState.SUCCEEDED,
+    "failed": JobState.FAILED,
+    "timed_out": JobState.TIMED_OUT,
+}
+
+
+def apply(job: JobRecord, change: Change) -> JobRecord:
+    """``job`` after ``change`` (unchanged when the change does not apply): no store needed."""
+    values = change(job)
+    return job if values is None else job.evolve(**values)
+
+
+def to_provisioning(job: JobRecord) -> dict[str, Any] | None:
+    """An accepted or waiting job asks for compute; exactly one caller wins this step."""
+    if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
+        return None
+    return {
+        "state": JobState.PROVISIONING,
+        "compute_state": ComputeState.REQUESTED,
+        "compute_requested_at": utcnow(),
+        "reason": "",
+    }
+
+
+def waiting(reason: str, retry_after_s: float | None = None) -> Change:
+    """No capacity now: the job waits (and says why) instead of failing."""
+
+    def change(job: JobRecord) -> dict[str, Any] | None:
+        if job.state is not JobState.PROVISIONING:
+            return None
+        now = utcnow()
+        return {
+            "state": JobState.WAITING_FOR_CAPACITY,
+            "compute_state": ComputeState.NONE,
+            "compute_requested_at": None,
+            "reason": reason,
+            "waiting_since": job.waiting_since or now,
+            "next_try_at": now + timedelta(seconds=retry_after_s) if retry_after_s else None,
+        }
+
+    return change
+
+
+def live(handle: Handle) -> Change:
+    """The backend started the runner: record the handle and what the compute costs."""
+
+    def change(job: JobRecord) -> dict[str, Any] | None:
+        values: dict[str, Any] = {"handle": handle.data, "next_try_at": None}
+        values.update(sku=handle.sku, spot=handle.spot, price_per_hour=handle.price_per_hour)
+        values.update(billed_tail_s=handle.billed_tail_s)
+        if job.compute_state is ComputeState.REQUESTED:
+            values.update(compute_state=ComputeState.LIVE, live_at=utcnow())
+        if job.compute_state is ComputeState.RELEASED:  # cancelled while it was provisioned
+            values.update(compute_state=ComputeState.LIVE)
+        if job.state is JobState.PROVISIONING:
+            values["state"] = JobState.RUNNING
+        return values
+
+    return change
+
+
+def requeued(job: JobRecord) -> dict[str, Any] | None:
+    """An evicted job whose compute is released goes back to ACCEPTED for new compute."""
+    if job.state.terminal or job.compute_state is not ComputeState.RELEASED:
+        return None
+    return {
+        "state": JobState.ACCEPTED,
+        "reason": f"evicted by Azure (eviction {job.evictions + 1}): resuming on new compute",
+        "compute_state": ComputeState.NONE,
+        "handle": {},
+        "earlier_compute": [*job.earlier_compute, job.rental("evicted")],
+        "evictions": job.evictions + 1,
+        "compute_requested_at": None,
+        "live_at": None,
+        "released_at": None,
+        "waiting_since": None,
+        "next_try_at": None,
+        "price_per_hour": None,
+        "billed_tail_s": 0.0,
+    }
+
+
+def released(job: JobRecord) -> dict[str, Any] | None:
+    """Teardown is confirmed: the job is done for the bill."""
+    if job.compute_state is ComputeState.RELEASED:
+        return None
+    return {"compute_state": ComputeState.RELEASED, "released_at": utcnow()}
+
+
+def teardown_owed(job: JobRecord) -> dict[str, Any] | None:
+    """Teardown was tried and not confirmed: count it; the reaper tries again."""
+    return {"teardown_attempts": job.teardown_attempts + 1}
+
+
+def ended(state: JobState, reason: str) -> Change:
+    """An unfinished job ends in terminal ``state`` (cancel, fail, time out) with ``reason``."""
+
+    def change(job: JobRecord) -> dict[str, Any] | None:
+        if job.state.terminal:
+            return None
+        return {"state": state, "reason": reason, "finished_at": job.finished_at or utcnow()}
+
+    return change
+
+
+def finished(result: dict[str, Any]) -> Change:
+    """The runner's result: how the job ended, when its code ran, its metrics and outputs."""
+
+    def when(name: str) -> datetime | None:
+        return datetime.fromisoformat(result[name]) if result.get(name) else None
+
+    def change(job: JobRecord) -> dict[str, Any] | None:
+        if job.state.terminal:
+            return None
+        return {
+            "state": RESULT_STATES.get(str(result.get("status")), JobState.FAILED),
+            "reason": str(result.get("reason", "")),
+            "exit_code": result.get("exit_code"),
+            "started_at": when("started_at"),
+            "finished_at": when("finished_at") or utcnow(),
+            "metrics": dict(result.get("metrics") or {}),
+            "outputs": list(result.get("outputs") or []),
+        }
+
+    return change
+
+
+def model_registered(ref: str) -> Change:
+    return lambda job: {"model_version": ref}
