@@ -447,3 +447,25 @@ def test_a_job_that_finished_releases_compute_and_records_timings(
     assert job.held_s is not None and job.runtime_s is not None
     assert job.held_s >= job.runtime_s
     assert not alive(job.handle["pid"])
+
+
+def test_subscribers_hear_every_change_of_a_job_until_they_unsubscribe(
+    service: Service, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    heard: list[tuple[str, JobState, ComputeState]] = []
+    unsubscribe = service.subscribe(
+        lambda job: heard.append((job.id, job.state, job.compute_state))
+    )
+    service.subscribe(lambda job: 1 / 0)  # a failing listener is logged, never fatal
+
+    job = run(service, spec_for(code_dir))
+
+    states = [(state, compute) for job_id, state, compute in heard if job_id == job.id]
+    assert states[0] == (JobState.ACCEPTED, ComputeState.NONE)
+    assert (JobState.RUNNING, ComputeState.LIVE) in states
+    assert states[-1] == (JobState.SUCCEEDED, ComputeState.RELEASED)
+    unsubscribe()
+    count = len(heard)
+    run(service, spec_for(code_dir))
+    assert len(heard) == count

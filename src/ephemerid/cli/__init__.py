@@ -5,45 +5,28 @@ Exit codes: 0 ok, 1 a job failed (or an operation did), 2 bad input.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 
-from ephemerid import names
-from ephemerid.app import build_service
+from ephemerid.cli.local import demo, dev
+from ephemerid.cli.models import models_app
+from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.render import dump, job_detail, jobs_table
-from ephemerid.errors import BadInput, EphemeridError, require_extra
+from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
-from ephemerid.settings import Settings
-from ephemerid.spec import ModelRef, load_spec, validate_spec
-
-if TYPE_CHECKING:
-    from ephemerid.devhost import DevHost, Invocation
+from ephemerid.spec import load_spec, validate_spec
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-models_app = typer.Typer(help="Model versions and aliases.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console(stderr=True)
-
-Json = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
-Home = Annotated[
-    Path | None, typer.Option("--home", envvar="EPHEMERID_HOME", help="Local state folder.")
-]
-
-
-def _service(home: Path | None) -> Service:
-    return build_service(Settings.from_env(home=home))
+_service = service_for
 
 
 def _catch_up(service: Service) -> None:
@@ -286,183 +269,8 @@ def rejected(home: Home = None, json_: Json = False) -> None:
         console.print("no rejected requests")
 
 
-@models_app.command("list")
-def models_list(
-    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
-    home: Home = None,
-    json_: Json = False,
-) -> None:
-    """Registered models, their versions and aliases."""
-    registry = _service(home).models
-    found = []
-    for model in [name] if name else registry.names():
-        aliases = registry.aliases(model)
-        for version in registry.versions(model):
-            tags = sorted(a for a, v in aliases.items() if v == version.version)
-            found.append({**version.__dict__, "aliases": tags})
-    if json_:
-        dump(found)
-        return
-    from rich.table import Table
-
-    table = Table(title="models")
-    for column in ("model", "version", "aliases", "job", "metrics", "state"):
-        table.add_column(column)
-    for item in found:
-        metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(item["metrics"].items()))
-        table.add_row(
-            item["name"],
-            str(item["version"]),
-            ", ".join(item["aliases"]),
-            item["job_id"],
-            metrics,
-            item["state"],
-        )
-    console.print(table)
-
-
-@models_app.command("promote")
-def models_promote(
-    ref: Annotated[str, typer.Argument(help="name:version, e.g. churn:3")],
-    alias: Annotated[str, typer.Argument(help="e.g. production")],
-    home: Home = None,
-    json_: Json = False,
-) -> None:
-    """Point an alias at a version; predict jobs that name the alias use it from then on."""
-    try:
-        parsed = ModelRef.parse(ref)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
-    if parsed.version is None:
-        raise BadInput(f"'{ref}': promote takes name:version, e.g. {parsed.name}:3")
-    version = _service(home).models.promote(parsed.name, parsed.version, alias)
-    if json_:
-        dump({"model": version.name, "version": version.version, "alias": alias})
-    else:
-        console.print(f"{version.name}@{alias} -> version {version.version}")
-
-
-@app.command()
-def dev(
-    app_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--app",
-            help="function_app.py or its folder (default: ./function_app.py, else "
-            "ephemerid's own functions).",
-        ),
-    ] = None,
-    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1; 0 picks a free one.")] = 7071,
-    storage: Annotated[
-        str, typer.Option(help="local (a folder and SQLite) or azurite (Blob, Queue, Table).")
-    ] = "local",
-    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
-    home: Home = None,
-    json_: Annotated[
-        bool, typer.Option("--json", help="Print the wiring as JSON to stdout, then keep running.")
-    ] = False,
-) -> None:
-    """Run the function app's functions here: the bucket, queues, a clock and HTTP feed them."""
-    require_extra("azure.functions", "devhost")
-    from ephemerid.devhost import DevHost
-
-    state = Settings.from_env(home=home).home
-    try:  # Ctrl-C at any moment stops it cleanly: the host and Azurite are closed on the way out
-        with (
-            storage_env(storage),
-            DevHost(
-                app_path,
-                home=state,
-                port=port,
-                interval=interval,
-                on_job=_print_job,
-                on_invocation=_print_call,
-            ) as host,
-        ):
-            _show_wiring(host, json_)
-            host.run()
-    except KeyboardInterrupt:
-        console.print("stopped")
-
-
-def _print_call(call: Invocation) -> None:
-    outcome = "" if call.ok else f" [red]failed: {call.error}[/]"
-    console.print(f"[dim]{call.function}({call.detail}) {call.seconds:.2f}s[/]{outcome}")
-
-
-def _print_job(job: JobRecord) -> None:
-    console.print(f"{job.id} {job.state.value} compute={job.compute_state.value} {job.reason}")
-
-
-def _show_wiring(host: DevHost, as_json: bool) -> None:
-    """What feeds each function, then the key, once; events follow as they come."""
-    from ephemerid.devhost.keys import KEYS_FILE
-    from ephemerid.devhost.wiring import wiring_json
-
-    if as_json:
-        dump({"functions": wiring_json(host.wiring), "url": host.url, "function_key": host.key})
-        sys.stdout.flush()
-    else:
-        from rich.table import Table
-
-        table = Table(title=f"dev host: {host.service.bucket_uri}")
-        for column in ("function", "trigger", "source", "detail"):
-            table.add_column(column, overflow="fold")
-        for wire in host.wiring:
-            table.add_row(wire.function, wire.trigger, wire.source, wire.detail)
-        console.print(table)
-        if host.key:
-            console.print(f"function key: {host.key}  (kept in {host.home / KEYS_FILE})")
-    console.print("job events follow; Ctrl-C stops")
-
-
-@app.command()
-def demo(
-    home: Annotated[Path, typer.Option(help="Folder for the demo's bucket and state.")] = Path(
-        ".ephemerid-demo"
-    ),
-    storage: Annotated[
-        str, typer.Option(help="local (a folder and SQLite) or azurite (Blob and Table).")
-    ] = "local",
-    json_: Json = False,
-) -> None:
-    """Drop a training file, train and register a model, drop a scoring file, score it."""
-    from ephemerid.cli.demo import run_demo
-
-    with storage_env(storage):
-        ok = run_demo(home, console, json_)
-    raise typer.Exit(0 if ok else 1)
-
-
-@contextlib.contextmanager
-def storage_env(storage: str) -> Iterator[None]:
-    """With ``azurite``: start Azurite and point the store and the bucket at it meanwhile."""
-    if storage == "local":
-        yield
-        return
-    if storage != "azurite":
-        raise BadInput(f"--storage '{storage}' is unknown: use local or azurite")
-    from ephemerid.testing import azurite
-
-    binary = azurite.find_binary()
-    if binary is None:
-        raise BadInput("azurite is not installed: run `npm ci` in the ephemerid checkout")
-    with azurite.running(binary) as emulator:
-        values = {
-            "EPHEMERID_STORAGE": emulator.connection_string,
-            "EPHEMERID_STORE": f"table://{names.JOBS_TABLE}",
-            "EPHEMERID_ARTIFACTS": "az://",
-        }
-        saved = {k: os.environ.get(k) for k in values}
-        os.environ.update(values)  # the runners this process starts inherit the connection
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+app.command()(dev)
+app.command()(demo)
 
 
 def main() -> None:

@@ -1,0 +1,143 @@
+"""`eph dev` and `eph demo`: the function app's functions and the demo, run on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ephemerid import names
+from ephemerid.cli.options import Home, Json, console
+from ephemerid.cli.render import dump
+from ephemerid.errors import BadInput, require_extra
+from ephemerid.record import JobRecord
+from ephemerid.settings import Settings
+
+if TYPE_CHECKING:
+    from ephemerid.devhost import DevHost, Invocation
+
+
+def dev(
+    app_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--app",
+            help="function_app.py or its folder (default: ./function_app.py, else "
+            "ephemerid's own functions).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1; 0 picks a free one.")] = 7071,
+    storage: Annotated[
+        str, typer.Option(help="local (a folder and SQLite) or azurite (Blob, Queue, Table).")
+    ] = "local",
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
+    home: Home = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the wiring as JSON to stdout, then keep running.")
+    ] = False,
+) -> None:
+    """Run the function app's functions here: the bucket, queues, a clock and HTTP feed them."""
+    require_extra("azure.functions", "devhost")
+    from ephemerid.devhost import DevHost
+
+    state = Settings.from_env(home=home).home
+    try:  # Ctrl-C at any moment stops it cleanly: the host and Azurite are closed on the way out
+        with (
+            storage_env(storage),
+            DevHost(
+                app_path,
+                home=state,
+                port=port,
+                interval=interval,
+                on_job=_print_job,
+                on_invocation=_print_call,
+            ) as host,
+        ):
+            _show_wiring(host, json_)
+            host.run()
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _print_call(call: Invocation) -> None:
+    outcome = "" if call.ok else f" [red]failed: {call.error}[/]"
+    console.print(f"[dim]{call.function}({call.detail}) {call.seconds:.2f}s[/]{outcome}")
+
+
+def _print_job(job: JobRecord) -> None:
+    console.print(f"{job.id} {job.state.value} compute={job.compute_state.value} {job.reason}")
+
+
+def _show_wiring(host: DevHost, as_json: bool) -> None:
+    """What feeds each function, then the key, once; events follow as they come."""
+    from ephemerid.devhost.keys import KEYS_FILE
+    from ephemerid.devhost.wiring import wiring_json
+
+    if as_json:
+        dump({"functions": wiring_json(host.wiring), "url": host.url, "function_key": host.key})
+        sys.stdout.flush()
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"dev host: {host.service.bucket_uri}")
+        for column in ("function", "trigger", "source", "detail"):
+            table.add_column(column, overflow="fold")
+        for wire in host.wiring:
+            table.add_row(wire.function, wire.trigger, wire.source, wire.detail)
+        console.print(table)
+        if host.key:
+            console.print(f"function key: {host.key}  (kept in {host.home / KEYS_FILE})")
+    console.print("job events follow; Ctrl-C stops")
+
+
+def demo(
+    home: Annotated[Path, typer.Option(help="Folder for the demo's bucket and state.")] = Path(
+        ".ephemerid-demo"
+    ),
+    storage: Annotated[
+        str, typer.Option(help="local (a folder and SQLite) or azurite (Blob and Table).")
+    ] = "local",
+    json_: Json = False,
+) -> None:
+    """Drop a training file, train and register a model, drop a scoring file, score it."""
+    from ephemerid.cli.demo import run_demo
+
+    with storage_env(storage):
+        ok = run_demo(home, console, json_)
+    raise typer.Exit(0 if ok else 1)
+
+
+@contextlib.contextmanager
+def storage_env(storage: str) -> Iterator[None]:
+    """With ``azurite``: start Azurite and point the store and the bucket at it meanwhile."""
+    if storage == "local":
+        yield
+        return
+    if storage != "azurite":
+        raise BadInput(f"--storage '{storage}' is unknown: use local or azurite")
+    from ephemerid.testing import azurite
+
+    binary = azurite.find_binary()
+    if binary is None:
+        raise BadInput("azurite is not installed: run `npm ci` in the ephemerid checkout")
+    with azurite.running(binary) as emulator:
+        values = {
+            "EPHEMERID_STORAGE": emulator.connection_string,
+            "EPHEMERID_STORE": f"table://{names.JOBS_TABLE}",
+            "EPHEMERID_ARTIFACTS": "az://",
+        }
+        saved = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)  # the runners this process starts inherit the connection
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
