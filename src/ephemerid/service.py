@@ -20,9 +20,11 @@ from typing import Any
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes, safe_key
 from ephemerid.compute import ComputeBackend, Handle, check_backend, check_nodes
+from ephemerid.contract import Launch, Result, RunStatus
 from ephemerid.errors import (
     CapacityUnavailable,
     Conflict,
+    ContractError,
     EphemeridError,
     NotFound,
     SpecError,
@@ -36,10 +38,11 @@ from ephemerid.store import JobStore
 log = logging.getLogger("ephemerid")
 
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".ipynb_checkpoints"}
-_RESULT_STATES = {
-    "succeeded": JobState.SUCCEEDED,
-    "failed": JobState.FAILED,
-    "timed_out": JobState.TIMED_OUT,
+_RESULT_STATES: Mapping[RunStatus, JobState] = {
+    RunStatus.SUCCEEDED: JobState.SUCCEEDED,
+    RunStatus.FAILED: JobState.FAILED,
+    RunStatus.TIMED_OUT: JobState.TIMED_OUT,
+    RunStatus.EVICTED: JobState.FAILED,  # only a job already ended gets here: see complete()
 }
 Change = Callable[[JobRecord], dict[str, Any] | None]
 
@@ -193,19 +196,20 @@ class Service:
             code = self.artifacts.key_of(spec.code).rstrip("/")
         else:
             code = self._snapshot(Path(spec.code), files)
-        launch = {
-            "job_id": job.id,
-            "spec": spec.model_dump(mode="json", exclude_none=True),
-            "code": code,
-            "inputs": inputs,
-            "model": model.files if model else None,
-            "heartbeat_s": self.settings.heartbeat_s,
-            "grace_s": self.settings.grace_s,
-            "log_limit_bytes": self.settings.log_limit_bytes,
-        }
-        put_bytes(
-            self.artifacts, names.run_key(job.id, names.JOB_FILE), json.dumps(launch).encode()
+        launch = Launch(
+            job_id=job.id,
+            entrypoint=spec.entrypoint,
+            args=spec.args,
+            params=spec.params,
+            max_runtime_s=spec.compute.max_runtime,
+            code=code,
+            inputs=inputs,
+            model=model.files if model else None,
+            heartbeat_s=self.settings.heartbeat_s,
+            grace_s=self.settings.grace_s,
+            log_limit_bytes=self.settings.log_limit_bytes,
         )
+        put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
     def _snapshot(self, root: Path, files: list[Path]) -> str:
         """Upload the code folder once per content: runs/_code/<sha256>/, shared by its jobs.
@@ -277,9 +281,17 @@ class Service:
     # -- completion and cancel ---------------------------------------------------------------
 
     def complete(self, job_id: str) -> JobRecord:
-        """Handle runs/<job>/result.json: record the end, release compute, register the model."""
-        result = json.loads(get_bytes(self.artifacts, names.run_key(job_id, names.RESULT_FILE)))
-        if result.get("status") == "evicted":
+        """Handle runs/<job>/result.json: record the end, release compute, register the model.
+
+        A result that cannot be read (malformed, another contract version) fails the job with the
+        reason, naming the file, rather than failing every redelivery and reaper pass after it.
+        """
+        key = names.run_key(job_id, names.RESULT_FILE)
+        try:
+            result = Result.loads(get_bytes(self.artifacts, key), where=key)
+        except ContractError as exc:
+            result = Result(job_id=job_id, status=RunStatus.FAILED, reason=str(exc))
+        if result.status is RunStatus.EVICTED:
             job = self.store.get(job_id)
             if not job.state.terminal:
                 return self._evicted(job)
@@ -447,23 +459,18 @@ def _ended(state: JobState, reason: str) -> Change:
     return change
 
 
-def _finished(result: dict[str, Any]) -> Change:
-    from datetime import datetime
-
-    def when(name: str) -> datetime | None:
-        return datetime.fromisoformat(result[name]) if result.get(name) else None
-
+def _finished(result: Result) -> Change:
     def change(job: JobRecord) -> dict[str, Any] | None:
         if job.state.terminal:
             return None
         return {
-            "state": _RESULT_STATES.get(str(result.get("status")), JobState.FAILED),
-            "reason": str(result.get("reason", "")),
-            "exit_code": result.get("exit_code"),
-            "started_at": when("started_at"),
-            "finished_at": when("finished_at") or utcnow(),
-            "metrics": dict(result.get("metrics") or {}),
-            "outputs": list(result.get("outputs") or []),
+            "state": _RESULT_STATES[result.status],
+            "reason": result.reason,
+            "exit_code": result.exit_code,
+            "started_at": result.started_at,
+            "finished_at": result.finished_at or utcnow(),
+            "metrics": dict(result.metrics),
+            "outputs": list(result.outputs),
         }
 
     return change
