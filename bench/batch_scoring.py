@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
 import sys
@@ -107,6 +106,7 @@ class PeakMemory:
 def run_job(service: Any, spec: dict[str, Any], sample: bool = False) -> dict[str, Any]:
     from ephemerid import names
     from ephemerid.artifacts import get_bytes
+    from ephemerid.contract import Result
     from ephemerid.spec import JobSpec
 
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def run_job(service: Any, spec: dict[str, Any], sample: bool = False) -> dict[st
         time.sleep(0.02)
     seconds = time.perf_counter() - t0
     peaks = memory.stop() if memory else {}
-    result = json.loads(get_bytes(service.artifacts, result_key))
+    result = Result.loads(get_bytes(service.artifacts, result_key), where=result_key)
     done = service.complete(job.id)
     if done.state.value != "SUCCEEDED":
         raise SystemExit(f"job {job.id} {done.state.value}: {done.reason}")
@@ -272,22 +272,20 @@ def main() -> None:
 
 
 def _row(job: dict[str, Any], rows: int, memory_rate: float, service: Any) -> dict[str, Any]:
-    from datetime import datetime
 
     result = job["result"]
-    entry = datetime.fromisoformat(result["finished_at"]) - datetime.fromisoformat(
-        result["started_at"]
-    )
+    assert result.finished_at is not None and result.started_at is not None
+    entry = result.finished_at - result.started_at
     e2e = rows / job["seconds"]
     return {
         "rows": rows,
         "end_to_end_s": round(job["seconds"], 2),
         "entrypoint_s": round(entry.total_seconds(), 2),
         "end_to_end_rows_s": round(e2e),
-        "script_loop_rows_s": round(result["metrics"].get("rows_per_second", 0)),
+        "script_loop_rows_s": round(result.metrics.get("rows_per_second", 0)),
         "in_memory_rows_s": round(memory_rate),
         "ratio": round(e2e / memory_rate, 4),
-        "script_loop_ratio": round(result["metrics"].get("rows_per_second", 0) / memory_rate, 4),
+        "script_loop_ratio": round(result.metrics.get("rows_per_second", 0) / memory_rate, 4),
         "peak_mib": job["peak_mib"],
     }
 

@@ -27,6 +27,7 @@ from drive import (
 )
 from ephemerid import names
 from ephemerid.artifacts import get_bytes, put_bytes
+from ephemerid.contract import Launch
 from ephemerid.errors import BadInput, SpecError, UnsafeName
 from ephemerid.intake import on_blob_created
 from ephemerid.record import ComputeState, JobState
@@ -145,7 +146,7 @@ def test_jobs_with_the_same_code_share_one_snapshot_and_changed_code_gets_its_ow
 
     done = [finish(service, job.id) for job in (one, two, three)]
 
-    code = [launch_of(service, job.id)["code"] for job in (one, two, three)]
+    code = [launch_of(service, job.id).code for job in (one, two, three)]
     assert code[0] == code[1] != code[2]
     assert all(c.startswith(f"{names.RUNS}/{names.CODE_SNAPSHOTS}/") for c in code)
     files = sorted(s.key for s in service.artifacts.list(f"{names.RUNS}/{names.CODE_SNAPSHOTS}/"))
@@ -155,8 +156,8 @@ def test_jobs_with_the_same_code_share_one_snapshot_and_changed_code_gets_its_ow
     assert "version 2" in log_of(service, three.id)
 
 
-def launch_of(service: Service, job_id: str) -> dict[str, Any]:
-    return json.loads(get_bytes(service.artifacts, names.run_key(job_id, names.JOB_FILE)))
+def launch_of(service: Service, job_id: str) -> Launch:
+    return Launch.loads(get_bytes(service.artifacts, names.run_key(job_id, names.JOB_FILE)))
 
 
 def test_eight_threads_delivering_one_blob_event_800_times_make_one_job_and_one_runner(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from ephemerid import transitions as t
 from ephemerid.compute import Handle
+from ephemerid.contract import Result, RunStatus
 from ephemerid.record import ComputeState, JobRecord, JobState
 from ephemerid.spec import JobSpec
 
@@ -27,14 +30,20 @@ def test_a_job_goes_from_accepted_to_succeeded_and_released() -> None:
         {"pid": 7},
     )
     assert (job.sku, job.price_per_hour) == ("T4", 1.8)
-    result = {
-        "status": "succeeded",
-        "exit_code": 0,
-        "started_at": "2026-01-01T00:00:00+00:00",
-        "finished_at": "2026-01-01T00:01:00+00:00",
-        "metrics": {"loss": 0.1},
-        "outputs": ["runs/x/outputs/model/m.pt"],
-    }
+    result = Result.loads(
+        json.dumps(
+            {
+                "contract": 1,
+                "job_id": job.id,
+                "status": "succeeded",
+                "exit_code": 0,
+                "started_at": "2026-01-01T00:00:00+00:00",
+                "finished_at": "2026-01-01T00:01:00+00:00",
+                "metrics": {"loss": 0.1},
+                "outputs": ["runs/x/outputs/model/m.pt"],
+            }
+        ).encode()
+    )
     job = t.apply(job, t.finished(result))
     assert (job.state, job.exit_code, job.runtime_s, job.metrics) == (
         JobState.SUCCEEDED,
@@ -52,7 +61,7 @@ def test_each_step_applies_once_so_a_redelivery_changes_nothing() -> None:
     assert t.to_provisioning(started) is None  # a second caller loses: it does not provision
     done = t.apply(started, t.ended(JobState.CANCELLED, "by user"))
     assert t.ended(JobState.FAILED, "late")(done) is None
-    assert t.finished({"status": "succeeded"})(done) is None
+    assert t.finished(Result(job_id=done.id, status=RunStatus.SUCCEEDED))(done) is None
     released = t.apply(done, t.released)
     assert t.released(released) is None
 
@@ -66,9 +75,15 @@ def test_no_capacity_waits_with_the_reason_and_a_time_to_try_again() -> None:
     assert t.apply(job, t.to_provisioning).state is JobState.PROVISIONING
 
 
-def test_an_unknown_result_status_fails_the_job() -> None:
+def test_every_run_status_ends_the_job_in_a_terminal_state() -> None:
     job = t.apply(t.apply(record(), t.to_provisioning), t.live(handle()))
-    assert t.apply(job, t.finished({"status": "exploded"})).state is JobState.FAILED
+    ends = {s: t.apply(job, t.finished(Result(job_id=job.id, status=s))).state for s in RunStatus}
+    assert ends == {
+        RunStatus.SUCCEEDED: JobState.SUCCEEDED,
+        RunStatus.FAILED: JobState.FAILED,
+        RunStatus.TIMED_OUT: JobState.TIMED_OUT,
+        RunStatus.EVICTED: JobState.FAILED,
+    }
 
 
 def test_an_evicted_job_is_requeued_only_once_its_compute_is_released() -> None:

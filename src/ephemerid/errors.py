@@ -40,6 +40,11 @@ class Conflict(EphemeridError):
     """A compare-and-swap lost: the record changed since it was read."""
 
 
+class ContractError(EphemeridError):
+    """A job.json or result.json that this ephemerid cannot read: another contract version, or
+    malformed. The message names the file, the field or both versions, and what to install."""
+
+
 class AccessDenied(EphemeridError):
     """The service refused the caller's identity (401/403): the message names the role to grant."""
 

@@ -4,7 +4,9 @@
 ``runs/<job>/job.json``, stages code, inputs, model and checkpoint, runs the entrypoint with no
 shell (params reach it as a JSON file, never as shell text), streams its output to the job's log
 while it runs, heartbeats, enforces ``max_runtime`` (SIGTERM, grace, SIGKILL), uploads outputs,
-and writes ``runs/<job>/result.json`` last: that file is the completion event.
+and writes ``runs/<job>/result.json`` last: that file is the completion event. Both files are the
+runner contract (``ephemerid.contract``): a launch of a contract version this runner does not speak
+ends as a failed result naming both versions, and a non-zero exit.
 
 Launched once per process of a distributed job (torchrun, or Azure ML's PyTorch distribution:
 ``RANK`` and ``WORLD_SIZE`` in the environment), every rank stages its own copy in
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,21 +46,12 @@ from ephemerid.artifacts import (
     put_bytes,
     upload_dir,
 )
+from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Result, RunStatus
+from ephemerid.errors import ContractError
 from ephemerid.track import summarize
 
 LOG_FLUSH_S = 0.5
 LOG_FLUSH_BYTES = 256 * 1024
-
-
-@dataclass
-class Outcome:
-    status: str = "failed"  # succeeded | failed | timed_out | evicted
-    reason: str = ""
-    exit_code: int | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    outputs: list[str] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,9 +177,8 @@ class Runner:
         work = work.resolve()  # the entrypoint runs in its code folder: no path may be relative
         self.work = work / f"rank-{self.rank.rank}" if self.rank.world > 1 else work
         self.events, self.events_poll_s = events, events_poll_s
-        self.job: dict[str, Any] = {}
         log_key = names.run_key(job_id, names.log_file(self.rank.rank))
-        self.pump = LogPump(store, log_key, 10 * 1024 * 1024)
+        self.pump = LogPump(store, log_key, LOG_LIMIT_BYTES)  # until the launch says its own
         self._stop = threading.Event()
 
     def say(self, message: str) -> None:
@@ -194,52 +186,57 @@ class Runner:
         self.pump.write(f"[ephemerid {stamp}] {message}\n".encode())
         self.pump.flush()
 
-    def run(self) -> Outcome:
-        outcome = Outcome()
+    def run(self) -> Result:
+        result = Result(job_id=self.job_id, status=RunStatus.FAILED)  # until the run says otherwise
         try:
-            self.job = json.loads(get_bytes(self.store, names.run_key(self.job_id, names.JOB_FILE)))
-            self.pump.limit = int(self.job.get("log_limit_bytes", self.pump.limit))
+            launch = self._read_launch()
             if self.rank.leader:
-                threading.Thread(target=self._heartbeat, daemon=True).start()
+                threading.Thread(target=self._heartbeat, args=(launch,), daemon=True).start()
             else:
                 threading.Thread(target=self._flush_often, daemon=True).start()
-            entry, env = self._stage()
-            self._execute(entry, env, outcome)
+            entry, env = self._stage(launch)
+            self._execute(launch, entry, env, result)
             if self.rank.leader:
-                self._upload(outcome)
+                self._upload(result)
+        except ContractError as exc:  # another release wrote the launch: refuse, and say so
+            result.status, result.reason = RunStatus.FAILED, str(exc)
+            self.say(result.reason)
         except Exception as exc:  # anything the runner hits ends as a failed result, not a hang
-            outcome.status, outcome.reason = "failed", f"runner error: {exc}"
-            self.say(outcome.reason)
+            result.status, result.reason = RunStatus.FAILED, f"runner error: {exc}"
+            self.say(result.reason)
         finally:
             self._stop.set()
             self.pump.close()
-            outcome.finished_at = outcome.finished_at or _now()
+            result.finished_at = result.finished_at or _now()
             if self.rank.leader:  # the other ranks' ends are the launcher's to report
-                put_bytes(
-                    self.store,
-                    names.run_key(self.job_id, names.RESULT_FILE),
-                    json.dumps({"job_id": self.job_id, **outcome.__dict__}).encode(),
-                )
-        return outcome
+                key = names.run_key(self.job_id, names.RESULT_FILE)
+                put_bytes(self.store, key, result.dumps())
+        return result
 
-    def _stage(self) -> tuple[Path, dict[str, str]]:
+    def _read_launch(self) -> Launch:
+        key = names.run_key(self.job_id, names.JOB_FILE)
+        launch = Launch.loads(get_bytes(self.store, key), where=key)
+        self.pump.limit = launch.log_limit_bytes
+        return launch
+
+    def _stage(self, launch: Launch) -> tuple[Path, dict[str, str]]:
         dirs = {n: self.work / n for n in ("code", "input", "output", "checkpoint", "model")}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         where = f" (rank {self.rank.rank} of {self.rank.world})" if self.rank.world > 1 else ""
         self.say(f"staging code and inputs for job {self.job_id}{where}")
-        download(self.store, self.job["code"], dirs["code"])
-        for name, key in self.job.get("inputs", {}).items():
+        download(self.store, launch.code, dirs["code"])
+        for name, key in launch.inputs.items():
             if not download(self.store, key, dirs["input"] / name):
                 raise FileNotFoundError(f"input '{name}' ({self.store.uri(key)}) is empty or gone")
-        if self.job.get("model"):
-            download(self.store, self.job["model"], dirs["model"])
+        if launch.model:
+            download(self.store, launch.model, dirs["model"])
         download(self.store, names.run_key(self.job_id, names.CHECKPOINT_DIR), dirs["checkpoint"])
         params = self.work / "params.json"
-        params.write_text(json.dumps(self.job["spec"].get("params", {})))
-        entry = dirs["code"] / self.job["spec"]["entrypoint"]
+        params.write_text(json.dumps(launch.params))
+        entry = dirs["code"] / launch.entrypoint
         if not entry.is_file():
-            raise FileNotFoundError(f"entrypoint '{self.job['spec']['entrypoint']}' is not in code")
+            raise FileNotFoundError(f"entrypoint '{launch.entrypoint}' is not in code")
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -253,12 +250,11 @@ class Runner:
         }
         return entry, env
 
-    def _execute(self, entry: Path, env: dict[str, str], outcome: Outcome) -> None:
-        spec = self.job["spec"]
-        max_runtime = float(spec.get("compute", {}).get("max_runtime", 3600))
-        command = [sys.executable, "-u", str(entry), *spec.get("args", [])]
-        self.say(f"starting {spec['entrypoint']} (max runtime {max_runtime:.0f}s)")
-        outcome.started_at = _now()
+    def _execute(self, launch: Launch, entry: Path, env: dict[str, str], result: Result) -> None:
+        max_runtime = launch.max_runtime_s
+        command = [sys.executable, "-u", str(entry), *launch.args]
+        self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
+        result.started_at = _now()
         proc = subprocess.Popen(
             command,
             cwd=entry.parent,
@@ -280,26 +276,26 @@ class Runner:
                 f"{preempt.get('NotBefore')}): stopping the entrypoint (SIGTERM) to checkpoint"
             )
         if timed_out or preempt is not None:
-            _stop_group(proc, float(self.job.get("grace_s", 10)))
+            _stop_group(proc, launch.grace_s)
         reader.join(timeout=10)
         if proc.stdout is not None and not reader.is_alive():
             proc.stdout.close()
-        outcome.finished_at = _now()
-        outcome.exit_code = proc.returncode
+        result.finished_at = _now()
+        result.exit_code = proc.returncode
         if preempt is not None:
-            outcome.status = "evicted"
-            outcome.reason = "the spot VM was preempted; the job resumes from its checkpoint"
+            result.status = RunStatus.EVICTED
+            result.reason = "the spot VM was preempted; the job resumes from its checkpoint"
         elif timed_out:
-            outcome.status = "timed_out"
-            outcome.reason = f"ran past max_runtime of {max_runtime:.0f}s and was stopped"
+            result.status = RunStatus.TIMED_OUT
+            result.reason = f"ran past max_runtime of {max_runtime:.0f}s and was stopped"
         elif proc.returncode == 0:
-            outcome.status = "succeeded"
+            result.status = RunStatus.SUCCEEDED
         else:
-            outcome.reason = (
+            result.reason = (
                 f"entrypoint exited with code {proc.returncode}; "
                 f"last output:\n{self.pump.last_lines()}"
             )
-        self.say(f"entrypoint finished: {outcome.status} (exit code {proc.returncode})")
+        self.say(f"entrypoint finished: {result.status.value} (exit code {proc.returncode})")
 
     def _watch(self, proc: subprocess.Popen[bytes], max_runtime: float) -> dict[str, Any] | None:
         """Wait for the entrypoint until ``max_runtime``; a Preempt event for this VM ends it."""
@@ -323,8 +319,8 @@ class Runner:
             self.pump.write(chunk)
         self.pump.flush()
 
-    def _upload(self, outcome: Outcome) -> None:
-        outcome.outputs = upload_dir(
+    def _upload(self, result: Result) -> None:
+        result.outputs = upload_dir(
             self.store, self.work / "output", names.run_key(self.job_id, names.OUTPUTS_DIR)
         )
         upload_dir(
@@ -334,29 +330,29 @@ class Runner:
         if metrics.is_file():
             with metrics.open("rb") as stream:
                 self.store.write(names.run_key(self.job_id, names.METRICS_FILE), stream)
-            outcome.metrics = summarize(metrics.read_text(errors="replace").splitlines())
-        self.say(f"uploaded {len(outcome.outputs)} output file(s)")
+            result.metrics = summarize(metrics.read_text(errors="replace").splitlines())
+        self.say(f"uploaded {len(result.outputs)} output file(s)")
 
     def _flush_often(self) -> None:
         """A rank other than 0 beats for nobody, but its log stays live too."""
         while not self._stop.wait(LOG_FLUSH_S):
             self.pump.flush()
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, launch: Launch) -> None:
         """Beat every ``heartbeat_s``, and flush the log often so `eph logs -f` stays live."""
         key = names.run_key(self.job_id, names.HEARTBEAT_FILE)
-        interval = float(self.job.get("heartbeat_s", 5))
+        interval = launch.heartbeat_s
         next_beat = 0.0
         while not self._stop.wait(LOG_FLUSH_S if next_beat else 0):
             self.pump.flush()
             if time.monotonic() >= next_beat:
-                beat = {"at": _now(), "pid": os.getpid()}
+                beat = {"at": _now().isoformat(), "pid": os.getpid()}
                 put_bytes(self.store, key, json.dumps(beat).encode())
                 next_beat = time.monotonic() + interval
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -393,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     store = open_artifacts(args.artifacts)
     runner = Runner(store, args.job, args.work_dir, events, rank=rank)
-    return 0 if runner.run().status == "succeeded" else 1
+    return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
 
 
 if __name__ == "__main__":

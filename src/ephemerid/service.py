@@ -20,10 +20,12 @@ from datetime import datetime
 from ephemerid import names, rejections, transitions
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
+from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import (
     BadInput,
     CapacityUnavailable,
     Conflict,
+    ContractError,
     EphemeridError,
     NotFound,
     SpecError,
@@ -273,9 +275,17 @@ class Service:
     # -- completion and cancel ---------------------------------------------------------------
 
     def complete(self, job_id: str) -> JobRecord:
-        """Handle runs/<job>/result.json: record the end, release compute, register the model."""
-        result = json.loads(get_bytes(self.artifacts, names.run_key(job_id, names.RESULT_FILE)))
-        if result.get("status") == "evicted":
+        """Handle runs/<job>/result.json: record the end, release compute, register the model.
+
+        A result that cannot be read (malformed, another contract version) fails the job with the
+        reason, naming the file, rather than failing every redelivery and reaper pass after it.
+        """
+        key = names.run_key(job_id, names.RESULT_FILE)
+        try:
+            result = Result.loads(get_bytes(self.artifacts, key), where=key)
+        except ContractError as exc:
+            result = Result(job_id=job_id, status=RunStatus.FAILED, reason=str(exc))
+        if result.status is RunStatus.EVICTED:
             job = self.store.get(job_id)
             if not job.state.terminal:
                 return self._evicted(job)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ephemerid.contract import GRACE_S, HEARTBEAT_S, LOG_LIMIT_BYTES
 from ephemerid.errors import BadInput
 
 PREFIX = "EPHEMERID_"
@@ -201,11 +202,11 @@ class Settings:
     rules_path: Path
     backend: str = "local"
     local_slots: int | None = None
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = HEARTBEAT_S
     heartbeat_timeout_s: float = 120.0
     provision_timeout_s: float = 600.0
-    grace_s: float = 10.0
-    log_limit_bytes: int = 10 * 1024 * 1024
+    grace_s: float = GRACE_S
+    log_limit_bytes: int = LOG_LIMIT_BYTES
     code_limit_bytes: int = 50 * 1024 * 1024
     eviction_retries: int = 3
     price_table: Path | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, put_bytes, safe_key
+from ephemerid.contract import Launch
 from ephemerid.errors import EphemeridError, NotFound, SpecError
 from ephemerid.models import ModelRegistry, ModelVersion
 from ephemerid.record import JobRecord
@@ -47,19 +48,20 @@ class Staging:
             code = self.artifacts.key_of(spec.code).rstrip("/")
         else:
             code = self._snapshot(Path(spec.code), plan.files)
-        launch = {
-            "job_id": job.id,
-            "spec": spec.model_dump(mode="json", exclude_none=True),
-            "code": code,
-            "inputs": plan.inputs,
-            "model": plan.model.files if plan.model else None,
-            "heartbeat_s": self.settings.heartbeat_s,
-            "grace_s": self.settings.grace_s,
-            "log_limit_bytes": self.settings.log_limit_bytes,
-        }
-        put_bytes(
-            self.artifacts, names.run_key(job.id, names.JOB_FILE), json.dumps(launch).encode()
+        launch = Launch(
+            job_id=job.id,
+            entrypoint=spec.entrypoint,
+            args=spec.args,
+            params=spec.params,
+            max_runtime_s=spec.compute.max_runtime,
+            code=code,
+            inputs=plan.inputs,
+            model=plan.model.files if plan.model else None,
+            heartbeat_s=self.settings.heartbeat_s,
+            grace_s=self.settings.grace_s,
+            log_limit_bytes=self.settings.log_limit_bytes,
         )
+        put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
     # -- checks ------------------------------------------------------------------------------
 

@@ -14,19 +14,21 @@ and separately compute: none -> requested -> live -> released.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from ephemerid.compute import Handle
+from ephemerid.contract import Result, RunStatus
 from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 
 Change = Callable[[JobRecord], dict[str, Any] | None]
 
-RESULT_STATES = {
-    "succeeded": JobState.SUCCEEDED,
-    "failed": JobState.FAILED,
-    "timed_out": JobState.TIMED_OUT,
+RESULT_STATES: Mapping[RunStatus, JobState] = {
+    RunStatus.SUCCEEDED: JobState.SUCCEEDED,
+    RunStatus.FAILED: JobState.FAILED,
+    RunStatus.TIMED_OUT: JobState.TIMED_OUT,
+    RunStatus.EVICTED: JobState.FAILED,  # only a job already ended gets here: see complete()
 }
 
 
@@ -129,23 +131,20 @@ def ended(state: JobState, reason: str) -> Change:
     return change
 
 
-def finished(result: dict[str, Any]) -> Change:
+def finished(result: Result) -> Change:
     """The runner's result: how the job ended, when its code ran, its metrics and outputs."""
-
-    def when(name: str) -> datetime | None:
-        return datetime.fromisoformat(result[name]) if result.get(name) else None
 
     def change(job: JobRecord) -> dict[str, Any] | None:
         if job.state.terminal:
             return None
         return {
-            "state": RESULT_STATES.get(str(result.get("status")), JobState.FAILED),
-            "reason": str(result.get("reason", "")),
-            "exit_code": result.get("exit_code"),
-            "started_at": when("started_at"),
-            "finished_at": when("finished_at") or utcnow(),
-            "metrics": dict(result.get("metrics") or {}),
-            "outputs": list(result.get("outputs") or []),
+            "state": RESULT_STATES[result.status],
+            "reason": result.reason,
+            "exit_code": result.exit_code,
+            "started_at": result.started_at,
+            "finished_at": result.finished_at or utcnow(),
+            "metrics": dict(result.metrics),
+            "outputs": list(result.outputs),
         }
 
     return change

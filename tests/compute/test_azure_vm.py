@@ -43,6 +43,7 @@ from ephemerid.app import build_service
 from ephemerid.artifacts import get_bytes
 from ephemerid.compute import ComputeStatus, Handle
 from ephemerid.compute.azure_vm import TAG_DEADLINE, TAG_JOB
+from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
 from ephemerid.record import ComputeState, JobState, job_id_for, utcnow
@@ -492,8 +493,8 @@ def test_a_preempted_spot_job_checkpoints_and_resumes_on_a_second_vm(
     assert "spot eviction notice" in log
     assert "checkpointed at step 3" in log
     assert "starting at step 3" in log and "finished at step 6" in log
-    evicted = json.loads(get_bytes(azure.artifacts, names.run_key(job.id, "evicted-1.json")))
-    assert evicted["status"] == "evicted"
+    evicted = Result.loads(get_bytes(azure.artifacts, names.run_key(job.id, "evicted-1.json")))
+    assert evicted.status is RunStatus.EVICTED
     assert get_bytes(azure.artifacts, names.run_key(job.id, "checkpoint/step")) == b"3"
     [earlier] = done.earlier_compute
     assert earlier["spot"] is True and earlier["why"] == "evicted" and earlier["cost_usd"] > 0

@@ -16,6 +16,7 @@ from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, open_artifacts, put_bytes
 from ephemerid.compute import ComputeStatus, Handle
 from ephemerid.compute.local import LocalCompute
+from ephemerid.contract import Launch
 from ephemerid.errors import CapacityUnavailable
 from ephemerid.record import JobRecord
 from ephemerid.spec import JobSpec
@@ -74,17 +75,20 @@ def stage(artifacts: ArtifactStore, job_id: str, code_dir: Path, spec: JobSpec) 
     code = names.run_key(job_id, names.CODE_DIR)
     for path in code_dir.iterdir():
         put_bytes(artifacts, f"{code}/{path.name}", path.read_bytes())
-    launch = {
-        "job_id": job_id,
-        "spec": spec.model_dump(mode="json", exclude_none=True),
-        "code": code,
-        "inputs": {},
-        "model": None,
-        "heartbeat_s": 0.5,
-        "grace_s": 1.0,
-        "log_limit_bytes": 1024 * 1024,
-    }
-    put_bytes(artifacts, names.run_key(job_id, names.JOB_FILE), json.dumps(launch).encode())
+    launch = Launch(
+        job_id=job_id,
+        entrypoint=spec.entrypoint,
+        args=spec.args,
+        params=spec.params,
+        max_runtime_s=spec.compute.max_runtime,
+        code=code,
+        inputs={},
+        model=None,
+        heartbeat_s=0.5,
+        grace_s=1.0,
+        log_limit_bytes=1024 * 1024,
+    )
+    put_bytes(artifacts, names.run_key(job_id, names.JOB_FILE), launch.dumps())
     return JobRecord(id=job_id, key=f"test:{job_id}", spec=spec, source="test", backend="local")
 
 

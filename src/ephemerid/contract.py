@@ -1,0 +1,142 @@
+"""The runner contract: what a runner is told (``job.json``) and what it answers (``result.json``).
+
+Both files cross a machine boundary, and the service that writes a launch and the runner that
+reads it may be different ephemerid releases. So each document carries ``contract``, the version
+of its shape, and has one writer and one reader (``dumps`` and ``loads``, as arq's
+``serialize_job``/``deserialize_job``). ``loads`` refuses any other version with a ContractError
+that names both versions and what to install; a malformed document gets one naming the field.
+
+Within one version a reader ignores fields it does not know, so a release may add an optional
+field without a new version. Removing or changing a field, or adding one that a runner must obey
+to run the job correctly, needs ``CONTRACT_VERSION`` raised. A runner that refuses a launch still
+writes a result in its own version, so the job fails with that reason instead of hanging: a
+service must keep reading the results of every older contract it still launches.
+
+The runner imports this module, so it stays light: pydantic, names and errors, nothing of the
+service. The launch carries the few fields of the spec the runner runs, not the whole JobSpec:
+the record holds that, and a spec field the runner never reads must not make it refuse a job.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any, ClassVar, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from ephemerid import __version__, names
+from ephemerid.errors import ContractError
+
+CONTRACT_VERSION = 1
+
+# The service's defaults for what it tells a runner (Settings reads them from here).
+HEARTBEAT_S = 5.0
+GRACE_S = 10.0
+LOG_LIMIT_BYTES = 10 * 1024 * 1024
+
+
+class RunStatus(str, Enum):
+    """How a run ended, as the runner saw it (the job's state is the service's to decide)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    EVICTED = "evicted"  # the spot VM was preempted: the service runs the job again
+
+
+class _Document(BaseModel):
+    """A versioned file under ``runs/<job>/`` with its paired writer and reader."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    FILE: ClassVar[str]
+    READER: ClassVar[str]  # who reads it, for the version error: "runner" or "service"
+
+    contract: int = CONTRACT_VERSION  # for writers only: loads checks the document's own first
+    job_id: str = Field(min_length=1)
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def loads(cls, data: bytes, where: str = "") -> Self:
+        """Read a document of this contract version; ContractError naming ``where`` if not."""
+        where = where or cls.FILE
+        try:
+            document = json.loads(data)
+        except ValueError as exc:  # also bytes that are not UTF-8
+            raise ContractError(f"{where} is not JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ContractError(f"{where} must be a JSON object, not {type(document).__name__}")
+        cls._check_version(where, document.get("contract"))
+        try:
+            return cls.model_validate(document)
+        except ValidationError as exc:
+            raise ContractError(_explain(where, exc)) from exc
+
+    @classmethod
+    def _check_version(cls, where: str, version: Any) -> None:
+        if type(version) is int and version == CONTRACT_VERSION:
+            return
+        said = (
+            f"speaks runner contract {version}"
+            if type(version) is int
+            else "has no runner contract version ('contract')"
+        )
+        raise ContractError(
+            f"{where} {said}, but this {cls.READER} (ephemerid {__version__}) speaks contract "
+            f"{CONTRACT_VERSION}: run the same ephemerid release on the service and on the compute "
+            "(for azure-vm, EPHEMERID_RUNNER_PACKAGE; by default it is the service's own release)"
+        )
+
+
+class Launch(_Document):
+    """``runs/<job>/job.json``: all a runner is told, written once by the service at submit.
+
+    Keys (``code``, ``inputs``, ``model``) are artifact keys in the store the runner was given.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    FILE = names.JOB_FILE
+    READER = "runner"
+
+    entrypoint: str = Field(min_length=1)  # a path inside ``code``
+    args: list[str]
+    params: dict[str, Any]
+    max_runtime_s: float = Field(gt=0)
+    code: str = Field(min_length=1)
+    inputs: dict[str, str]  # input name -> key
+    model: str | None  # the registered model's files, for a predict job
+    heartbeat_s: float = Field(HEARTBEAT_S, gt=0)
+    grace_s: float = Field(GRACE_S, ge=0)
+    log_limit_bytes: int = Field(LOG_LIMIT_BYTES, ge=0)
+
+
+class Result(_Document):
+    """``runs/<job>/result.json``: how the run ended. Rank 0 writes it last: it is the completion
+    event. The runner fills it in as the run goes, so it is not frozen (assignments are checked).
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    FILE = names.RESULT_FILE
+    READER = "service"
+
+    status: RunStatus
+    reason: str = ""
+    exit_code: int | None = None
+    started_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
+    outputs: list[str] = Field(default_factory=list)  # keys under runs/<job>/outputs/
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+def _explain(where: str, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "missing":
+            problems.append(f"required field '{field}' is missing")
+        else:
+            problems.append(f"field '{field}': {err['msg']}")
+    return f"{where} is not valid under runner contract {CONTRACT_VERSION}: " + "; ".join(problems)
