@@ -15,7 +15,8 @@ from ephemerid.store import open_store
 
 
 def build_service(settings: Settings, notify: Callable[[JobRecord], None] | None = None) -> Service:
-    artifacts = open_artifacts(settings.artifacts_url)
+    storage = settings.storage.as_env()  # the connection, given to the adapters that need it
+    artifacts = open_artifacts(settings.artifacts_url, storage)
     backends: dict[str, ComputeBackend] = {
         "local": LocalCompute(
             settings.home / "compute",
@@ -33,7 +34,7 @@ def build_service(settings: Settings, notify: Callable[[JobRecord], None] | None
 
         backends["azure-ml"] = AzureMlCompute.from_settings(settings, artifacts)
     return Service(
-        open_store(settings.store_url),
+        open_store(settings.store_url, storage),
         artifacts,
         backends,
         settings,

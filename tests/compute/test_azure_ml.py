@@ -12,7 +12,6 @@ studio, real quotas and timings. docs/azure-ml.md lists the same.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -561,7 +560,7 @@ def test_an_azure_bucket_reaches_the_runner_as_an_endpoint_and_identity_never_a_
     assert account_key not in json.dumps(sim.ml.created[0].body)
     assert backend.teardown(handle) is True
     assert settings.azure_ml is not None
-    no_endpoint = dataclasses.replace(settings.azure_ml, blob_service_uri="")
+    no_endpoint = settings.azure_ml.model_copy(update={"blob_service_uri": ""})
     with pytest.raises(BadInput, match="EPHEMERID_STORAGE__accountName"):
         AzureMlCompute(lambda: connect(no_endpoint), no_endpoint, bucket)
 

@@ -8,7 +8,6 @@ by deployment are app settings (``%NAME%``); ``APP_SETTING_DEFAULTS`` gives thei
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 
 import azure.functions as func
@@ -34,8 +33,7 @@ APP_SETTING_DEFAULTS = {
 @functools.cache
 def handlers_from_settings() -> Handlers:
     settings = Settings.from_env()
-    queue = os.environ.get("EPHEMERID_JOBS_QUEUE", APP_SETTING_DEFAULTS["EPHEMERID_JOBS_QUEUE"])
-    return Handlers(build_service(settings), load_rules(settings), jobs_queue=queue)
+    return Handlers(build_service(settings), load_rules(settings), jobs_queue=settings.jobs_queue)
 
 
 def register(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:

@@ -24,13 +24,13 @@ from ephemerid.intake import (
     queue_defaults,
     record_rejection,
 )
+from ephemerid.names import JOBS_QUEUE
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState, utcnow
 from ephemerid.rules import Rules
 from ephemerid.service import Service
 
 log = logging.getLogger("ephemerid")
-JOBS_QUEUE = "jobs"
 
 
 @dataclass
