@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ephemerid.errors import BadInput
@@ -53,8 +54,9 @@ class EnvMapping(PydanticBaseSettingsSource):
         self.env = env
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        name = field.alias or field_name
-        return (self.env.get(name) or None) if field.alias else None, name, False
+        if not field.alias:  # a part of the settings (a backend's), not a setting
+            return None, field_name, False
+        return self.env.get(field.alias) or None, field.alias, False
 
     def __call__(self) -> dict[str, Any]:
         found = (self.get_field_value(f, n) for n, f in self.settings_cls.model_fields.items())
@@ -296,20 +298,22 @@ def _explain(model: type[_Settings], exc: ValidationError) -> Iterator[str]:
         field = fields.get(key)
         name = field.alias if field is not None and field.alias else key
         what = field.description if field is not None else None
-        kind = error["type"]
-        if kind == "value_error":
-            problem = str(error["ctx"]["error"])
-        elif kind == "bool_parsing":
-            problem = "is not true or false"
-        elif what and (kind.endswith("_parsing") or kind.endswith("_type")):
-            problem = f"is not a number: write {what}"
-        elif what:
-            problem = f"must be {what}"
-        else:
-            problem = f"is refused: {error['msg']}"
+        problem = _problem(error, what)
         if what and field is not None and not field.is_required() and field.default is not None:
             problem += f" (default {field.default})"
         yield f"{name}='{error.get('input')}' {problem}"
+
+
+def _problem(error: ErrorDetails, what: str | None) -> str:
+    """What is wrong with a value, and what to write: ``what`` is the field's description."""
+    kind = error["type"]
+    if kind == "value_error":  # our own validators say it all
+        return str(error["ctx"]["error"])
+    if kind == "bool_parsing":
+        return "is not true or false"
+    if what and (kind.endswith("_parsing") or kind.endswith("_type")):
+        return f"is not a number: write {what}"
+    return f"must be {what}" if what else f"is refused: {error['msg']}"
 
 
 def _summary(problems: list[str]) -> str:
