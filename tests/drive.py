@@ -8,7 +8,6 @@ source would do it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -196,4 +195,4 @@ def cleaned_up(service: Service) -> Iterator[Service]:
 
 def service_with(settings: Settings, **changes: Any) -> AbstractContextManager[Service]:
     """A service on ``settings`` with ``changes``, cleaned up after."""
-    return cleaned_up(build_service(dataclasses.replace(settings, **changes)))
+    return cleaned_up(build_service(settings.model_copy(update=changes)))

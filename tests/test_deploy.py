@@ -9,7 +9,6 @@ does not follow fails here.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -25,15 +24,7 @@ from ephemerid import names
 from ephemerid.compute import ADAPTERS
 from ephemerid.functions import APP_SETTING_DEFAULTS, handlers_from_settings, register
 from ephemerid.functions.handlers import JOBS_QUEUE
-from ephemerid.settings import (
-    _AZURE_ML_NUMBERS,
-    _AZURE_ML_OPTIONAL,
-    _AZURE_ML_REQUIRED,
-    _AZURE_VM_REQUIRED,
-    PREFIX,
-    AzureMlSettings,
-    Settings,
-)
+from ephemerid.settings import PREFIX, AzureMlSettings, AzureVmSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -111,7 +102,7 @@ def settings_the_code_knows() -> set[str]:
     """Every EPHEMERID_* name in the package's source, and each Settings field's name."""
     text = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
     known = set(re.findall(r"\b(EPHEMERID_[A-Za-z_]+)\b", text))
-    known |= {f"{PREFIX}{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    known |= {f.alias for f in Settings.model_fields.values() if f.alias}
     connections = {b["connection"] for _, b in bindings() if b.get("connection")}
     suffixes = {s for options in CONNECTION_SUFFIXES.values() for s in options}
     known |= {f"{c}__{s}" for c in connections for s in suffixes | {"tableServiceUri"}}
@@ -227,10 +218,10 @@ def test_azure_yaml_names_a_python_function_service_and_hooks_that_exist() -> No
 
 def test_every_setting_the_functions_and_backends_read_is_set_in_bicep() -> None:
     needed = settings_the_bindings_name() | set(APP_SETTING_DEFAULTS) | set(HOST_STORAGE)
-    needed |= set(_AZURE_VM_REQUIRED.values()) | {"EPHEMERID_VM_IDENTITY_CLIENT_ID"}
-    needed |= set(_AZURE_ML_REQUIRED.values()) | {"EPHEMERID_AML_LOW_PRIORITY"}
-    aml_cluster = {"identity_client_id", "node_sku", "datastore"}  # what the bill and jobs use
-    needed |= {_AZURE_ML_OPTIONAL[k] for k in aml_cluster} | {_AZURE_ML_NUMBERS["idle_s"]}
+    needed |= set(AzureVmSettings.required_settings()) | {"EPHEMERID_VM_IDENTITY_CLIENT_ID"}
+    needed |= set(AzureMlSettings.required_settings()) | {"EPHEMERID_AML_LOW_PRIORITY"}
+    aml_cluster = {"identity_client_id", "node_sku", "datastore", "idle_s"}  # the bill and jobs
+    needed |= {AzureMlSettings.setting(k) for k in aml_cluster}
     needed |= {"EPHEMERID_STORE", "EPHEMERID_ARTIFACTS", "EPHEMERID_HOME"}
 
     missing = sorted(needed - set(app_settings()))
@@ -283,7 +274,10 @@ def test_the_azure_ml_settings_name_the_workspace_cluster_environment_and_datast
     assert "ephemerid[azure]==" in aml
     datastore = block(aml, aml.index("resource runsDatastore "))
     assert f"name: {settings['EPHEMERID_AML_DATASTORE']}" in datastore
-    assert settings["EPHEMERID_AML_DATASTORE"] == f"'{AzureMlSettings.datastore}'"
+    assert (
+        settings["EPHEMERID_AML_DATASTORE"]
+        == f"'{AzureMlSettings.model_fields['datastore'].default}'"
+    )
     assert f"containerName: '{names.RUNS}'" in datastore
     assert "credentialsType: 'None'" in datastore  # identity-based: no key
 
@@ -298,7 +292,7 @@ def test_the_cluster_scales_to_zero_and_the_bill_counts_the_idle_time_it_is_give
     assert "nodeIdleTimeBeforeScaleDown: 'PT${idleSeconds}S'" in cluster
     assert "idleSeconds: amlIdleSeconds" in module
     assert settings["EPHEMERID_AML_IDLE_S"] == "string(amlIdleSeconds)"
-    assert default and float(default.group(1)) == AzureMlSettings.idle_s
+    assert default and float(default.group(1)) == AzureMlSettings.model_fields["idle_s"].default
     assert "vmPriority: lowPriority ? 'LowPriority' : 'Dedicated'" in cluster
     assert settings["EPHEMERID_AML_LOW_PRIORITY"] == "string(amlLowPriority)"
     assert settings["EPHEMERID_AML_SKU"] == "amlClusterSku"

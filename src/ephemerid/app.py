@@ -14,13 +14,14 @@ from ephemerid.store import open_store
 
 
 def build_service(settings: Settings, notify: Callable[[JobRecord], None] | None = None) -> Service:
-    artifacts = open_artifacts(settings.artifacts_url)
+    storage = settings.storage.as_env()  # the connection, given to the adapters that need it
+    artifacts = open_artifacts(settings.artifacts_url, storage)
     return Service(
-        open_store(settings.store_url),
+        open_store(settings.store_url, storage),
         artifacts,
         build_backends(settings, artifacts),
         settings,
-        notify or (lambda job: None),
+        notify,
     )
 
 

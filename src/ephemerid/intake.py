@@ -26,6 +26,7 @@ from typing import Any
 from ephemerid import names
 from ephemerid.artifacts import safe_key
 from ephemerid.errors import BadInput, NotFound, SpecError
+from ephemerid.names import JOBS_QUEUE
 from ephemerid.record import JobRecord, utcnow
 from ephemerid.rules import Rules, merge
 from ephemerid.service import Service, Submitted
@@ -33,7 +34,6 @@ from ephemerid.spec import JobSpec, validate_spec
 
 log = logging.getLogger("ephemerid")
 MAX_BODY_BYTES = 256 * 1024
-JOBS_QUEUE = "jobs"
 
 
 @dataclass

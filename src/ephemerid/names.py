@@ -7,6 +7,7 @@ RUNS = "runs"
 MODELS = "models"
 CONTAINERS = (INCOMING, RUNS, MODELS)
 JOBS_TABLE = "jobs"
+JOBS_QUEUE = "jobs"  # the queue the job messages go through (EPHEMERID_JOBS_QUEUE)
 
 # Files under runs/<job>/ ; result.json is written last and is itself the completion event.
 JOB_FILE = "job.json"

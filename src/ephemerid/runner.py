@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         rank = Rank.from_env()
     except ValueError as exc:
         parser.error(str(exc))
-    store = open_artifacts(args.artifacts)
+    store = open_artifacts(args.artifacts, os.environ)  # the connection the compute gave it
     runner = Runner(store, args.job, args.work_dir, events, rank=rank)
     return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import resource
 import sys
 from collections.abc import Iterable
@@ -49,7 +50,7 @@ def peak_rss_bytes() -> int:
 def stream_through(root_uri: str, size_mb: int) -> dict[str, Any]:
     from ephemerid.artifacts import get_bytes, open_artifacts, put_bytes
 
-    store = open_artifacts(root_uri)
+    store = open_artifacts(root_uri, os.environ)
     put_bytes(store, "incoming/warmup/small.bin", b"w" * 1024)  # imports and connections
     get_bytes(store, "incoming/warmup/small.bin")
     blocks = [bytes([i]) * MB for i in range(4)]

@@ -12,7 +12,6 @@ studio, real quotas and timings. docs/azure-ml.md lists the same.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -357,6 +356,9 @@ def test_a_job_queued_while_the_cluster_is_full_is_not_failed_for_a_missing_hear
         first = azure.submit(ml_spec(code_dir, fields={"idempotency_key": "first"})).job
         second = azure.submit(ml_spec(code_dir, fields={"idempotency_key": "second"})).job
         started(sim, first.handle["aml_job"])
+        # the simulator moves a job on one step per look: wait, however slow this machine is
+        queued = "the second job to queue behind the first"
+        wait_for(lambda: status(sim, second.handle["aml_job"]) == "Queued", queued)
         later = utcnow() + timedelta(seconds=5)
         beat = json.dumps({"at": later.isoformat()}).encode()
         put_bytes(azure.artifacts, names.run_key(first.id, names.HEARTBEAT_FILE), beat)
@@ -561,7 +563,7 @@ def test_an_azure_bucket_reaches_the_runner_as_an_endpoint_and_identity_never_a_
     assert account_key not in json.dumps(sim.ml.created[0].body)
     assert backend.teardown(handle) is True
     assert settings.azure_ml is not None
-    no_endpoint = dataclasses.replace(settings.azure_ml, blob_service_uri="")
+    no_endpoint = settings.azure_ml.model_copy(update={"blob_service_uri": ""})
     with pytest.raises(BadInput, match="EPHEMERID_STORAGE__accountName"):
         AzureMlCompute(lambda: connect(no_endpoint), no_endpoint, bucket)
 

@@ -8,7 +8,6 @@ blob container. Everything streams: no verb reads a whole file into memory excep
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -159,13 +158,13 @@ def copy_prefix(store: ArtifactStore, src: str, dst: str) -> list[str]:
     return keys
 
 
-def _local(target: str, env: Mapping[str, str]) -> ArtifactStore:
+def _local(target: str, storage: Mapping[str, str]) -> ArtifactStore:
     from ephemerid.artifacts.local import LocalArtifactStore
 
     return LocalArtifactStore(Path(target))
 
 
-def _blob(target: str, env: Mapping[str, str]) -> ArtifactStore:
+def _blob(target: str, storage: Mapping[str, str]) -> ArtifactStore:
     from ephemerid.artifacts.blob import BlobArtifactStore
     from ephemerid.azure.connection import storage_connection
 
@@ -174,22 +173,26 @@ def _blob(target: str, env: Mapping[str, str]) -> ArtifactStore:
             f"az://{target}: the Azure bucket's root is plain az:// (account from "
             "the EPHEMERID_STORAGE connection)"
         )
-    return BlobArtifactStore(storage_connection(env))
+    return BlobArtifactStore(storage_connection(storage))
 
 
-# scheme -> factory taking the rest of the root URI and the settings' environment
+# scheme -> factory taking the rest of the root URI and the storage connection's settings
 ADAPTERS: dict[str, Callable[[str, Mapping[str, str]], ArtifactStore]] = {
     "file": _local,
     "az": _blob,
 }
 
 
-def open_artifacts(root_uri: str, env: Mapping[str, str] | None = None) -> ArtifactStore:
-    """``file:///abs/bucket`` (local folder) or ``az://`` (Azure Blob Storage)."""
+def open_artifacts(root_uri: str, storage: Mapping[str, str] | None = None) -> ArtifactStore:
+    """``file:///abs/bucket`` (local folder) or ``az://`` (Azure Blob Storage).
+
+    ``storage`` is the EPHEMERID_STORAGE connection's settings by name (``Settings.storage``);
+    none given, there is no connection, and ``az://`` says which settings to set.
+    """
     scheme, sep, rest = root_uri.partition("://")
     if not sep or scheme not in ADAPTERS:
         raise BadInput(
             f"artifact store '{root_uri}' is not supported: use one of "
             + ", ".join(f"{name}://..." for name in ADAPTERS)
         )
-    return ADAPTERS[scheme](rest, os.environ if env is None else env)
+    return ADAPTERS[scheme](rest, storage or {})

@@ -8,15 +8,13 @@ by deployment are app settings (``%NAME%``); ``APP_SETTING_DEFAULTS`` gives thei
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 
 import azure.functions as func
 
 from ephemerid.app import build_service, load_rules
 from ephemerid.functions.handlers import Handlers
-from ephemerid.intake import JOBS_QUEUE
-from ephemerid.names import INCOMING, RESULT_FILE, RUNS
+from ephemerid.names import INCOMING, JOBS_QUEUE, RESULT_FILE, RUNS
 from ephemerid.settings import Settings
 
 STORAGE_CONNECTION = "EPHEMERID_STORAGE"
@@ -35,8 +33,7 @@ APP_SETTING_DEFAULTS = {
 @functools.cache
 def handlers_from_settings() -> Handlers:
     settings = Settings.from_env()
-    queue = os.environ.get("EPHEMERID_JOBS_QUEUE", APP_SETTING_DEFAULTS["EPHEMERID_JOBS_QUEUE"])
-    return Handlers(build_service(settings), load_rules(settings), jobs_queue=queue)
+    return Handlers(build_service(settings), load_rules(settings), jobs_queue=settings.jobs_queue)
 
 
 def register(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:

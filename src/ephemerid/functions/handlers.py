@@ -17,7 +17,8 @@ from typing import Any
 import azure.functions as func
 
 from ephemerid.errors import BadInput, Conflict, NotFound, Unavailable
-from ephemerid.intake import JOBS_QUEUE, Intake
+from ephemerid.intake import Intake
+from ephemerid.names import JOBS_QUEUE
 from ephemerid.reaper import reap
 from ephemerid.record import JobState, utcnow
 from ephemerid.rules import Rules

@@ -7,7 +7,6 @@ same event cannot both move a job forward.
 from __future__ import annotations
 
 import builtins
-import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
@@ -42,32 +41,36 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-def _sqlite(target: str, env: Mapping[str, str]) -> JobStore:
+def _sqlite(target: str, storage: Mapping[str, str]) -> JobStore:
     from ephemerid.store.sqlite import SqliteJobStore
 
     return SqliteJobStore(target)
 
 
-def _table(target: str, env: Mapping[str, str]) -> JobStore:
+def _table(target: str, storage: Mapping[str, str]) -> JobStore:
     from ephemerid.azure.connection import storage_connection
     from ephemerid.store.table import TableJobStore
 
-    return TableJobStore(storage_connection(env), target or JOBS_TABLE)
+    return TableJobStore(storage_connection(storage), target or JOBS_TABLE)
 
 
-# scheme -> factory taking the rest of the URL and the settings' environment
+# scheme -> factory taking the rest of the URL and the storage connection's settings
 ADAPTERS: dict[str, Callable[[str, Mapping[str, str]], JobStore]] = {
     "sqlite": _sqlite,
     "table": _table,
 }
 
 
-def open_store(url: str, env: Mapping[str, str] | None = None) -> JobStore:
-    """``sqlite:///abs/path/jobs.db`` or ``table://jobs`` (Azure Table Storage)."""
+def open_store(url: str, storage: Mapping[str, str] | None = None) -> JobStore:
+    """``sqlite:///abs/path/jobs.db`` or ``table://jobs`` (Azure Table Storage).
+
+    ``storage`` is the EPHEMERID_STORAGE connection's settings by name (``Settings.storage``);
+    none given, there is no connection, and a ``table://`` store says which settings to set.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ADAPTERS:
         raise BadInput(
             f"job store URL '{url}' is not supported: use one of "
             + ", ".join(f"{name}://..." for name in ADAPTERS)
         )
-    return ADAPTERS[scheme](rest, os.environ if env is None else env)
+    return ADAPTERS[scheme](rest, storage or {})
