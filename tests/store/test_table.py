@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azure.functions.blob import InputStream
 
 from ephemerid import names
 from ephemerid.artifacts import put_bytes
 from ephemerid.azure.connection import storage_connection
 from ephemerid.errors import BadInput, NotFound, Unavailable
+from ephemerid.functions.handlers import Handlers
 from ephemerid.intake import on_blob_created
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for
 from ephemerid.rules import Rules
@@ -218,6 +220,9 @@ def test_a_result_seen_while_the_table_is_unavailable_raises_and_completes_once_
 
     with pytest.raises(Unavailable, match=running.id):  # the platform delivers it again
         on_blob_created(on_table, rules, key, etag)
+    event = InputStream(data=b"", name=key, length=2, blob_properties={"ETag": f'"{etag}"'})
+    with pytest.raises(Unavailable, match=running.id):  # out of the function, not swallowed
+        Handlers(on_table, rules).run_result(event)
 
     outage.end()
     assert flaky.get(running.id).state is JobState.RUNNING
