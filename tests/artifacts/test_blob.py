@@ -1,7 +1,8 @@
 """BlobArtifactStore on Azurite: what only the Blob Storage bucket does (the contract is elsewhere).
 
 Each upload records its SHA-256 in the blob's metadata, logs are append blobs, and the bucket is
-the whole storage account: its root is plain ``az://``.
+the whole storage account: its root is plain ``az://``. A blob service that is busy or unreachable
+is Unavailable, never an absent artifact.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import pytest
 from artifacts.streams import MB
 from ephemerid.artifacts import get_bytes, open_artifacts, put_bytes
 from ephemerid.artifacts.blob import BLOCK, BlobArtifactStore
-from ephemerid.errors import BadInput
+from ephemerid.azure.connection import storage_connection
+from ephemerid.errors import AccessDenied, BadInput, NotFound, Unavailable
+from outage import Outage
 
 
 @pytest.fixture
@@ -85,3 +88,61 @@ def test_a_missing_storage_connection_is_bad_input_naming_the_settings_to_set() 
 
     assert "EPHEMERID_STORAGE " in str(caught.value)
     assert "EPHEMERID_STORAGE__accountName" in str(caught.value)
+
+
+# -- a service that fails is not an artifact that is absent ---------------------------------------
+
+
+@pytest.fixture
+def outage() -> Outage:
+    return Outage()
+
+
+@pytest.fixture
+def flaky(azurite_connection: str, outage: Outage) -> Iterator[BlobArtifactStore]:
+    """A bucket whose transport answers what ``outage`` says while it lasts."""
+    connection = storage_connection({"EPHEMERID_STORAGE": azurite_connection})
+    opened = BlobArtifactStore(connection, **outage.client_options())
+    yield opened
+    opened.client.close()
+
+
+def test_a_busy_blob_service_is_unavailable_for_reads_stats_lists_and_writes(
+    flaky: BlobArtifactStore, outage: Outage
+) -> None:
+    put_bytes(flaky, "runs/j/result.json", b"{}")
+    outage.answer(503)
+
+    with pytest.raises(Unavailable, match=r"az://runs/j/result\.json"):
+        get_bytes(flaky, "runs/j/result.json")
+    with pytest.raises(Unavailable, match=r"az://runs/j/result\.json"):
+        flaky.stat("runs/j/result.json")  # not None: absent is not what it said
+    with pytest.raises(Unavailable, match="az://runs/j/"):
+        list(flaky.list("runs/j/"))
+    with pytest.raises(Unavailable, match=r"az://runs/j/other\.json"):
+        put_bytes(flaky, "runs/j/other.json", b"{}")
+    outage.end()
+    assert get_bytes(flaky, "runs/j/result.json") == b"{}"
+
+
+def test_a_reset_connection_is_unavailable_and_a_missing_blob_still_not_found(
+    flaky: BlobArtifactStore, outage: Outage
+) -> None:
+    put_bytes(flaky, "runs/j/log.txt", b"x")
+
+    with pytest.raises(NotFound, match="az://runs/j/absent"):
+        get_bytes(flaky, "runs/j/absent")
+    assert flaky.stat("runs/j/absent") is None
+    outage.reset()
+    with pytest.raises(Unavailable, match=r"az://runs/j/log\.txt"):
+        flaky.append("runs/j/log.txt", b"y")
+
+
+def test_a_refused_identity_is_access_denied_naming_the_role(
+    flaky: BlobArtifactStore, outage: Outage
+) -> None:
+    put_bytes(flaky, "runs/j/result.json", b"{}")
+    outage.answer(403, "AuthorizationPermissionMismatch")
+
+    with pytest.raises(AccessDenied, match="Storage Blob Data Contributor"):
+        get_bytes(flaky, "runs/j/result.json")

@@ -1,21 +1,33 @@
 """TableJobStore on Azurite: what only the Azure Table store does (the contract is elsewhere).
 
 Records are split over several string properties, and open jobs are also kept in a small index
-partition that is a hint, never the truth.
+partition that is a hint, never the truth. Only a definite 404 is NotFound: a table service that
+is busy or unreachable is Unavailable, and a result seen meanwhile is retried, never dropped.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from azure.functions.blob import InputStream
 
-from ephemerid.errors import BadInput
+from ephemerid import names
+from ephemerid.artifacts import put_bytes
+from ephemerid.azure.connection import storage_connection
+from ephemerid.errors import BadInput, NotFound, Unavailable
+from ephemerid.functions.handlers import Handlers
+from ephemerid.intake import on_blob_created
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for
+from ephemerid.rules import Rules
+from ephemerid.service import Service
 from ephemerid.spec import validate_spec
 from ephemerid.store import open_store
 from ephemerid.store.table import OPEN, ROW, TableJobStore
+from outage import Outage
 
 
 def record(key: str, **params: object) -> JobRecord:
@@ -29,6 +41,20 @@ def record(key: str, **params: object) -> JobRecord:
 def store(azurite_connection: str) -> Iterator[TableJobStore]:
     opened = open_store(f"table://t{uuid.uuid4().hex}", {"EPHEMERID_STORAGE": azurite_connection})
     assert isinstance(opened, TableJobStore)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def outage() -> Outage:
+    return Outage()
+
+
+@pytest.fixture
+def flaky(azurite_connection: str, outage: Outage) -> Iterator[TableJobStore]:
+    """A table store whose transport answers what ``outage`` says while it lasts."""
+    connection = storage_connection({"EPHEMERID_STORAGE": azurite_connection})
+    opened = TableJobStore(connection, f"t{uuid.uuid4().hex}", **outage.client_options())
     yield opened
     opened.close()
 
@@ -136,3 +162,71 @@ def test_the_table_defaults_to_jobs(azurite_connection: str) -> None:
         assert store.client.table_name == "jobs"
     finally:
         store.close()
+
+
+# -- a service that fails is not a job that is absent --------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "ServerBusy"), (500, "InternalError")])
+def test_a_server_error_from_the_table_is_unavailable_not_not_found(
+    flaky: TableJobStore, outage: Outage, status: int, code: str
+) -> None:
+    job, _ = flaky.create_if_absent(record("busy"))
+    outage.answer(status, code)
+
+    with pytest.raises(Unavailable, match=job.id) as caught:
+        flaky.get(job.id)
+
+    assert not isinstance(caught.value, NotFound)
+    assert "retried" in str(caught.value)
+    outage.end()
+    assert flaky.get(job.id) == job
+
+
+def test_throttling_and_a_reset_connection_are_unavailable(
+    flaky: TableJobStore, outage: Outage
+) -> None:
+    job, _ = flaky.create_if_absent(record("throttled"))
+
+    outage.answer(429, "TooManyRequests")
+    with pytest.raises(Unavailable, match=job.id):
+        flaky.get(job.id)
+    outage.reset()
+    with pytest.raises(Unavailable, match=job.id):
+        flaky.get(job.id)
+    with pytest.raises(Unavailable):
+        flaky.list_open()
+
+
+def test_a_404_from_the_table_is_still_not_found(flaky: TableJobStore, outage: Outage) -> None:
+    with pytest.raises(NotFound, match="train-000000000000"):
+        flaky.get("train-000000000000")  # Azurite's own 404
+
+    outage.answer(404, "ResourceNotFound")
+    with pytest.raises(NotFound, match="train-000000000001"):
+        flaky.get("train-000000000001")
+
+
+def test_a_result_seen_while_the_table_is_unavailable_raises_and_completes_once_it_answers(
+    flaky: TableJobStore, outage: Outage, service: Service
+) -> None:
+    on_table = Service(flaky, service.artifacts, service.backends, service.settings)
+    stored, _ = flaky.create_if_absent(record("result-in-an-outage").evolve(backend="local"))
+    running = flaky.update(stored.evolve(state=JobState.RUNNING))
+    key = names.run_key(running.id, names.RESULT_FILE)
+    etag = put_bytes(service.artifacts, key, json.dumps({"status": "succeeded"}).encode()).etag
+    rules = Rules.parse("", base=Path())
+    outage.answer(503)
+
+    with pytest.raises(Unavailable, match=running.id):  # the platform delivers it again
+        on_blob_created(on_table, rules, key, etag)
+    event = InputStream(data=b"", name=key, length=2, blob_properties={"ETag": f'"{etag}"'})
+    with pytest.raises(Unavailable, match=running.id):  # out of the function, not swallowed
+        Handlers(on_table, rules).run_result(event)
+
+    outage.end()
+    assert flaky.get(running.id).state is JobState.RUNNING
+    completed = on_blob_created(on_table, rules, key, etag).completed
+    assert completed is not None
+    assert completed.state is JobState.SUCCEEDED
+    assert flaky.get(running.id).state is JobState.SUCCEEDED

@@ -8,13 +8,12 @@ can give back what no job owns any more.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ephemerid.errors import BadInput, ComputeError, SpecError
+from ephemerid.errors import BadInput, SpecError
 from ephemerid.record import JobRecord
 from ephemerid.spec import JobSpec
 
@@ -68,32 +67,6 @@ class ComputeBackend(Protocol):
 
     def close(self) -> None:
         """Let go of connections (an ARM client); the compute itself is not touched."""
-
-
-# What a cloud backend puts in a name or an environment value it sends: nothing else passes.
-_JOB_ID = re.compile(r"^[a-z]+-[0-9a-f]{12}$")
-SAFE_ENV_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=?&%-]+$")
-
-
-def compute_name(backend: str, what: str, job_id: str, attempt: int) -> str:
-    """``eph-<job>-<attempt>``: named from the job, a retried provision finds what it started."""
-    if not _JOB_ID.match(job_id):
-        raise ComputeError(f"{backend}: job id '{job_id}' cannot name {what}")
-    return f"eph-{job_id}-{attempt}"
-
-
-def runner_env(
-    artifacts_uri: str, job_id: str, blob_service_uri: str, identity_client_id: str
-) -> dict[str, str]:
-    """All the runner on cloud compute is told: the bucket and the job and, for an Azure bucket,
-    its blob endpoint and the identity to reach it with; never a key."""
-    env = {"EPHEMERID_ARTIFACTS": artifacts_uri, "EPHEMERID_JOB": job_id}
-    if blob_service_uri:
-        env["EPHEMERID_STORAGE__blobServiceUri"] = blob_service_uri
-        env["EPHEMERID_STORAGE__credential"] = "managedidentity"
-    if blob_service_uri and identity_client_id:
-        env["EPHEMERID_STORAGE__clientId"] = identity_client_id
-    return env
 
 
 def check_one_machine(backend: str, spec: JobSpec) -> None:

@@ -35,23 +35,26 @@ from typing import Any
 
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore
-from ephemerid.compute import (
-    SAFE_ENV_VALUE,
-    ComputeStatus,
-    Handle,
+from ephemerid.azure import clients
+from ephemerid.azure.compute import (
+    TAG_JOB,
+    check_env,
     compute_name,
+    deadline_margin_s,
+    retry_delays,
     runner_env,
 )
-from ephemerid.compute.arm_errors import describe, error_tree, transient
+from ephemerid.azure.errors import describe, error_tree, transient
+from ephemerid.compute import ComputeStatus, Handle
 from ephemerid.compute.prices import PriceTable
-from ephemerid.errors import BadInput, ComputeError, SpecError, require_extra
+from ephemerid.errors import BadInput, ComputeError, SpecError
 from ephemerid.record import JobRecord
 from ephemerid.settings import AzureMlSettings, Settings
 from ephemerid.spec import JobSpec, Spot
 
 log = logging.getLogger("ephemerid")
+__all__ = ["COMMAND", "TAG_JOB", "AzureMlCompute", "connect", "status_of"]
 
-TAG_JOB = "ephemerid-job"
 # The whole command Azure ML runs in the job's shell: no value from the job is in it.
 COMMAND = (
     'python -m ephemerid.runner --artifacts "$EPHEMERID_ARTIFACTS" --job "$EPHEMERID_JOB" '
@@ -83,24 +86,8 @@ def connect(config: AzureMlSettings) -> Any:
 
 
 def _client(config: AzureMlSettings) -> Any:
-    if config.arm_endpoint:
-        from ephemerid.testing.arm import ml_client
-
-        return ml_client(
-            config.arm_endpoint, config.resource_group, config.workspace, config.subscription_id
-        )
-    require_extra("azure.ai.ml", "azure")
-    require_extra("azure.identity", "azure")
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
-    return MLClient(
-        DefaultAzureCredential(),
-        config.subscription_id,
-        config.resource_group,
-        config.workspace,
-        enable_telemetry=False,
-        show_progress=False,
+    return clients.ml_client(
+        config.subscription_id, config.resource_group, config.workspace, config.arm_endpoint
     )
 
 
@@ -146,7 +133,6 @@ class AzureMlCompute:
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> AzureMlCompute:
         if settings.azure_ml is None:
             raise BadInput("the azure-ml backend is not configured: see docs/azure-ml.md")
-        margin = settings.provision_timeout_s + settings.grace_s + settings.heartbeat_timeout_s
         config = settings.azure_ml
         return cls(
             lambda: connect(config),
@@ -154,7 +140,7 @@ class AzureMlCompute:
             artifacts,
             prices=PriceTable.load(settings.price_table),
             timeout_s=settings.provision_timeout_s,
-            deadline_margin_s=margin,
+            deadline_margin_s=deadline_margin_s(settings),
         )
 
     # -- the verbs ---------------------------------------------------------------------------
@@ -250,7 +236,7 @@ class AzureMlCompute:
                     return True
             self._sleep(min(max(self.config.arm_retry_s, 0.05), 1.0))
         last = "not tried"
-        for delay in (0.0, *(self.config.arm_retry_s * 2**i for i in range(3))):
+        for delay in retry_delays(self.config.arm_retry_s):
             self._sleep(delay)
             try:
                 if self._ended(name):
@@ -324,12 +310,7 @@ class AzureMlCompute:
         env = runner_env(
             self.artifacts_uri, job_id, config.blob_service_uri, config.identity_client_id
         )
-        for key, value in env.items():
-            if not SAFE_ENV_VALUE.match(value):
-                raise ComputeError(
-                    f"azure-ml: {key}='{value}' cannot go into the job's environment"
-                )
-        return env
+        return check_env(self.name, "the job's environment", env)
 
     def _handle(self, job_id: str, aml_job: Any) -> Handle:
         data = self._data(aml_job)

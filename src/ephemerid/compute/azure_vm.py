@@ -1,13 +1,8 @@
 """Azure VM compute: one GPU VM per job, rented through Azure Resource Manager, always given back.
 
 ``provision`` makes one VM per job, named from the job id (``eph-<job>-<attempt>``) so a retried
-provision finds the VM it already started. The NIC and the OS disk are defined inside the VM with
-``deleteOption: Delete``, so one DELETE removes all three; there is no public IP; the VM gets the
-configured user-assigned identity and the tags ``ephemerid-job`` and ``ephemerid-deadline``.
-Its cloud-init installs a pinned runner and starts it with the job's URI and nothing else: no
-key, token or SAS (the runner reaches the bucket with the VM's identity), and nothing from the
-spec in shell text (values go to an environment file systemd reads, checked against a strict
-pattern first).
+provision finds the VM it already started; what it sends (the VM body, its cloud-init) is
+``ephemerid.compute.vm_body``.
 
 Placement tries, in order, each spot choice (``spot: prefer`` tries spot first), each SKU of the
 spec and each configured region or zone. Capacity and quota refusals move on to the next; when
@@ -20,46 +15,51 @@ False so it stays owed. ``list_owned`` is every VM of the resource group tagged 
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import yaml
-
 from ephemerid import __version__
-from ephemerid.compute import (
-    SAFE_ENV_VALUE,
-    ComputeStatus,
-    Handle,
-    check_one_machine,
+from ephemerid.azure import clients
+from ephemerid.azure.compute import (
+    TAG_DEADLINE,
+    TAG_JOB,
     compute_name,
+    deadline_margin_s,
+    retry_delays,
     runner_env,
 )
-from ephemerid.compute.arm_errors import describe, error_tree, transient
+from ephemerid.azure.errors import describe, error_tree, transient
+from ephemerid.compute import ComputeStatus, Handle, check_one_machine
 from ephemerid.compute.prices import PriceTable
+from ephemerid.compute.vm_body import (
+    ENV_FILE,
+    UNIT_FILE,
+    VENV,
+    Placement,
+    VmBody,
+    placements,
+    throwaway_public_key,
+)
 from ephemerid.errors import (
     BadInput,
     CapacityUnavailable,
     ComputeError,
     EphemeridError,
     SpecError,
-    require_extra,
 )
 from ephemerid.record import JobRecord, utcnow
 from ephemerid.settings import AzureVmSettings, Settings
-from ephemerid.spec import ComputeRequest, JobSpec, Spot
+from ephemerid.spec import JobSpec
 
+__all__ = ["ENV_FILE", "TAG_DEADLINE", "TAG_JOB", "UNIT_FILE", "VENV", "AzureVmCompute"]
 log = logging.getLogger("ephemerid")
 
 # an Azure VM size: Standard_NC4as_T4_v3, Standard_ND96asr_v4, Basic_A1
 VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")
-TAG_JOB = "ephemerid-job"
-TAG_DEADLINE = "ephemerid-deadline"
 CAPACITY_CODES = frozenset(
     {
         "SkuNotAvailable",
@@ -70,90 +70,11 @@ CAPACITY_CODES = frozenset(
     }
 )
 GONE_POWER = frozenset({"stopping", "stopped", "deallocating", "deallocated"})
-ENV_FILE = "/etc/ephemerid/runner.env"
-UNIT_FILE = "/etc/systemd/system/ephemerid-runner.service"
-VENV = "/opt/ephemerid"
-WORK_DIR = "/var/lib/ephemerid/work"
-ADMIN = "ephemerid"
-UNIT = f"""[Unit]
-Description=ephemerid runner: one job, then this VM is deleted
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=exec
-EnvironmentFile={ENV_FILE}
-WorkingDirectory=/var/lib/ephemerid
-ExecStart={VENV}/bin/python -m ephemerid.runner --artifacts ${{EPHEMERID_ARTIFACTS}} \
---job ${{EPHEMERID_JOB}} --work-dir {WORK_DIR} --scheduled-events ${{EPHEMERID_SCHEDULED_EVENTS}}
-Restart=no
-"""
-_SAFE_PACKAGE = re.compile(r"^[A-Za-z0-9._:/@+=<>!~\[\],-]+$")
-
-
-@dataclass(frozen=True)
-class Placement:
-    sku: str
-    region: str
-    zone: str
-    spot: bool
-
-    def __str__(self) -> str:
-        where = f"{self.region} zone {self.zone}" if self.zone else self.region
-        return f"{self.sku} {'spot' if self.spot else 'on-demand'} in {where}"
-
-
-def placements(request: ComputeRequest, regions: tuple[str, ...], sku: str) -> list[Placement]:
-    """Every option in the order tried: spot choice, then the spec's SKUs, then regions/zones."""
-    spots = {Spot.NEVER: [False], Spot.PREFER: [True, False], Spot.ONLY: [True]}[request.spot]
-    where = [(r.partition(":")[0], r.partition(":")[2]) for r in regions]
-    return [
-        Placement(s, r, z, spot) for spot in spots for s in request.skus or [sku] for r, z in where
-    ]
-
-
-def cloud_init(env: dict[str, str], package: str, python: str) -> str:
-    """The VM's cloud-config: write the runner's environment and unit, install it, start it."""
-    for name, value in env.items():
-        if not SAFE_ENV_VALUE.match(value):
-            raise ComputeError(f"azure-vm: {name}='{value}' cannot go into the VM's environment")
-    for what, value in (("EPHEMERID_RUNNER_PACKAGE", package), ("EPHEMERID_VM_PYTHON", python)):
-        if not _SAFE_PACKAGE.match(value):
-            raise BadInput(f"{what}='{value}' is not a plain package spec or path")
-    config = {
-        "package_update": True,
-        "packages": ["python3-venv"],
-        "write_files": [
-            {
-                "path": ENV_FILE,
-                "permissions": "0644",
-                "content": "".join(f"{k}={v}\n" for k, v in env.items()),
-            },
-            {"path": UNIT_FILE, "permissions": "0644", "content": UNIT},
-        ],
-        "runcmd": [
-            ["mkdir", "-p", WORK_DIR],
-            [python, "-m", "venv", "--system-site-packages", VENV],
-            [f"{VENV}/bin/pip", "install", "--no-input", "--disable-pip-version-check", package],
-            ["systemctl", "daemon-reload"],
-            ["systemctl", "start", "--no-block", "ephemerid-runner.service"],
-        ],
-    }
-    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
 
 
 def connect(config: AzureVmSettings) -> Any:
     """The real ComputeManagementClient: Azure with DefaultAzureCredential, or the simulator."""
-    if config.arm_endpoint:
-        from ephemerid.testing.arm import compute_client
-
-        return compute_client(config.arm_endpoint, config.subscription_id)
-    require_extra("azure.mgmt.compute", "azure")
-    require_extra("azure.identity", "azure")
-    from azure.identity import DefaultAzureCredential
-    from azure.mgmt.compute import ComputeManagementClient
-
-    return ComputeManagementClient(DefaultAzureCredential(), config.subscription_id)
+    return clients.compute_client(config.subscription_id, config.arm_endpoint)
 
 
 class AzureVmCompute:
@@ -177,9 +98,8 @@ class AzureVmCompute:
         self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
         self.package = config.runner_package or f"ephemerid[azure]=={__version__}"
         self._sleep = sleep
-        self._image = config.image.split(":")
         self._ssh_key = config.ssh_public_key
-        if len(self._image) != 4:
+        if len(config.image.split(":")) != 4:
             raise BadInput(
                 f"EPHEMERID_VM_IMAGE '{config.image}': write publisher:offer:sku:version"
             )
@@ -193,14 +113,13 @@ class AzureVmCompute:
     def from_settings(cls, settings: Settings, artifacts_uri: str) -> AzureVmCompute:
         if settings.azure_vm is None:
             raise BadInput("the azure-vm backend is not configured: see docs/azure-vm.md")
-        margin = settings.provision_timeout_s + settings.grace_s + settings.heartbeat_timeout_s
         return cls(
             connect(settings.azure_vm),
             settings.azure_vm,
             artifacts_uri,
             prices=PriceTable.load(settings.price_table),
             timeout_s=settings.provision_timeout_s,
-            deadline_margin_s=margin,
+            deadline_margin_s=deadline_margin_s(settings),
         )
 
     def close(self) -> None:
@@ -318,7 +237,7 @@ class AzureVmCompute:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         last = "not tried"
-        for delay in (0.0, *(self.config.arm_retry_s * 2**i for i in range(3))):
+        for delay in retry_delays(self.config.arm_retry_s):
             self._sleep(delay)
             try:
                 try:
@@ -384,82 +303,15 @@ class AzureVmCompute:
         return {**env, "EPHEMERID_SCHEDULED_EVENTS": config.scheduled_events_url}
 
     def _body(self, job: JobRecord, name: str, placement: Placement) -> dict[str, Any]:
-        custom = cloud_init(self._runner_env(job.id), self.package, self.config.python)
-        deadline = utcnow() + timedelta(
-            seconds=job.spec.compute.max_runtime + self.deadline_margin_s
-        )
-        publisher, offer, image_sku, version = self._image
-        nic = {
-            "primary": True,
-            "deleteOption": "Delete",
-            "ipConfigurations": [
-                {"name": "ipconfig1", "properties": {"subnet": {"id": self._subnet(placement)}}}
-            ],
-        }
-        properties: dict[str, Any] = {
-            "hardwareProfile": {"vmSize": placement.sku},
-            "storageProfile": {
-                "imageReference": {
-                    "publisher": publisher,
-                    "offer": offer,
-                    "sku": image_sku,
-                    "version": version,
-                },
-                "osDisk": {
-                    "createOption": "FromImage",
-                    "deleteOption": "Delete",
-                    "managedDisk": {"storageAccountType": "StandardSSD_LRS"},
-                },
-            },
-            "osProfile": {
-                "computerName": name,
-                "adminUsername": ADMIN,
-                "customData": base64.b64encode(custom.encode()).decode(),
-                "linuxConfiguration": {
-                    "disablePasswordAuthentication": True,
-                    "ssh": {
-                        "publicKeys": [
-                            {
-                                "path": f"/home/{ADMIN}/.ssh/authorized_keys",
-                                "keyData": self._public_key(),
-                            }
-                        ]
-                    },
-                },
-            },
-            "networkProfile": {
-                "networkApiVersion": "2022-11-01",
-                "networkInterfaceConfigurations": [{"name": f"{name}-nic", "properties": nic}],
-            },
-            "priority": "Spot" if placement.spot else "Regular",
-        }
-        if placement.spot:
-            properties.update(evictionPolicy="Delete", billingProfile={"maxPrice": -1})
-        body: dict[str, Any] = {
-            "location": placement.region,
-            "tags": {TAG_JOB: job.id, TAG_DEADLINE: deadline.strftime("%Y-%m-%dT%H:%M:%SZ")},
-            "identity": {
-                "type": "UserAssigned",
-                "userAssignedIdentities": {self.config.identity_id: {}},
-            },
-            "properties": properties,
-        }
-        if placement.zone:
-            body["zones"] = [placement.zone]
-        return body
-
-    def _subnet(self, placement: Placement) -> str:
-        return self.config.subnet_id.replace("{region}", placement.region)
+        margin = job.spec.compute.max_runtime + self.deadline_margin_s
+        deadline = utcnow() + timedelta(seconds=margin)
+        body = VmBody(self.config, self.package, self._public_key())
+        return body.render(job.id, name, placement, self._runner_env(job.id), deadline)
 
     def _public_key(self) -> str:
-        """Linux VMs need an SSH key: the configured one, or one whose private half is dropped."""
+        """The configured SSH key, or a throwaway one made once (only when a VM is made)."""
         if not self._ssh_key:
-            from cryptography.hazmat.primitives import serialization
-            from cryptography.hazmat.primitives.asymmetric import rsa
-
-            key = rsa.generate_private_key(public_exponent=65537, key_size=3072).public_key()
-            openssh = serialization.Encoding.OpenSSH
-            self._ssh_key = key.public_bytes(openssh, serialization.PublicFormat.OpenSSH).decode()
+            self._ssh_key = throwaway_public_key()
         return self._ssh_key
 
 

@@ -27,10 +27,12 @@ from typing import Any
 from azure.functions.queue import QueueMessage  # func.QueueMessage with dequeue_count & co
 from azure.functions.servicebus import ServiceBusMessage
 
+from ephemerid.azure.clients import queue_client
 from ephemerid.azure.connection import StorageConnection
+from ephemerid.azure.errors import sdk_errors
 from ephemerid.devhost.folderqueue import FolderQueue, Received
 from ephemerid.devhost.functions import HostedFunction
-from ephemerid.errors import require_extra
+from ephemerid.errors import Conflict
 
 log = logging.getLogger("ephemerid.devhost")
 Invoke = Callable[[HostedFunction, object, str], object]
@@ -156,10 +158,6 @@ class StorageQueueSource:
         retry_s: int = 1,
         base64_bodies: bool = True,
     ) -> None:
-        require_extra("azure.storage.queue", "azure")
-        from azure.core.exceptions import ResourceExistsError
-        from azure.storage.queue import QueueClient
-
         self.function = function
         self.invoke = invoke
         self.max_dequeue = max_dequeue
@@ -167,11 +165,10 @@ class StorageQueueSource:
         self.base64_bodies = base64_bodies
         self.name = str(function.binding["queueName"])
         self.client, self.poison = (
-            _queue_client(QueueClient, connection, name)
-            for name in (self.name, f"{self.name}-poison")
+            queue_client(connection, name) for name in (self.name, f"{self.name}-poison")
         )
         for client in (self.client, self.poison):
-            with contextlib.suppress(ResourceExistsError):
+            with contextlib.suppress(Conflict), _calling(f"creating queue {client.queue_name}"):
                 client.create_queue()  # the Functions host creates its queues too
 
     def describe(self) -> str:
@@ -179,7 +176,9 @@ class StorageQueueSource:
 
     def poll(self) -> int:
         handled = 0
-        for msg in self.client.receive_messages(max_messages=16, visibility_timeout=30):
+        with _calling(f"receiving from queue {self.name}"):
+            received = list(self.client.receive_messages(max_messages=16, visibility_timeout=30))
+        for msg in received:
             try:
                 message = QueueMessage(
                     id=msg.id,
@@ -194,7 +193,8 @@ class StorageQueueSource:
             except Exception as exc:
                 self._failed(msg, exc)
                 continue
-            self.client.delete_message(msg.id, msg.pop_receipt)
+            with _calling(f"deleting message {msg.id} from queue {self.name}"):
+                self.client.delete_message(msg.id, msg.pop_receipt)
             handled += 1
         return handled
 
@@ -212,17 +212,17 @@ class StorageQueueSource:
 
     def _failed(self, msg: Any, exc: Exception) -> None:
         if (msg.dequeue_count or 0) >= self.max_dequeue:
-            self.poison.send_message(msg.content)
-            self.client.delete_message(msg.id, msg.pop_receipt)
+            with _calling(f"moving message {msg.id} to queue {self.name}-poison"):
+                self.poison.send_message(msg.content)
+                self.client.delete_message(msg.id, msg.pop_receipt)
             log.warning("moved message %s to %s-poison: %s", msg.id, self.name, _failure(exc))
         else:
-            self.client.update_message(msg.id, msg.pop_receipt, visibility_timeout=self.retry_s)
+            with _calling(f"returning message {msg.id} to queue {self.name}"):
+                self.client.update_message(msg.id, msg.pop_receipt, visibility_timeout=self.retry_s)
 
 
-def _queue_client(kind: Any, connection: StorageConnection, name: str) -> Any:
-    if connection.connection_string:
-        return kind.from_connection_string(connection.connection_string, name)
-    return kind(connection.uri("queue"), name, credential=connection.credential())
+def _calling(what: str) -> contextlib.AbstractContextManager[None]:
+    return sdk_errors(what, role="Storage Queue Data Contributor")
 
 
 def folder_queues(root: Path, name: str, failed: str) -> tuple[FolderQueue, FolderQueue]:

@@ -17,52 +17,51 @@ between two writes leaves at most a stale entry, which the next listing removes.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
+import re
 import threading
 from collections.abc import Iterable
 from typing import Any
 
+from ephemerid.azure.clients import table_client
 from ephemerid.azure.connection import StorageConnection
-from ephemerid.errors import BadInput, Conflict, EphemeridError, NotFound, require_extra
+from ephemerid.azure.errors import sdk_errors
+from ephemerid.errors import BadInput, Conflict, NotFound
 from ephemerid.record import JobRecord, JobState
 
 ROW = "job"
 OPEN = "open"
 CHUNK_CHARS = 30_000  # a string property holds at most 64 KiB (32K UTF-16 characters)
 MAX_CHUNKS = 16  # an entity holds at most 1 MiB in all
+ROLE = "Storage Table Data Contributor"
+# No PartitionKey can hold these: an id with one names no job, and the service is not asked.
+_NOT_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 
 
 class TableJobStore:
-    def __init__(self, connection: StorageConnection, table: str) -> None:
-        require_extra("azure.data.tables", "azure")
-        from azure.core.exceptions import HttpResponseError, ResourceExistsError
-        from azure.data.tables import TableClient
+    """``options`` go to the SDK's TableClient (a test's ``transport=``, ``retry_total=``)."""
 
+    def __init__(self, connection: StorageConnection, table: str, **options: Any) -> None:
         if not table.isalnum() or not 3 <= len(table) <= 63 or table[0].isdigit():
             raise BadInput(f"table name '{table}' must be 3-63 letters and digits")
-        if connection.connection_string:
-            self.client = TableClient.from_connection_string(connection.connection_string, table)
-        else:
-            self.client = TableClient(
-                connection.uri("table"), table, credential=connection.credential()
-            )
+        self.client = table_client(connection, table, **options)
+        self.table = table
         try:
-            self.client.create_table()
-        except ResourceExistsError:
-            pass
-        except HttpResponseError as exc:
-            raise EphemeridError(f"cannot open table '{table}': {exc.message}") from exc
+            with self._calling(f"opening table '{table}'"):
+                self.client.create_table()
+        except Conflict:
+            pass  # it exists
         self._etags: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
 
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        from azure.core.exceptions import ResourceExistsError
-
         stored = record.evolve(version=1)
         self._index(stored)
         try:
-            meta = self.client.create_entity(self._entity(stored))
-        except ResourceExistsError:
+            with self._calling(f"creating job {record.id}"):
+                meta = self.client.create_entity(self._entity(stored))
+        except Conflict:
             existing = self.get(record.id)
             if existing.key != record.key:
                 raise Conflict(
@@ -74,17 +73,23 @@ class TableJobStore:
         return stored, True
 
     def get(self, job_id: str) -> JobRecord:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        """The job; NotFound only when the table answers 404 (or no key could hold the id).
 
+        Any other failure (a 503, a reset) is Unavailable or another error, never NotFound: a
+        caller that reads NotFound as "no such job" must not drop a real one.
+        """
+        missing = f"no job '{job_id}': `eph list` shows the jobs there are"
+        if not job_id or _NOT_IN_KEYS.search(job_id):
+            raise NotFound(missing)
         try:
-            entity = self.client.get_entity(job_id, ROW)
-        except (ResourceNotFoundError, HttpResponseError) as exc:  # an id no entity can have
-            raise NotFound(f"no job '{job_id}': `eph list` shows the jobs there are") from exc
+            with self._calling(f"reading job {job_id}"):
+                entity = self.client.get_entity(job_id, ROW)
+        except NotFound as exc:
+            raise NotFound(missing) from exc.__cause__
         return self._record(entity)
 
     def update(self, record: JobRecord) -> JobRecord:
         from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         etag = self._etag_of(record)
@@ -92,14 +97,17 @@ class TableJobStore:
         if stored.open:
             self._index(stored)
         try:
-            meta = self.client.update_entity(
-                self._entity(stored),
-                mode=UpdateMode.REPLACE,
-                etag=etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError) as exc:
-            raise Conflict(f"job {record.id} changed since version {record.version}") from exc
+            with self._calling(f"updating job {record.id}"):
+                meta = self.client.update_entity(
+                    self._entity(stored),
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (Conflict, NotFound) as exc:  # 412: another writer won; 404: it was deleted
+            raise Conflict(
+                f"job {record.id} changed since version {record.version}"
+            ) from exc.__cause__
         self._remember(stored, meta["etag"])
         if not stored.open:
             self._unindex(stored.id)
@@ -116,13 +124,16 @@ class TableJobStore:
             # the SDK substitutes @names between spaces, so the parentheses stand apart
             query += " and ( " + " or ".join(f"State eq @{n}" for n in names) + " )"
             parameters = dict(zip(names, wanted, strict=True))
-        entities = self.client.query_entities(query, parameters=parameters)
+        with self._calling("listing jobs"):
+            entities = list(self.client.query_entities(query, parameters=parameters))
         records = [self._record(e) for e in entities]
         return _newest_first(records)
 
     def list_open(self) -> builtins.list[JobRecord]:
         found = []
-        for entry in self.client.query_entities(f"PartitionKey eq '{OPEN}'"):
+        with self._calling("listing open jobs"):
+            entries = list(self.client.query_entities(f"PartitionKey eq '{OPEN}'"))
+        for entry in entries:
             try:
                 job = self.get(entry["RowKey"])
             except NotFound:
@@ -137,10 +148,15 @@ class TableJobStore:
         self.client.close()
 
     def _index(self, record: JobRecord) -> None:
-        self.client.upsert_entity({"PartitionKey": OPEN, "RowKey": record.id})
+        with self._calling(f"indexing open job {record.id}"):
+            self.client.upsert_entity({"PartitionKey": OPEN, "RowKey": record.id})
 
     def _unindex(self, job_id: str) -> None:
-        self.client.delete_entity(OPEN, job_id)  # deleting a missing entity is not an error
+        with self._calling(f"unindexing closed job {job_id}"):
+            self.client.delete_entity(OPEN, job_id)  # deleting a missing entity is not an error
+
+    def _calling(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return sdk_errors(f"{what} in table '{self.table}'", role=ROLE)
 
     def _etag_of(self, record: JobRecord) -> str:
         with self._lock:

@@ -13,9 +13,10 @@ service's Scheduled Events document, where ``preempt()`` posts spot evictions.
 Tests and benchmarks script it: provisioning and deletion latency, 429 with ``Retry-After``,
 500s and connection resets (``faults``, ``fail_next``), capacity and quota refusals per SKU,
 region and spot (``refuse``), requests held until released (``hold``, to kill a client mid-call)
-and evictions (``preempt``). Point the real client at it with ``compute_client(sim.endpoint)``:
-a static token, and plain http allowed for loopback hosts only. Fake the transport, never the
-client. What it does not simulate is listed in docs/azure-vm.md.
+and evictions (``preempt``). Point the real client at it with ``compute_client(sim.endpoint)``
+(built by ephemerid.azure.clients: a static token, and plain http allowed for loopback hosts
+only). Fake the transport, never the client. What it does not simulate is listed in
+docs/azure-vm.md. The VM answers are in ``ephemerid.testing.arm_vms``.
 
 Azure ML workspace jobs (``Microsoft.MachineLearningServices``) are answered by ``sim.ml``, an
 ``AmlJobs`` (ephemerid.testing.aml); ``ml_client(sim.endpoint, …)`` is the real ``MLClient``
@@ -24,7 +25,6 @@ pointed at it.
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import socket
@@ -32,110 +32,22 @@ import struct
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from ephemerid.errors import BadInput, require_extra
+from ephemerid.azure import clients
+from ephemerid.azure.clients import SIMULATOR_TOKEN as TOKEN
+from ephemerid.azure.clients import StaticToken, is_loopback
 from ephemerid.testing.aml import PROVIDER, AmlJobs
+from ephemerid.testing.arm_vms import SUBSCRIPTION, Refusal, Reply, SimVm, VmRoutes, _Op
+from ephemerid.testing.arm_vms import arm_error as _error
 
-SUBSCRIPTION = "00000000-0000-0000-0000-0000000000e1"
-TOKEN = "arm-simulator-token"  # noqa: S105 - not a secret: only the simulator takes it
-SCOPE = "https://management.azure.com/.default"
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+__all__ = ["TOKEN", "ArmSimulator", "Refusal", "SimVm", "StaticToken", "is_loopback"]
 EVENTS_PATH = "/metadata/scheduledevents"
 FAULTS: tuple[str, ...] = ("throttle", "error", "reset")
-# Allocation failures surface on the async operation and leave a Failed VM; the rest on the PUT.
-ASYNC_CODES = frozenset(
-    {"AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest"}
-)
-Reply = tuple[int, Any, dict[str, str]]
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
-@dataclass
-class Refusal:
-    """PUTs matching sku, region and spot (None: any) fail with ``code``, ``times`` times."""
-
-    code: str
-    sku: str | None = None
-    region: str | None = None
-    spot: bool | None = None
-    nested: bool = False
-    times: int | None = None
-
-    def matches(self, sku: str, region: str, spot: bool) -> bool:
-        return (
-            (self.times is None or self.times > 0)
-            and self.sku in (None, sku)
-            and self.region in (None, region)
-            and self.spot in (None, spot)
-        )
-
-    def error(self, sku: str, region: str, spot: bool) -> dict[str, Any]:
-        if self.code == "OperationNotAllowed":
-            family = "Total Regional Low-priority vCPUs" if spot else f"{sku} Family vCPUs"
-            message = (
-                "Operation could not be completed as it results in exceeding approved "
-                f"{family} quota. Additional details - Location: {region}, Current Limit: 0, "
-                "Current Usage: 0, Additional Required: 4"
-            )
-        else:
-            kind = "spot" if spot else "on-demand"
-            message = f"simulated {self.code}: no {kind} capacity for {sku} in {region}"
-        inner = {"code": self.code, "message": message}
-        if not self.nested:
-            return inner
-        return {
-            "code": "ResourceOperationFailure",
-            "message": "The resource operation completed with terminal state 'Failed'.",
-            "details": [inner],
-        }
-
-
-@dataclass
-class SimVm:
-    """A VM as the simulator holds it; ``body`` is the PUT body exactly as the client sent it."""
-
-    group: str
-    name: str
-    body: dict[str, Any]
-    state: str = "Creating"  # Creating | Succeeded | Failed | Deleting
-    until: float = 0.0  # when the current operation ends
-    error: dict[str, Any] | None = None  # what a create ends with
-    op: str = ""
-    evict_at: float | None = None
-    event: dict[str, Any] | None = None
-    vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    @property
-    def props(self) -> dict[str, Any]:
-        return dict(self.body.get("properties") or {})
-
-    @property
-    def sku(self) -> str:
-        return str((self.props.get("hardwareProfile") or {}).get("vmSize", ""))
-
-    @property
-    def location(self) -> str:
-        return str(self.body.get("location", ""))
-
-    @property
-    def spot(self) -> bool:
-        return self.props.get("priority") == "Spot"
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return dict(self.body.get("tags") or {})
-
-    def custom_data(self) -> str:
-        encoded = (self.props.get("osProfile") or {}).get("customData") or ""
-        return base64.b64decode(encoded).decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -145,17 +57,7 @@ class Request:
     query: dict[str, str]
 
 
-@dataclass
-class _Op:
-    kind: str
-    location: str
-    vm: SimVm
-    until: float
-    error: dict[str, Any] | None = None
-    status: str = ""  # set when the operation ends early (Canceled)
-
-
-class ArmSimulator:
+class ArmSimulator(VmRoutes):
     def __init__(
         self,
         *,
@@ -370,134 +272,6 @@ class ArmSimulator:
             return self._operation(raw_parts[7], query)
         return 400, _error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
 
-    def _view(self, vm: SimVm, instance_view: bool = False) -> dict[str, Any]:
-        props = json.loads(json.dumps(vm.props))
-        (props.get("osProfile") or {}).pop("customData", None)  # ARM never returns it
-        props.update(provisioningState=vm.state, vmId=vm.vm_id)
-        if instance_view:
-            power = {"Creating": "starting", "Succeeded": "running", "Deleting": "stopping"}
-            statuses = [{"code": f"ProvisioningState/{vm.state.lower()}"}]
-            if vm.state in power:
-                statuses.append({"code": f"PowerState/{power[vm.state]}"})
-            props["instanceView"] = {"statuses": statuses}
-        view = {k: v for k, v in vm.body.items() if k != "properties"}
-        view.update(
-            id=f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{vm.group}/providers/"
-            f"Microsoft.Compute/virtualMachines/{vm.name}",
-            name=vm.name,
-            type="Microsoft.Compute/virtualMachines",
-            properties=props,
-        )
-        return view
-
-    def _list(self, group: str, path: str, query: dict[str, str]) -> Reply:
-        vms = [v for (g, _), v in sorted(self._vms.items()) if g == group]
-        skip = int(query.get("$skiptoken", "0"))
-        page: dict[str, Any] = {"value": [self._view(v) for v in vms[skip : skip + self.page_size]]}
-        if skip + self.page_size < len(vms):
-            version = query["api-version"]
-            page["nextLink"] = (
-                f"{self.endpoint}{path}?api-version={version}&$skiptoken={skip + self.page_size}"
-            )
-        return 200, page, {}
-
-    def _get(self, key: tuple[str, str], query: dict[str, str]) -> Reply:
-        vm = self._vms.get(key)
-        if vm is None:
-            message = f"The Resource 'Microsoft.Compute/virtualMachines/{key[1]}' was not found."
-            return 404, _error("ResourceNotFound", message), {}
-        return 200, self._view(vm, query.get("$expand") == "instanceView"), {}
-
-    def _put(self, key: tuple[str, str], group: str, name: str, raw: bytes) -> Reply:
-        try:
-            body = json.loads(raw)
-            props = body.get("properties") or {}
-            sku = (props.get("hardwareProfile") or {}).get("vmSize")
-            region = body.get("location")
-            base64.b64decode((props.get("osProfile") or {}).get("customData") or "", validate=True)
-        except (ValueError, AttributeError) as exc:
-            return 400, _error("InvalidParameter", f"the VM body is not valid: {exc}"), {}
-        if not sku or not region:
-            message = "location and properties.hardwareProfile.vmSize are required"
-            return 400, _error("InvalidParameter", message), {}
-        vm = self._vms.get(key)
-        if vm is not None and vm.state == "Deleting":
-            message = (
-                f"Operation 'PUT' is not allowed on VM '{name}' since it is marked for deletion."
-            )
-            return 409, _error("OperationNotAllowed", message), {}
-        if vm is not None and vm.state != "Failed":  # a retried PUT: the VM as it is
-            busy = vm.state == "Creating"
-            return 200, self._view(vm), self._lro_headers(vm.op) if busy else {}
-        spot = props.get("priority") == "Spot"
-        refusal = next((r for r in self._refusals if r.matches(sku, region, spot)), None)
-        error = refusal.error(sku, region, spot) if refusal else None
-        if refusal is not None and refusal.times is not None:
-            refusal.times -= 1
-        if refusal is not None and refusal.code not in ASYNC_CODES:
-            return 409, {"error": error}, {}
-        now = time.monotonic()
-        vm = SimVm(group, name, body, until=now + self.provision_s, error=error)
-        self._vms[key] = vm
-        self.created.append(vm)
-        vm.op = self._new_op("create", vm)
-        return 201, self._view(vm), self._lro_headers(vm.op)
-
-    def _delete(self, key: tuple[str, str], query: dict[str, str]) -> Reply:
-        vm = self._vms.get(key)
-        if vm is None:
-            return 204, None, {}
-        if vm.state != "Deleting":
-            if vm.state == "Creating":  # the create loses to the delete
-                self._ops[vm.op].status = "Canceled"
-            vm.state, vm.until = "Deleting", time.monotonic() + self.delete_s
-            vm.op = self._new_op("delete", vm)
-        return 202, None, self._lro_headers(vm.op)
-
-    def _new_op(self, kind: str, vm: SimVm) -> str:
-        op = uuid.uuid4().hex
-        self._ops[op] = _Op(kind, vm.location, vm, vm.until, vm.error if kind == "create" else None)
-        return op
-
-    def _lro_headers(self, op_id: str) -> dict[str, str]:
-        op = self._ops[op_id]
-        base = (
-            f"{self.endpoint}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Compute/"
-            f"locations/{op.location}/operations/{op_id}?api-version=2024-07-01"
-        )
-        headers = {}
-        if self.lro in ("async", "both"):
-            headers["Azure-AsyncOperation"] = base
-        if self.lro in ("location", "both"):
-            headers["Location"] = base + "&monitor=true"
-        return headers
-
-    def _operation(self, op_id: str, query: dict[str, str]) -> Reply:
-        op = self._ops.get(op_id)
-        if op is None:
-            return 404, _error("NotFound", f"operation {op_id} is unknown"), {}
-        status = op.status or (
-            "InProgress" if time.monotonic() < op.until else "Failed" if op.error else "Succeeded"
-        )
-        if query.get("monitor") == "true":  # the Location protocol: 202 until done
-            if status == "InProgress":
-                return 202, None, self._lro_headers(op_id)
-            if status != "Succeeded":
-                error = op.error or {
-                    "code": "OperationPreempted",
-                    "message": "preempted by a delete",
-                }
-                return 409, {"error": error}, {}
-            if op.kind == "create" and op.vm.state == "Succeeded":
-                return 200, self._view(op.vm), {}
-            return 204, None, {}
-        body: dict[str, Any] = {"name": op_id, "status": status}
-        if status == "Failed":
-            body["error"] = op.error
-        elif status == "Canceled":
-            body["error"] = {"code": "OperationPreempted", "message": "preempted by a delete"}
-        return 200, body, {}
-
     def _events(self, headers: Any) -> Reply:
         if headers.get("Metadata", "").lower() != "true":
             return 400, {"error": "Bad request. Required metadata header not specified"}, {}
@@ -562,54 +336,10 @@ class _Handler(BaseHTTPRequestHandler):
 # -- the real client, pointed at the simulator -----------------------------------------------
 
 
-class StaticToken:
-    """A TokenCredential (with ``get_token_info``) that always yields the simulator's token."""
-
-    def __init__(self, token: str = TOKEN) -> None:
-        self.token = token
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        from azure.core.credentials import AccessToken
-
-        return AccessToken(self.token, int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
-        from azure.core.credentials import AccessTokenInfo
-
-        return AccessTokenInfo(self.token, int(time.time()) + 3600)
-
-
-def is_loopback(url: str) -> bool:
-    return urlparse(url).hostname in LOOPBACK
-
-
 def compute_client(endpoint: str, subscription_id: str = SUBSCRIPTION, **options: Any) -> Any:
-    """The real ``ComputeManagementClient`` for the simulator at ``endpoint`` (loopback only).
-
-    Bearer tokens over plain http are refused by azure-core; the authentication policy here
-    allows them for loopback hosts only, so the static token never leaves this machine.
-    """
-    if not is_loopback(endpoint):
-        raise BadInput(f"EPHEMERID_ARM_ENDPOINT '{endpoint}' must be a loopback simulator URL")
-    require_extra("azure.mgmt.compute", "azure")
-    from azure.mgmt.compute import ComputeManagementClient
-    from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
-
-    class LoopbackAuthentication(ARMChallengeAuthenticationPolicy):
-        def on_request(self, request: Any) -> None:
-            if is_loopback(request.http_request.url):
-                request.context["enforce_https"] = False
-            super().on_request(request)
-
-    credential = StaticToken()
-    fast = {"polling_interval": 0.02, "retry_backoff_factor": 0.02, "retry_backoff_max": 0.2}
-    return ComputeManagementClient(
-        credential,
-        subscription_id,
-        base_url=endpoint,
-        authentication_policy=LoopbackAuthentication(credential, SCOPE),
-        **{**fast, **options},
-    )
+    """The real ``ComputeManagementClient`` for the simulator at ``endpoint`` (loopback only)."""
+    clients.check_loopback(endpoint)
+    return clients.compute_client(subscription_id, endpoint, **options)
 
 
 def ml_client(
@@ -619,44 +349,6 @@ def ml_client(
     subscription_id: str = SUBSCRIPTION,
     **options: Any,
 ) -> Any:
-    """The real ``azure.ai.ml.MLClient`` for the simulator at ``endpoint`` (loopback only).
-
-    MLClient takes its ARM endpoint from a cloud's metadata, so the simulator is registered as a
-    cloud of its own (one name per endpoint); registering sets ``AZUREML_CURRENT_CLOUD`` in this
-    process, which is put back as it was. Plain http makes the SDK's pipeline allow the bearer
-    token without TLS; telemetry is off.
-    """
-    if not is_loopback(endpoint):
-        raise BadInput(f"EPHEMERID_ARM_ENDPOINT '{endpoint}' must be a loopback simulator URL")
-    require_extra("azure.ai.ml", "azure")
-    import os
-
-    from azure.ai.ml import MLClient
-
-    cloud = f"ephemerid-simulator-{urlparse(endpoint).port}"
-    metadata = {
-        "azure_portal": endpoint,
-        "resource_manager": endpoint,
-        "active_directory": endpoint,
-        "aml_resource_id": endpoint,
-        "storage_endpoint": "core.windows.net",
-        "registry_discovery_endpoint": endpoint,
-    }
-    before = os.environ.get("AZUREML_CURRENT_CLOUD")
-    try:
-        return MLClient(
-            StaticToken(),
-            subscription_id,
-            resource_group,
-            workspace,
-            cloud=cloud,
-            cloud_metadata=metadata,
-            enable_telemetry=False,
-            show_progress=False,
-            **{"polling_interval": 0.02, "retry_backoff_factor": 0.02, **options},
-        )
-    finally:
-        if before is None:
-            os.environ.pop("AZUREML_CURRENT_CLOUD", None)
-        else:
-            os.environ["AZUREML_CURRENT_CLOUD"] = before
+    """The real ``azure.ai.ml.MLClient`` for the simulator at ``endpoint`` (loopback only)."""
+    clients.check_loopback(endpoint)
+    return clients.ml_client(subscription_id, resource_group, workspace, endpoint, **options)

@@ -1,0 +1,181 @@
+"""The Azure SDK clients ephemerid uses, built in one place; each SDK is imported on first use.
+
+Storage (blob service, queue, table) from a ``StorageConnection``: a connection string (local,
+Azurite) or the identity-based form (``DefaultAzureCredential``). ARM compute
+(``ComputeManagementClient``) and Azure ML (``MLClient``) for a subscription: in Azure with
+``DefaultAzureCredential``, or, with ``endpoint`` set, the same real clients pointed at a local
+ARM simulator (``ephemerid.testing.arm``) with a static token, on loopback hosts only.
+
+``**options`` go to the SDK client as they are (``transport=``, ``retry_total=`` ...): tests fake
+the transport, never the client. A missing SDK is ``MissingExtra`` naming
+``pip install 'ephemerid[azure]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from ephemerid.azure.connection import StorageConnection
+from ephemerid.errors import BadInput, require_extra
+
+SIMULATOR_TOKEN = "arm-simulator-token"  # noqa: S105 - not a secret: only the simulator takes it
+ARM_SCOPE = "https://management.azure.com/.default"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# The simulator answers in milliseconds: poll and back off at that pace, not Azure's.
+SIMULATOR_PACE = {"polling_interval": 0.02, "retry_backoff_factor": 0.02, "retry_backoff_max": 0.2}
+
+
+# -- Storage -----------------------------------------------------------------------------------
+
+
+def blob_service(connection: StorageConnection, **options: Any) -> Any:
+    require_extra("azure.storage.blob", "azure")
+    from azure.storage.blob import BlobServiceClient
+
+    if connection.connection_string:
+        return BlobServiceClient.from_connection_string(connection.connection_string, **options)
+    return BlobServiceClient(connection.uri("blob"), credential=connection.credential(), **options)
+
+
+def queue_client(connection: StorageConnection, queue: str, **options: Any) -> Any:
+    require_extra("azure.storage.queue", "azure")
+    from azure.storage.queue import QueueClient
+
+    if connection.connection_string:
+        return QueueClient.from_connection_string(connection.connection_string, queue, **options)
+    return QueueClient(
+        connection.uri("queue"), queue, credential=connection.credential(), **options
+    )
+
+
+def table_client(connection: StorageConnection, table: str, **options: Any) -> Any:
+    require_extra("azure.data.tables", "azure")
+    from azure.data.tables import TableClient
+
+    if connection.connection_string:
+        return TableClient.from_connection_string(connection.connection_string, table, **options)
+    return TableClient(
+        connection.uri("table"), table, credential=connection.credential(), **options
+    )
+
+
+# -- ARM and Azure ML ----------------------------------------------------------------------------
+
+
+def compute_client(subscription_id: str, endpoint: str = "", **options: Any) -> Any:
+    """The real ``ComputeManagementClient``: Azure, or the ARM simulator at ``endpoint``.
+
+    azure-core refuses bearer tokens over plain http; for the simulator the authentication
+    policy allows them for loopback hosts only, so the static token never leaves this machine.
+    """
+    require_extra("azure.mgmt.compute", "azure")
+    from azure.mgmt.compute import ComputeManagementClient
+
+    if not endpoint:
+        return ComputeManagementClient(_default_credential(), subscription_id, **options)
+    check_loopback(endpoint)
+    from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
+
+    class LoopbackAuthentication(ARMChallengeAuthenticationPolicy):
+        def on_request(self, request: Any) -> None:
+            if is_loopback(request.http_request.url):
+                request.context["enforce_https"] = False
+            super().on_request(request)
+
+    credential = StaticToken()
+    return ComputeManagementClient(
+        credential,
+        subscription_id,
+        base_url=endpoint,
+        authentication_policy=LoopbackAuthentication(credential, ARM_SCOPE),
+        **{**SIMULATOR_PACE, **options},
+    )
+
+
+def ml_client(
+    subscription_id: str, resource_group: str, workspace: str, endpoint: str = "", **options: Any
+) -> Any:
+    """The real ``azure.ai.ml.MLClient``: Azure, or the ARM simulator at ``endpoint``.
+
+    MLClient takes its ARM endpoint from a cloud's metadata, so the simulator is registered as a
+    cloud of its own (one name per endpoint); registering sets ``AZUREML_CURRENT_CLOUD`` in this
+    process, which is put back as it was. Plain http makes the SDK's pipeline allow the bearer
+    token without TLS. Telemetry and progress bars are off either way.
+    """
+    require_extra("azure.ai.ml", "azure")
+    from azure.ai.ml import MLClient
+
+    quiet: dict[str, Any] = {"enable_telemetry": False, "show_progress": False}
+    if not endpoint:
+        return MLClient(
+            _default_credential(), subscription_id, resource_group, workspace, **quiet, **options
+        )
+    check_loopback(endpoint)
+    metadata = {
+        "azure_portal": endpoint,
+        "resource_manager": endpoint,
+        "active_directory": endpoint,
+        "aml_resource_id": endpoint,
+        "storage_endpoint": "core.windows.net",
+        "registry_discovery_endpoint": endpoint,
+    }
+    pace = {k: v for k, v in SIMULATOR_PACE.items() if k != "retry_backoff_max"}
+    before = os.environ.get("AZUREML_CURRENT_CLOUD")
+    try:
+        return MLClient(
+            StaticToken(),
+            subscription_id,
+            resource_group,
+            workspace,
+            cloud=f"ephemerid-simulator-{urlparse(endpoint).port}",
+            cloud_metadata=metadata,
+            **quiet,
+            **{**pace, **options},
+        )
+    finally:
+        if before is None:
+            os.environ.pop("AZUREML_CURRENT_CLOUD", None)
+        else:
+            os.environ["AZUREML_CURRENT_CLOUD"] = before
+
+
+def _default_credential() -> Any:
+    require_extra("azure.identity", "azure")
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+# -- the simulator's credential ------------------------------------------------------------------
+
+
+class StaticToken:
+    """A TokenCredential (with ``get_token_info``) that always yields the simulator's token."""
+
+    def __init__(self, token: str = SIMULATOR_TOKEN) -> None:
+        self.token = token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
+
+
+def is_loopback(url: str) -> bool:
+    return urlparse(url).hostname in LOOPBACK
+
+
+def check_loopback(endpoint: str) -> None:
+    if not is_loopback(endpoint):
+        raise BadInput(
+            f"EPHEMERID_ARM_ENDPOINT '{endpoint}' must be a loopback simulator URL "
+            "(http://127.0.0.1:<port>); leave it empty for Azure"
+        )
