@@ -22,13 +22,14 @@ from typing import Any, TypeVar
 from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
-from ephemerid.record import ComputeState, JobRecord, JobState
+from ephemerid.record import JobRecord
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
+from ephemerid.testing.settle import SETTLED_COMPUTE, settle
 
 T = TypeVar("T")
-DONE_COMPUTE = (ComputeState.NONE, ComputeState.RELEASED)
+DONE_COMPUTE = SETTLED_COMPUTE
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
@@ -56,18 +57,7 @@ def spec_for(code_dir: Path, entrypoint: str = "job.py", **fields: Any) -> JobSp
 
 def finish(service: Service, job_id: str, timeout: float = 60.0) -> JobRecord:
     """Complete the job when its result lands, until it is terminal and its compute given back."""
-
-    def done() -> JobRecord | None:
-        job = service.store.get(job_id)
-        if job.state.terminal and job.compute_state in DONE_COMPUTE:
-            return job
-        if service.artifacts.stat(names.run_key(job_id, names.RESULT_FILE)):
-            service.complete(job_id)
-        elif job.state is JobState.WAITING_FOR_CAPACITY:
-            service.dispatch_waiting()  # as the reaper's timer does
-        return None
-
-    return wait_for(done, f"job {job_id} to finish", timeout)
+    return settle(service, [job_id], timeout=timeout)[0]
 
 
 def run(service: Service, spec: JobSpec, timeout: float = 60.0, **submit: Any) -> JobRecord:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from datetime import datetime
 
-from drive import DONE_COMPUTE, cleaned_up, wait_for
+from drive import cleaned_up
 from ephemerid.app import build_service
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, job_id_for, utcnow
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
+from ephemerid.testing.settle import settle as settle_jobs
 
 
 def ephemerid(env: dict[str, str], **more: str) -> AbstractContextManager[Service]:
@@ -23,14 +24,9 @@ def settle(
     service: Service, job_ids: list[str], timeout: float = 60, now: datetime | None = None
 ) -> list[JobRecord]:
     """Run the reaper, as its timer would, until every job is over and its compute given back."""
-
-    def done() -> list[JobRecord] | None:
-        reap(service, now and max(now, utcnow()))
-        jobs = [service.store.get(job_id) for job_id in job_ids]
-        over = all(j.state.terminal and j.compute_state in DONE_COMPUTE for j in jobs)
-        return jobs if over else None
-
-    return wait_for(done, f"jobs {job_ids} to end with their compute released", timeout)
+    return settle_jobs(
+        service, job_ids, timeout=timeout, on_tick=lambda: reap(service, now and max(now, utcnow()))
+    )
 
 
 def record(spec: JobSpec, key: str = "direct") -> JobRecord:

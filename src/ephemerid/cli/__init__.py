@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +22,7 @@ from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.spec import load_spec, validate_spec
+from ephemerid.testing.settle import settle
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 app.add_typer(models_app, name="models")
@@ -150,20 +150,21 @@ def _scalar(text: str) -> Any:
 def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
     """Wait for the end (handling the result here) and stream the log while it runs."""
     offset = 0
+
+    def tick() -> None:
+        nonlocal offset
+        if show_logs:
+            offset = _print_log(service, job.id, offset)
+        _catch_up(service)
+
     try:
-        while True:
-            if show_logs:
-                offset = _print_log(service, job.id, offset)
-            job = service.get(job.id)
-            if job.state.terminal and job.compute_state.value in ("none", "released"):
-                if show_logs:
-                    _print_log(service, job.id, offset)
-                return job
-            _catch_up(service)
-            time.sleep(0.3)
+        [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3)
     except KeyboardInterrupt:
         console.print(f"\ndetached: {job.id} keeps running; `eph cancel {job.id}` stops it")
         return service.get(job.id)
+    if show_logs:
+        _print_log(service, job.id, offset)
+    return job
 
 
 def _print_log(service: Service, job_id: str, offset: int, rank: int = 0) -> int:
