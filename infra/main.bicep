@@ -102,7 +102,6 @@ module aml 'modules/aml.bicep' = if (enableAzureMl) {
     token: token
     workspaceName: amlWorkspace
     clusterName: amlCluster
-    environmentName: amlEnvironment
     clusterSku: amlClusterSku
     maxNodes: amlMaxNodes
     idleSeconds: amlIdleSeconds

@@ -9,23 +9,37 @@ $group = $env:AZURE_RESOURCE_GROUP
 $app = $env:AZURE_FUNCTION_APP_NAME
 
 $hostName = az functionapp show --resource-group $group --name $app --query defaultHostName --output tsv
-$key = az functionapp keys list --resource-group $group --name $app --query systemKeys.blobs_extension --output tsv
-if (-not $key) {
-    throw "the blobs_extension key is not there yet; run 'azd hooks run postdeploy' again in a minute"
+# The blobs_extension system key exists only once the host has started and loaded the blob
+# extension, which on a first deployment can take a few minutes: wait for it, within a bound.
+$tries = if ($env:POSTDEPLOY_KEY_TRIES) { [int]$env:POSTDEPLOY_KEY_TRIES } else { 40 }
+$waitSeconds = if ($env:POSTDEPLOY_KEY_WAIT_S) { [int]$env:POSTDEPLOY_KEY_WAIT_S } else { 15 }
+$key = ''
+for ($attempt = 1; ; $attempt++) {
+    $key = az functionapp keys list --resource-group $group --name $app --query systemKeys.blobs_extension --output tsv
+    if ($key) { break }
+    if ($attempt -ge $tries) {
+        throw "the function app has no blobs_extension key after $tries tries; check that it started (its log stream), then run 'azd hooks run postdeploy'"
+    }
+    Write-Host "postdeploy: waiting for the function host to load its blob extension (try $attempt of $tries)"
+    Start-Sleep -Seconds $waitSeconds
 }
 
 function Subscribe([string]$Name, [string]$Function, [string]$Prefix, [string]$Suffix) {
     Write-Host "postdeploy: Event Grid subscription $Name -> $Function"
-    $suffix = if ($Suffix) { @('--subject-ends-with', $Suffix) } else { @() }
+    # (PowerShell names are case-insensitive: no local may be called $suffix here)
+    $endsWith = if ($Suffix) { @('--subject-ends-with', $Suffix) } else { @() }
+    $endpoint = "https://$hostName/runtime/webhooks/blobs?functionName=Host.Functions.$Function&code=$key"
+    # On Windows az is az.cmd, which cmd.exe parses again and splits at '&': quote the URL for it.
+    if ($IsWindows -or $PSVersionTable.PSEdition -eq 'Desktop') { $endpoint = '"' + $endpoint + '"' }
     az eventgrid system-topic event-subscription create `
         --resource-group $group `
         --system-topic-name $env:AZURE_EVENTGRID_TOPIC_NAME `
         --name $Name `
         --endpoint-type webhook `
-        --endpoint "https://$hostName/runtime/webhooks/blobs?functionName=Host.Functions.$Function&code=$key" `
+        --endpoint $endpoint `
         --included-event-types Microsoft.Storage.BlobCreated `
         --subject-begins-with $Prefix `
-        @suffix `
+        @endsWith `
         --max-delivery-attempts 30 `
         --event-ttl 1440 `
         --output none

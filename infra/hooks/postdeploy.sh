@@ -11,12 +11,24 @@ set -eu
 
 host=$(az functionapp show --resource-group "$AZURE_RESOURCE_GROUP" \
   --name "$AZURE_FUNCTION_APP_NAME" --query defaultHostName --output tsv)
-key=$(az functionapp keys list --resource-group "$AZURE_RESOURCE_GROUP" \
-  --name "$AZURE_FUNCTION_APP_NAME" --query systemKeys.blobs_extension --output tsv)
-if [ -z "$key" ]; then
-  echo "postdeploy: the blobs_extension key is not there yet; run 'azd hooks run postdeploy' again in a minute" >&2
-  exit 1
-fi
+# The blobs_extension system key exists only once the host has started and loaded the blob
+# extension, which on a first deployment can take a few minutes: wait for it, within a bound.
+tries=${POSTDEPLOY_KEY_TRIES:-40}
+wait_s=${POSTDEPLOY_KEY_WAIT_S:-15}
+key=""
+attempt=1
+while :; do
+  key=$(az functionapp keys list --resource-group "$AZURE_RESOURCE_GROUP" \
+    --name "$AZURE_FUNCTION_APP_NAME" --query systemKeys.blobs_extension --output tsv || true)
+  [ -n "$key" ] && break
+  if [ "$attempt" -ge "$tries" ]; then
+    echo "postdeploy: the function app has no blobs_extension key after $tries tries; check that it started (its log stream), then run 'azd hooks run postdeploy'" >&2
+    exit 1
+  fi
+  echo "postdeploy: waiting for the function host to load its blob extension (try $attempt of $tries)" >&2
+  attempt=$((attempt + 1))
+  sleep "$wait_s"
+done
 
 subscribe() { # name, function, subject prefix[, subject suffix]
   echo "postdeploy: Event Grid subscription $1 -> $2"
