@@ -7,7 +7,6 @@ is busy or unreachable is Unavailable, and a result seen meanwhile is retried, n
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from azure.functions.blob import InputStream
 from ephemerid import names
 from ephemerid.artifacts import put_bytes
 from ephemerid.azure.connection import storage_connection
+from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import BadInput, NotFound, Unavailable
 from ephemerid.functions.handlers import Handlers
 from ephemerid.intake import on_blob_created
@@ -214,7 +214,8 @@ def test_a_result_seen_while_the_table_is_unavailable_raises_and_completes_once_
     stored, _ = flaky.create_if_absent(record("result-in-an-outage").evolve(backend="local"))
     running = flaky.update(stored.evolve(state=JobState.RUNNING))
     key = names.run_key(running.id, names.RESULT_FILE)
-    etag = put_bytes(service.artifacts, key, json.dumps({"status": "succeeded"}).encode()).etag
+    result = Result(job_id=running.id, status=RunStatus.SUCCEEDED).dumps()
+    etag = put_bytes(service.artifacts, key, result).etag
     rules = Rules.parse("", base=Path())
     outage.answer(503)
 
