@@ -215,7 +215,11 @@ def test_bad_input_exits_2_naming_the_problem_and_runs_nothing(
 
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr
-    assert done.stdout == ""
+    if "--json" in done.args:  # the error as JSON on stdout too, for scripts
+        error = json.loads(done.stdout)
+        assert (error["exit_code"], message in error["error"]) == (2, True)
+    else:
+        assert done.stdout == ""
     assert jobs_in(home) == []
 
 

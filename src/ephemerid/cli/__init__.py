@@ -5,14 +5,15 @@ Exit codes: 0 ok, 1 a job failed (or an operation did), 2 bad input.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
+from ephemerid import __version__
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
@@ -25,6 +26,8 @@ from ephemerid.spec import load_spec, validate_spec
 from ephemerid.testing.settle import settle
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+DETACHED = 130  # Ctrl-C while following: the job goes on, the command stops
+SCRIPT_ARGS: list[str] = []  # what followed `--` on the command line (main sets it)
 app.add_typer(models_app, name="models")
 _service = service_for
 
@@ -59,7 +62,12 @@ def submit(
     home: Home = None,
     json_: Json = False,
 ) -> None:
-    """Submit a spec file, or flags: eph submit --code . --entrypoint train.py --gpus 1."""
+    """Submit a spec file, or flags: eph submit --code . --entrypoint train.py --gpus 1.
+
+    Arguments after ``--`` go to the script: ``eph submit ... -- --epochs 3`` (they replace the
+    spec's ``args``). Ctrl-C while it follows the job detaches (exit code 130): the job keeps
+    running; ``eph logs -f JOB`` follows it again and ``eph cancel JOB`` stops it.
+    """
     data = _spec_data(
         spec_file,
         code,
@@ -74,6 +82,8 @@ def submit(
         max_runtime,
         backend,
     )
+    if SCRIPT_ARGS:
+        data["args"] = list(SCRIPT_ARGS)
     spec = validate_spec(data, str(spec_file) if spec_file else "job from flags")
     service = _service(home)
     submitted = service.submit(spec, key=key, source="cli")
@@ -134,17 +144,19 @@ def _pairs(items: list[str], flag: str, typed: bool = False) -> dict[str, Any]:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise BadInput(f"{flag} '{item}' must look like name=value")
+        if name in pairs:
+            raise BadInput(f"{flag} '{name}' is given twice: give each name once")
         pairs[name] = _scalar(value) if typed else value
     return pairs
 
 
 def _scalar(text: str) -> Any:
-    """Numbers and booleans become JSON numbers and booleans; anything else stays the string."""
+    """A value that is JSON (``3``, ``1.10``, ``true``, ``null``, ``[1, 2]``) is that value;
+    anything else stays the string as written (``yes``, ``0x10``, ``a; b``)."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        return json.loads(text)
+    except ValueError:
         return text
-    return value if isinstance(value, bool | int | float) else text
 
 
 def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
@@ -160,8 +172,11 @@ def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
     try:
         [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3)
     except KeyboardInterrupt:
-        console.print(f"\ndetached: {job.id} keeps running; `eph cancel {job.id}` stops it")
-        return service.get(job.id)
+        console.print(
+            f"\ndetached: {job.id} keeps running; `eph logs -f {job.id}` follows it, "
+            f"`eph cancel {job.id}` stops it"
+        )
+        raise typer.Exit(DETACHED) from None
     if show_logs:
         _print_log(service, job.id, offset)
     return job
@@ -190,6 +205,9 @@ def status(job_id: str, home: Home = None, json_: Json = False) -> None:
 @app.command("list")
 def list_jobs(
     state: Annotated[list[str] | None, typer.Option(help="Only these states.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many, newest first.")
+    ] = None,
     home: Home = None,
     json_: Json = False,
 ) -> None:
@@ -202,7 +220,7 @@ def list_jobs(
         ) from exc
     service = _service(home)
     _catch_up(service)
-    jobs = service.list(states)
+    jobs = service.list(states)[:limit]
     if json_:
         dump([j.to_json() for j in jobs])
     else:
@@ -226,6 +244,12 @@ def logs(
         raise BadInput("--follow streams rank 0's log: drop --rank, or --follow")
     service = _service(home)
     job = service.get(job_id)
+    ranks = job.spec.compute.nodes * max(job.spec.compute.gpus, 1)
+    if rank >= ranks and not service.read_log(job.id, 0, rank):
+        raise BadInput(
+            f"--rank {rank}: job {job.id} ran as {ranks} process(es), ranks 0 to {ranks - 1}, "
+            f"and has no log for rank {rank}"
+        )
     if json_:
         text = service.read_log(job.id, 0, rank).decode("utf-8", "replace")
         dump({"job": job.id, "state": job.state.value, "rank": rank, "log": text})
@@ -274,10 +298,32 @@ app.command()(dev)
 app.command()(demo)
 
 
-def main() -> None:
+def _version(value: bool) -> None:
+    if value:
+        print(f"ephemerid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """`ephemerid` / `eph`: submit jobs, watch them, and look after models and compute."""
+
+
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["submit"] and "--" in args:  # the script's own arguments
+        cut = args.index("--")
+        args, SCRIPT_ARGS[:] = args[:cut], args[cut + 1 :]
     try:
-        app()  # typer exits with 2 on usage errors and with the code of typer.Exit
+        app(args=args, prog_name="eph")  # typer exits 2 on usage errors, else typer.Exit's code
     except EphemeridError as exc:
+        if "--json" in args:  # a script reading stdout gets the error as JSON too
+            dump({"error": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code})
         console.print(f"[red]error:[/] {exc}")
         sys.exit(exc.exit_code)
