@@ -29,6 +29,7 @@ class LogPump:
         self.tail: collections.deque[bytes] = collections.deque(maxlen=20)
         self._buffer = bytearray()
         self._partial = b""
+        self._cut = False  # whether the front of the unfinished line was dropped
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
 
@@ -60,7 +61,10 @@ class LogPump:
     def note_tail(self, data: bytes) -> None:
         """Keep the last lines whole, though a line may arrive over several reads."""
         lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()[-(500 + self.mask.longest) :]
+        if self._cut:  # a secret cut at the front may have left its end: drop that much more
+            lines[0] = lines[0][self.mask.longest :]
+        keep = 500 + self.mask.longest
+        self._cut, self._partial = len(lines[-1]) > keep, lines.pop()[-keep:]
         for line in lines[-20:]:
             self.tail.append(self.mask.bytes(line)[:500])
 
@@ -88,6 +92,7 @@ class LogPump:
             self.store.append(self.key, note.encode())
 
     def last_lines(self) -> str:
-        partial = self.mask.bytes(self._partial)[-500:]
+        partial = self._partial[self.mask.longest :] if self._cut else self._partial
+        partial = self.mask.bytes(partial)[-500:]
         lines = [*self.tail, partial] if partial else list(self.tail)
         return b"\n".join(lines).decode("utf-8", "replace")[-1500:]
