@@ -111,6 +111,7 @@ class Launch(_Document):
     heartbeat_s: float = Field(HEARTBEAT_S, gt=0)
     grace_s: float = Field(GRACE_S, ge=0)
     log_limit_bytes: int = Field(LOG_LIMIT_BYTES, ge=0)
+    env: dict[str, str] = Field(default_factory=dict)  # the spec's own, for the entrypoint
 
 
 class Result(_Document):

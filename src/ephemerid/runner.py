@@ -23,7 +23,6 @@ the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job ag
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import signal
@@ -37,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ephemerid import names
+from ephemerid import names, sandbox
 from ephemerid.artifacts import (
     ArtifactStore,
     download,
@@ -48,10 +47,8 @@ from ephemerid.artifacts import (
 )
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Result, RunStatus
 from ephemerid.errors import ContractError
+from ephemerid.joblog import LOG_FLUSH_S, LogPump
 from ephemerid.track import summarize
-
-LOG_FLUSH_S = 0.5
-LOG_FLUSH_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,67 +72,6 @@ class Rank:
     @property
     def leader(self) -> bool:
         return self.rank == 0
-
-
-class LogPump:
-    """Copies the child's output to the job log in batches, up to a limit, keeping a tail."""
-
-    def __init__(self, store: ArtifactStore, key: str, limit: int) -> None:
-        self.store, self.key, self.limit = store, key, limit
-        self.written = 0
-        self.dropped = 0
-        self.tail: collections.deque[bytes] = collections.deque(maxlen=20)
-        self._buffer = bytearray()
-        self._partial = b""
-        self._last_flush = time.monotonic()
-        self._lock = threading.Lock()
-
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        room = self.limit - self.written - len(self._buffer)
-        if room < len(data):
-            self.dropped += len(data) - max(room, 0)
-            data = data[: max(room, 0)]
-        self._buffer += data
-        if (
-            len(self._buffer) >= LOG_FLUSH_BYTES
-            or time.monotonic() - self._last_flush > LOG_FLUSH_S
-        ):
-            self._flush()
-
-    def note_tail(self, data: bytes) -> None:
-        """Keep the last lines whole, though a line may arrive over several reads."""
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()[-500:]
-        for line in lines[-20:]:
-            self.tail.append(line[:500])
-
-    def flush(self) -> None:
-        with self._lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._buffer:
-            self.store.append(self.key, bytes(self._buffer))
-            self.written += len(self._buffer)
-            self._buffer.clear()
-        self._last_flush = time.monotonic()
-
-    def close(self) -> None:
-        self.flush()
-        if self.dropped:
-            note = (
-                f"\n[ephemerid] log truncated at {self.limit} bytes; "
-                f"{self.dropped} more bytes were not kept\n"
-            )
-            self.store.append(self.key, note.encode())
-
-    def last_lines(self) -> str:
-        lines = [*self.tail, self._partial] if self._partial else list(self.tail)
-        return b"\n".join(lines).decode("utf-8", "replace")[-1500:]
 
 
 class ScheduledEvents:
@@ -178,7 +114,8 @@ class Runner:
         self.work = work / f"rank-{self.rank.rank}" if self.rank.world > 1 else work
         self.events, self.events_poll_s = events, events_poll_s
         log_key = names.run_key(job_id, names.log_file(self.rank.rank))
-        self.pump = LogPump(store, log_key, LOG_LIMIT_BYTES)  # until the launch says its own
+        self.mask = sandbox.Mask.of_env(os.environ)
+        self.pump = LogPump(store, log_key, LOG_LIMIT_BYTES, self.mask)  # limit: see the launch
         self._stop = threading.Event()
 
     def say(self, message: str) -> None:
@@ -208,6 +145,7 @@ class Runner:
             self._stop.set()
             self.pump.close()
             result.finished_at = result.finished_at or _now()
+            result.reason = self.mask(result.reason)
             if self.rank.leader:  # the other ranks' ends are the launcher's to report
                 key = names.run_key(self.job_id, names.RESULT_FILE)
                 put_bytes(self.store, key, result.dumps())
@@ -220,7 +158,8 @@ class Runner:
         return launch
 
     def _stage(self, launch: Launch) -> tuple[Path, dict[str, str]]:
-        dirs = {n: self.work / n for n in ("code", "input", "output", "checkpoint", "model")}
+        folders = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
+        dirs = {n: self.work / n for n in folders}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         where = f" (rank {self.rank.rank} of {self.rank.world})" if self.rank.world > 1 else ""
@@ -237,9 +176,7 @@ class Runner:
         entry = dirs["code"] / launch.entrypoint
         if not entry.is_file():
             raise FileNotFoundError(f"entrypoint '{launch.entrypoint}' is not in code")
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
+        contract = {
             names.ENV_JOB_ID: self.job_id,
             names.ENV_INPUT_DIR: str(dirs["input"]),
             names.ENV_OUTPUT_DIR: str(dirs["output"]),
@@ -248,7 +185,7 @@ class Runner:
             names.ENV_PARAMS: str(params),
             names.ENV_METRICS: str(self.work / names.METRICS_FILE),
         }
-        return entry, env
+        return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)
 
     def _execute(self, launch: Launch, entry: Path, env: dict[str, str], result: Result) -> None:
         max_runtime = launch.max_runtime_s
@@ -382,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduled-events", help="IMDS Scheduled Events URL (spot VMs)")
     parser.add_argument("--vm-name", default=socket.gethostname(), help="this VM's name")
     args = parser.parse_args(argv)
+    sandbox.undumpable()  # the user's code, the same OS user, cannot read our environ
     events = ScheduledEvents(args.scheduled_events, args.vm_name) if args.scheduled_events else None
     try:
         rank = Rank.from_env()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from ephemerid import names, rejections, transitions
+from ephemerid import names, rejections, sandbox, transitions
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
 from ephemerid.contract import Result, RunStatus
@@ -64,6 +65,8 @@ class Service:
         self.settings = settings
         self.models = ModelRegistry(artifacts)
         self.staging = Staging(artifacts, self.models, settings)
+        # every reason is stored masked: an error message may quote a connection string
+        self.mask = sandbox.Mask.of_env({**os.environ, **settings.storage.as_env()})
         self._listeners: list[Listener] = [notify] if notify else []
 
     def close(self) -> None:
@@ -349,6 +352,8 @@ class Service:
             values = change(job)
             if values is None:
                 return job, False
+            if "reason" in values:
+                values["reason"] = self.mask(values["reason"])
             try:
                 updated = self.store.update(job.evolve(**values))
             except Conflict:

@@ -14,13 +14,26 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ephemerid.errors import SpecError
+from ephemerid.sandbox import RESERVED
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_RUNTIME_LIMIT = 7 * 24 * 3600
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_MAX_VARS = 64
+ENV_MAX_NAME = 128
+ENV_MAX_VALUE = 4096
 
 
 class JobKind(str, Enum):
@@ -134,6 +147,18 @@ class JobSpec(BaseModel):
     register_as: Registration | None = None
     compute: ComputeRequest = Field(default_factory=ComputeRequest)
     idempotency_key: Annotated[str | None, Field(min_length=1, max_length=512)] = None
+    env: dict[str, str] = Field(default_factory=dict)  # for the entrypoint, in plain text
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _check_env(cls, env: Any) -> Any:
+        if not isinstance(env, dict):
+            return env  # pydantic says it must be a mapping
+        if len(env) > ENV_MAX_VARS:
+            raise ValueError(f"{len(env)} variables; at most {ENV_MAX_VARS}: pass data as params")
+        for name, value in env.items():
+            _check_env_var(name, value)
+        return env
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
@@ -159,6 +184,26 @@ class JobSpec(BaseModel):
     @property
     def label(self) -> str:
         return self.name or PurePosixPath(self.entrypoint).stem
+
+
+def _check_env_var(name: Any, value: Any) -> None:
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name) or len(name) > ENV_MAX_NAME:
+        raise ValueError(
+            f"'{name}' is not a variable name: write letters, digits and _, not starting with "
+            f"a digit, at most {ENV_MAX_NAME} characters (e.g. MY_FLAG)"
+        )
+    if name.startswith("EPHEMERID_") or name in RESERVED:
+        raise ValueError(
+            f"'{name}' is reserved: the runner sets it (EPHEMERID_*, HOME, TMPDIR, RANK and the "
+            "other launcher variables); pick another name"
+        )
+    if not isinstance(value, str):
+        raise ValueError(f'env.{name} must be a string: write it in quotes, e.g. {name}: "1"')
+    if "\0" in value or len(value) > ENV_MAX_VALUE:
+        raise ValueError(
+            f"env.{name} must be text of at most {ENV_MAX_VALUE} characters with no NUL "
+            "character: pass bigger data as params or inputs"
+        )
 
 
 def explain(exc: ValidationError, what: str) -> str:

@@ -60,6 +60,7 @@ class Staging:
             heartbeat_s=self.settings.heartbeat_s,
             grace_s=self.settings.grace_s,
             log_limit_bytes=self.settings.log_limit_bytes,
+            env=spec.env,
         )
         put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
