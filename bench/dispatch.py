@@ -68,6 +68,9 @@ class RecordingCompute:
         self.provisions: Counter[str] = Counter()
         self._lock = threading.Lock()
 
+    def check(self, spec: Any) -> None:
+        """Anything the local backend runs, this one takes."""
+
     def provision(self, job: Any) -> Any:
         from ephemerid.compute import Handle
 
@@ -90,6 +93,9 @@ class RecordingCompute:
 
         with self._lock:
             return [Handle(self.name, job_id) for job_id in self.provisions]
+
+    def close(self) -> None:
+        """Nothing to close: it holds no connections."""
 
 
 def deliveries(keys: list[str], events: int, seed: int) -> list[str]:
