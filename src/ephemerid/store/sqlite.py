@@ -1,4 +1,10 @@
-"""SQLite JobStore: the embedded default. WAL mode, one connection per thread."""
+"""SQLite JobStore: the embedded default. WAL mode, one connection per thread.
+
+A row's ``version`` goes up with every change, so (id, version) names one content for good: the
+store keeps the records it last wrote or read by id and answers a read of that same version
+without parsing and validating the JSON again. Records are immutable (frozen, and their dicts
+and lists are never changed in place), so handing out the same one twice is safe.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import builtins
 import json
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +32,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(open) WHERE open = 1;
 """
+_KEPT = 4096  # records kept by id for reads of an unchanged version
 
 
 class SqliteJobStore:
@@ -36,6 +44,8 @@ class SqliteJobStore:
         # it is free, where SQLite's busy handler would sleep and poll (up to 100 ms a try).
         # Other processes still meet SQLite's own lock and busy timeout.
         self._write = threading.Lock()
+        self._kept: OrderedDict[str, JobRecord] = OrderedDict()
+        self._kept_lock = threading.Lock()
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
 
@@ -67,17 +77,25 @@ class SqliteJobStore:
                 row,
             )
         if cursor.rowcount == 1:
-            return stored, True
-        row = self._conn().execute("SELECT data FROM jobs WHERE key = ?", (record.key,)).fetchone()
+            return self._keep(stored), True
+        row = (
+            self._conn()
+            .execute("SELECT id, version, data FROM jobs WHERE key = ?", (record.key,))
+            .fetchone()
+        )
         if row is None:  # same id under another key: a hash collision, never silently merged
             raise Conflict(f"job id {record.id} already exists for another idempotency key")
-        return JobRecord.from_json(json.loads(row[0])), False
+        return self._record(row), False
 
     def get(self, job_id: str) -> JobRecord:
-        row = self._conn().execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT id, version, data FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"no job '{job_id}': `eph list` shows the jobs there are")
-        return JobRecord.from_json(json.loads(row[0]))
+        return self._record(row)
 
     def update(self, record: JobRecord) -> JobRecord:
         stored = record.evolve(version=record.version + 1)
@@ -90,10 +108,10 @@ class SqliteJobStore:
             )
         if cursor.rowcount != 1:
             raise Conflict(f"job {record.id} changed since version {record.version}")
-        return stored
+        return self._keep(stored)
 
     def list(self, states: Iterable[JobState] | None = None) -> list[JobRecord]:
-        sql, args = "SELECT data FROM jobs", []
+        sql, args = "SELECT id, version, data FROM jobs", []
         if states is not None:
             wanted = [s.value for s in states]
             if not wanted:
@@ -102,15 +120,39 @@ class SqliteJobStore:
             args = wanted
         sql += " ORDER BY created_at DESC, id"
         rows = self._conn().execute(sql, args).fetchall()
-        return [JobRecord.from_json(json.loads(r[0])) for r in rows]
+        return [self._record(row) for row in rows]
 
     def list_open(self) -> builtins.list[JobRecord]:
         rows = (
             self._conn()
-            .execute("SELECT data FROM jobs WHERE open = 1 ORDER BY created_at DESC, id")
+            .execute(
+                "SELECT id, version, data FROM jobs WHERE open = 1 ORDER BY created_at DESC, id"
+            )
             .fetchall()
         )
-        return [JobRecord.from_json(json.loads(r[0])) for r in rows]
+        return [self._record(row) for row in rows]
+
+    # -- records kept by (id, version) -------------------------------------------------------
+
+    def _record(self, row: tuple[str, int, str]) -> JobRecord:
+        """The record in ``row`` (id, version, data): the kept one if it is that version."""
+        job_id, version, data = row
+        with self._kept_lock:
+            kept = self._kept.get(job_id)
+        if kept is not None and kept.version == version:
+            return kept
+        return self._keep(JobRecord.from_json(json.loads(data)))
+
+    def _keep(self, record: JobRecord) -> JobRecord:
+        with self._kept_lock:
+            kept = self._kept.get(record.id)
+            if kept is not None and kept.version > record.version:
+                return record  # a newer one was kept meanwhile: keep that
+            self._kept[record.id] = record
+            self._kept.move_to_end(record.id)
+            if len(self._kept) > _KEPT:
+                self._kept.popitem(last=False)
+        return record
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
