@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,3 +97,35 @@ def test_a_kept_record_reads_the_same_as_its_row(db: Path, store: JobStore) -> N
         assert fresh.get(moved.id) == store.get(moved.id) == moved
     finally:
         fresh.close()
+
+
+def _bump(db: Path, job_id: str, times: int) -> None:
+    store = SqliteJobStore(db)
+    try:
+        done = 0
+        while done < times:
+            job = store.get(job_id)
+            try:
+                store.update(job.evolve(teardown_attempts=job.teardown_attempts + 1))
+            except Conflict:
+                continue
+            done += 1
+    finally:
+        store.close()
+
+
+def test_writers_in_two_processes_take_turns_and_no_change_is_lost(
+    db: Path, store: JobStore
+) -> None:
+    stored, _ = store.create_if_absent(record("k"))
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, as a second host would be
+    workers = [ctx.Process(target=_bump, args=(db, stored.id, 40)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    job = store.get(stored.id)
+    assert (job.teardown_attempts, job.version) == (80, 81)
+    assert (db.parent / "jobs.db.lock").exists()

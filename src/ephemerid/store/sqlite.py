@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ephemerid.errors import Conflict, NotFound
 from ephemerid.record import JobRecord, JobState
+
+try:
+    import fcntl
+except ImportError:  # Windows: processes meet SQLite's own lock only
+    fcntl = None  # type: ignore[assignment]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,10 +47,13 @@ class SqliteJobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        # Writers in this process take turns here: a thread waiting on a lock wakes the moment
-        # it is free, where SQLite's busy handler would sleep and poll (up to 100 ms a try).
-        # Other processes still meet SQLite's own lock and busy timeout.
+        # Writers take turns here first: a thread waiting on a lock wakes the moment it is free,
+        # where SQLite's busy handler sleeps and polls (1 ms, 2, 5 ... up to 100 ms a try), and
+        # a writer that sleeps can lose every turn to the writers of another process. Threads
+        # take a Python lock, processes an flock on <file>.lock; SQLite's own lock and busy
+        # timeout still stand behind both (for any other program writing to the file).
         self._write = threading.Lock()
+        self._flock: tuple[int, int] | None = None  # (pid, descriptor) of <file>.lock
         self._kept: OrderedDict[str, JobRecord] = OrderedDict()
         self._kept_lock = threading.Lock()
         with self._conn() as conn:
@@ -59,6 +69,28 @@ class SqliteJobStore:
             self._local.conn = conn
         return conn
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._write:
+            fd = self._lock_file()
+            if fd is None:
+                yield
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_file(self) -> int | None:
+        """This process's descriptor of <file>.lock (a forked child opens its own)."""
+        if fcntl is None:
+            return None
+        if self._flock is None or self._flock[0] != os.getpid():
+            path = self.path.with_name(self.path.name + ".lock")
+            self._flock = (os.getpid(), os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        return self._flock[1]
+
     def create_if_absent(self, record: JobRecord) -> tuple[JobRecord, bool]:
         stored = record.evolve(version=1)
         row = (
@@ -70,7 +102,7 @@ class SqliteJobStore:
             stored.created_at.isoformat(),
             stored.dumps(),
         )
-        with self._write:
+        with self._writing():
             cursor = self._conn().execute(
                 "INSERT OR IGNORE INTO jobs (id, key, state, version, open, created_at, data) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -100,7 +132,7 @@ class SqliteJobStore:
     def update(self, record: JobRecord) -> JobRecord:
         stored = record.evolve(version=record.version + 1)
         values = (stored.state.value, stored.version, stored.open, stored.dumps())
-        with self._write:
+        with self._writing():
             cursor = self._conn().execute(
                 "UPDATE jobs SET state = ?, version = ?, open = ?, data = ? "
                 "WHERE id = ? AND version = ?",
@@ -155,6 +187,9 @@ class SqliteJobStore:
         return record
 
     def close(self) -> None:
+        if self._flock is not None and self._flock[0] == os.getpid():
+            os.close(self._flock[1])
+        self._flock = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
