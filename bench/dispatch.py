@@ -23,6 +23,7 @@ processes and threads. The full path is reported as a ratio to it.
     python bench/dispatch.py --stores sqlite --events 2000
     python bench/dispatch.py --stores sqlite --processes 2   # 8 workers as 2 processes x 4
     python bench/dispatch.py --stores sqlite --profile   # cProfile, one worker
+    python bench/dispatch.py --stores sqlite --tmpdir /dev/shm   # files in memory: no disk
 """
 
 from __future__ import annotations
@@ -385,7 +386,7 @@ def run_one(store_kind: str, args: argparse.Namespace, processes: int) -> dict:
     if workers < processes:
         raise SystemExit(f"--workers {workers} cannot be spread over {processes} processes")
     unique = max(1, round(events * (1 - args.redelivery)))
-    with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-dispatch-", dir=args.tmpdir) as tmp:
         root = Path(tmp)
         keys = [f"incoming/data/d{i:06}.csv" for i in range(unique + WARMUP * processes)]
         prepare(root, keys)
@@ -422,6 +423,7 @@ def run_one(store_kind: str, args: argparse.Namespace, processes: int) -> dict:
             "workers": workers,
             "processes": processes,
             "threads_per_process": split(workers, processes),
+            "folder": {"path": str(root.parent), "filesystem": filesystem(root)},
         } | merged(parts, events)
         warm_ids = len(keys) - unique
         result["jobs_provisioned"] = len(provisions) - warm_ids
@@ -437,6 +439,22 @@ def run_one(store_kind: str, args: argparse.Namespace, processes: int) -> dict:
                 ratio = result["events_per_s"] / result["floor"]["events_per_s"]
                 result["ratio_to_floor"] = round(ratio, 3)
     return result
+
+
+def filesystem(path: Path) -> str:
+    """The type of the file system ``path`` is on (``ext4``, ``tmpfs`` ...), from /proc/mounts."""
+    best, kind = "", "?"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        fields = line.split()
+        point = fields[1]
+        inside = str(path.resolve()).startswith(point.rstrip("/") + "/")
+        if len(fields) > 2 and inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def run_floor(
@@ -472,6 +490,7 @@ def spawn(store_kind: str, args: argparse.Namespace, env: dict[str, str]) -> lis
         "--events", str(args.events), "--workers", str(args.workers),
         "--redelivery", str(args.redelivery), "--processes", args.processes,
     ] + (["--profile"] if args.profile else [])  # fmt: skip
+    command += ["--tmpdir", args.tmpdir] if args.tmpdir else []
     common.console.print(f"[dim]{store_kind}: {args.events} events...[/dim]")
     subprocess.run(command, env=env, check=True)
     try:
@@ -488,6 +507,9 @@ def main() -> None:
         "--processes", default="1,2", help="worker processes sharing the workers, e.g. 1 or 1,2"
     )
     parser.add_argument("--redelivery", type=float, default=0.5, help="share of redeliveries")
+    parser.add_argument(
+        "--tmpdir", help="folder for the run's SQLite file and bucket (default: the system's)"
+    )
     parser.add_argument("--stores", default="sqlite,table", help="sqlite, table or both")
     parser.add_argument("--profile", action="store_true", help="cProfile one worker, print top")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -499,7 +521,7 @@ def main() -> None:
         child(args)
         return
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    settings = ("events", "workers", "processes", "redelivery", "stores", "profile")
+    settings = ("events", "workers", "processes", "redelivery", "stores", "profile", "tmpdir")
     run = common.Run(
         "dispatch-profile" if args.profile else "dispatch",
         {k: getattr(args, k) for k in settings},
@@ -573,7 +595,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             )
     common.table(
         f"dispatch: {args.events:,} blob events, {args.redelivery:.0%} redeliveries, "
-        f"{1 if args.profile else args.workers} workers in all "
+        f"{1 if args.profile else args.workers} workers in all, "
+        f"on {', '.join(sorted({r['folder']['filesystem'] for r in results}))} "
         f"(goal, SQLite: >= {GOAL_EVENTS_S:,.0f} events/s, p99 <= {GOAL_P99_MS} ms, 0 duplicates)",
         [
             "store",
