@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -87,7 +87,18 @@ class JobRecord:
     version: int = 0
 
     def evolve(self, **changes: Any) -> JobRecord:
-        return replace(self, updated_at=utcnow(), **changes)
+        """A copy with ``changes`` and a new ``updated_at``.
+
+        What ``dataclasses.replace`` does, without running ``__init__`` over all 31 fields again
+        (a record is copied several times per event, and JobRecord has no ``__post_init__``):
+        the values are copied as they are, as ``replace`` copies them.
+        """
+        unknown = changes.keys() - _FIELDS_SET
+        if unknown:
+            raise TypeError(f"JobRecord has no field {', '.join(sorted(unknown))}")
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__, updated_at=utcnow(), **changes)
+        return copied
 
     @property
     def model_owed(self) -> bool:
@@ -146,12 +157,18 @@ class JobRecord:
         return {"sku": self.sku, "spot": self.spot, "held_s": held, "cost_usd": cost, "why": reason}
 
     def to_json(self) -> dict[str, Any]:
+        """The record as JSON values, the caller's own to change."""
+        return self._json_values(own=True)
+
+    def _json_values(self, *, own: bool) -> dict[str, Any]:
         # Not asdict(): it deep-copies the spec (a pydantic model) only for the copy to be
-        # replaced by its dump below, most of what serializing a record for the store cost.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in data.items():
-            if isinstance(value, dict | list):
-                data[name] = copy.deepcopy(value)
+        # replaced by its dump below. ``own``: deep-copy the dicts and lists, which ``dumps``
+        # (that only encodes them) does not need.
+        data = {name: getattr(self, name) for name in _FIELDS}
+        if own:
+            for name, value in data.items():
+                if isinstance(value, dict | list):
+                    data[name] = copy.deepcopy(value)
         data["spec"] = self.spec.model_dump(mode="json", exclude_none=True)
         data["state"] = self.state.value
         data["compute_state"] = self.compute_state.value
@@ -177,7 +194,12 @@ class JobRecord:
         return cls(**values)
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"))
+        """``to_json()`` as compact JSON text: what the stores keep."""
+        return json.dumps(self._json_values(own=False), separators=(",", ":"))
+
+
+_FIELDS = tuple(f.name for f in fields(JobRecord))
+_FIELDS_SET = frozenset(_FIELDS)
 
 
 _TIMES = (

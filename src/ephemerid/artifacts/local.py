@@ -6,7 +6,6 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,13 +45,18 @@ class LocalArtifactStore:
         return stream
 
     def write(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> Stat:
+        """Write a temp file beside ``key``, then rename (or link, ``if_absent``) it into place.
+
+        The system calls are counted (a file created costs most of a new job on a slow disk): a
+        folder in the way is found by the rename failing, the Stat comes from the temp file's
+        own descriptor (the rename keeps its size and mtime), and the temp file is removed only
+        where it is still there.
+        """
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             raise BadInput(f"cannot write '{self.uri(key)}': a part of its path is a file") from exc
-        if path.is_dir():
-            raise BadInput(f"cannot write '{self.uri(key)}': it is a folder of other artifacts")
         temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex[:8]}")
         sha256 = hashlib.sha256()
         try:
@@ -60,16 +64,29 @@ class LocalArtifactStore:
                 while chunk := stream.read(CHUNK):
                     sha256.update(chunk)
                     out.write(chunk)
+                out.flush()
+                st = os.fstat(out.fileno())
+            self._place(key, temp, path, if_absent)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if if_absent:
+            temp.unlink()  # the link is in place
+        etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+        return Stat(key=key, size=st.st_size, etag=etag, sha256=sha256.hexdigest())
+
+    def _place(self, key: str, temp: Path, path: Path, if_absent: bool) -> None:
+        try:
             if if_absent:
-                try:
-                    os.link(temp, path)  # atomic create-if-absent
-                except FileExistsError as exc:
-                    raise Conflict(f"artifact '{self.uri(key)}' already exists") from exc
+                os.link(temp, path)  # atomic create-if-absent
             else:
                 os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
-        return replace(self._stat(key, path), sha256=sha256.hexdigest())
+        except (FileExistsError, IsADirectoryError) as exc:
+            if path.is_dir():
+                raise BadInput(
+                    f"cannot write '{self.uri(key)}': it is a folder of other artifacts"
+                ) from exc
+            raise Conflict(f"artifact '{self.uri(key)}' already exists") from exc
 
     def append(self, key: str, data: bytes) -> None:
         path = self._path(key)
