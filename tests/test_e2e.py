@@ -77,3 +77,11 @@ def test_eph_demo_json_reports_success_and_no_live_compute(tmp_path: Path) -> No
     assert [j["state"] for j in report["jobs"]] == ["SUCCEEDED", "SUCCEEDED"]
     assert [j["compute_state"] for j in report["jobs"]] == ["released", "released"]
     assert set(report["outputs"]) == {j["id"] for j in report["jobs"]}
+    listed = subprocess.run(  # where the demo says its state is, `eph list` finds its jobs
+        [str(EPH), "list", "--json", "--home", report["home"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert {j["id"] for j in json.loads(listed.stdout)} == {j["id"] for j in report["jobs"]}

@@ -93,7 +93,7 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
         jobs = [train, score]
         live = _live_compute(service)
         ok = all(j.state.value == "SUCCEEDED" for j in jobs) and live == 0
-        _report(service, console, as_json, jobs, live, ok)
+        _report(service, console, as_json, jobs, live, ok, home / "state")
     return ok
 
 
@@ -119,7 +119,13 @@ def _show(console: Console) -> Callable[[Invocation], None]:
 
 
 def _report(
-    service: Service, console: Console, as_json: bool, jobs: list[JobRecord], live: int, ok: bool
+    service: Service,
+    console: Console,
+    as_json: bool,
+    jobs: list[JobRecord],
+    live: int,
+    ok: bool,
+    state: Path,
 ) -> None:
     outputs = {j.id: names.run_key(j.id, names.OUTPUTS_DIR) + "/" for j in jobs}
     if as_json:
@@ -130,6 +136,7 @@ def _report(
                 "outputs": outputs,
                 "live_compute": live,
                 "bucket": service.bucket_uri,
+                "home": str(state),
             }
         )
         return
@@ -137,6 +144,7 @@ def _report(
     for job_id, key in outputs.items():
         console.print(f"outputs of {job_id}: {service.uri(key)}")
     console.print(f"live compute: [bold]{live}[/]")
+    console.print(f"the demo's state is in {state}: `eph list --home {state}` shows its jobs")
     for job in jobs:
         if job.reason:
             console.print(f"[red]{job.id}[/]: {job.reason}")
