@@ -1,4 +1,4 @@
-"""Killing ephemerid (SIGKILL) at every step of a job's life leaves nothing running, and the job over.
+"""SIGKILL ephemerid at any step of a job's life: nothing of the job runs on, and the job ends.
 
 For each step, on the local backend and on azure-vm (the real client against the ARM simulator,
 ``VmPlayer`` playing the VMs): a real ephemerid process (``crashing.py``) submits one job and is
@@ -145,9 +145,9 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         }
         yield World(backend, env)
         return
-    with ArmSimulator(provision_s=0.05, delete_s=0.05, retry_after="0.02") as sim:
-        with VmPlayer(sim, tmp_path / "vms"):
-            yield World(backend, azure_env(home, sim), sim)
+    sim = ArmSimulator(provision_s=0.05, delete_s=0.05, retry_after="0.02")
+    with sim, VmPlayer(sim, tmp_path / "vms"):
+        yield World(backend, azure_env(home, sim), sim)
 
 
 @pytest.mark.parametrize(("step", "backend"), CASES)
@@ -200,7 +200,9 @@ def kill_at(step: str, world: World, spec: str, key: str, gate: Gate, tmp: Path)
         [sys.executable, str(HARNESS), spec, key], env=env, stderr=subprocess.PIPE
     )
     try:
-        wait_for(lambda: process.poll() is not None or reached_step(step, world, gate, reached), step)
+        wait_for(
+            lambda: process.poll() is not None or reached_step(step, world, gate, reached), step
+        )
     finally:
         process.kill()
         _, err = process.communicate(timeout=30)
