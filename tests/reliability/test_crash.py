@@ -48,7 +48,8 @@ params = json.loads(pathlib.Path(os.environ["EPHEMERID_PARAMS"]).read_text())
 gate = pathlib.Path(params["gate"])
 with open(gate / "runs.txt", "a") as runs:
     runs.write(f"{os.getpid()}\\n")
-helper = [sys.executable, "linger.py", params["gate"], str(params["stubborn"])]
+job = os.environ["EPHEMERID_JOB_ID"]  # on its command line, as the runner's is
+helper = [sys.executable, "linger.py", params["gate"], str(params["stubborn"]), job]
 subprocess.Popen(helper, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
 deadline = time.monotonic() + 60
