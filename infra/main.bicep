@@ -68,6 +68,7 @@ module compute 'modules/compute.bicep' = {
     location: location
     tags: tags
     functionPrincipalId: identities.outputs.functionPrincipalId
+    vmPrincipalId: identities.outputs.vmPrincipalId
     natGateway: jobsNatGateway
   }
 }

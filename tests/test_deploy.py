@@ -374,6 +374,33 @@ def test_nothing_is_granted_subscription_wide_and_the_vms_only_get_the_job_conta
     )
 
 
+def test_the_vms_identity_may_delete_job_vms_in_their_group_and_nothing_else() -> None:
+    """The VM's own deadline (ephemerid/imds.py DELETEs the VM through ARM with its identity)
+    needs that right; a custom role grants exactly it, on the jobs' resource group only."""
+    text = bicep("modules/compute.bicep")
+    [(name, _, role)] = [r for r in resources(text) if "/roleDefinitions@" in r[1]]
+    [granted] = [
+        body
+        for _, kind, body in resources(text)
+        if "/roleAssignments@" in kind and "principalId: vmPrincipalId" in body
+    ]
+    source = (SRC / "imds.py").read_text()
+
+    assert 'method="DELETE"' in source and "Microsoft\\.Compute/virtualMachines/" in source
+    assert set(re.findall(r"'(Microsoft\.[\w./]+)'", block(role, role.index("actions:")))) == {
+        "Microsoft.Compute/virtualMachines/delete",
+        "Microsoft.Network/networkInterfaces/delete",  # the VM's delete takes its NIC and disk
+        "Microsoft.Compute/disks/delete",
+    }
+    assert "notActions: []" in role and "dataActions" not in role
+    assert re.search(r"assignableScopes:\s*\[\s*resourceGroup\(\)\.id\s*\]", role)
+    assert f"roleDefinitionId: {name}.id" in granted and "scope:" not in granted
+    assert "vmPrincipalId: identities.outputs.vmPrincipalId" in bicep("main.bicep")
+    assert "output vmPrincipalId string = vmIdentity.properties.principalId" in bicep(
+        "modules/identities.bicep"
+    )
+
+
 # -- what must never be there --------------------------------------------------------------------
 
 

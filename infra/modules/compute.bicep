@@ -1,10 +1,12 @@
-// The job VMs' resource group: a VNet whose subnet takes no inbound traffic, and the function
-// identity's rights to make and delete VMs and join their NICs, here and nowhere else.
+// The job VMs' resource group: a VNet whose subnet takes no inbound traffic, the function
+// identity's rights to make and delete VMs and join their NICs, and the VMs' own right to delete
+// a VM (their deadline), here and nowhere else.
 // VMs get no public IP (the backend never asks for one); they reach Storage and the package
 // index outbound, through the NAT gateway.
 param location string
 param tags object
 param functionPrincipalId string
+param vmPrincipalId string
 
 @description('Give the subnet outbound internet through a NAT gateway (about 32 USD a month idle). Off: VMs reach Storage by service endpoint only, so the image must carry the runner.')
 param natGateway bool = true
@@ -87,6 +89,39 @@ resource networkContributor 'Microsoft.Authorization/roleAssignments@2022-04-01'
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.networkContributor)
+  }
+}
+
+// A job VM past its deadline deletes itself through ARM with its identity (src/ephemerid/imds.py):
+// that identity may delete a VM of this group (and the NIC and disk the delete takes with it),
+// nothing else. One identity serves every job VM, so a job's code could delete another job's VM
+// here (never read it): docs/azure-vm.md weighs that.
+resource vmSelfDeleteRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'ephemerid-vm-self-delete')
+  properties: {
+    roleName: 'ephemerid job VM self-delete (${resourceGroup().name})'
+    description: 'Lets ephemerid job VMs delete themselves at their deadline.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: [
+          'Microsoft.Compute/virtualMachines/delete'
+          'Microsoft.Network/networkInterfaces/delete'
+          'Microsoft.Compute/disks/delete'
+        ]
+        notActions: []
+      }
+    ]
+    assignableScopes: [ resourceGroup().id ]
+  }
+}
+
+resource vmSelfDelete 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(resourceGroup().id, vmPrincipalId, vmSelfDeleteRole.id)
+  properties: {
+    principalId: vmPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: vmSelfDeleteRole.id
   }
 }
 

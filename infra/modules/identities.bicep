@@ -1,5 +1,6 @@
 // Two user-assigned identities: one for the function app, one for job VMs (and Azure ML
-// nodes). They hold different rights: the VMs' can only read and write the job containers.
+// nodes). They hold different rights: the VMs' can only read and write the job containers, and
+// delete a job VM (a VM past its deadline deletes itself; compute.bicep).
 param location string
 param tags object
 param token string
@@ -19,3 +20,4 @@ resource vmIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31
 output functionIdentityName string = functionIdentity.name
 output functionPrincipalId string = functionIdentity.properties.principalId
 output vmIdentityName string = vmIdentity.name
+output vmPrincipalId string = vmIdentity.properties.principalId

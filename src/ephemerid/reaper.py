@@ -32,7 +32,7 @@ def reap(service: Service, now: datetime | None = None) -> list[str]:
             actions.append(f"{job.id}: teardown owed -> {'released' if ok else 'still owed'}")
         elif job.model_owed and service.register_model(job).model_version:
             actions.append(f"{job.id}: registered its model")
-    actions.extend(service.strays())
+    actions.extend(service.strays(now))
     for job in service.dispatch_waiting():
         actions.append(f"{job.id}: waiting job -> {job.state.value}")
     return actions
@@ -49,6 +49,8 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
     if job.state is JobState.PROVISIONING:
         started = job.compute_requested_at or job.updated_at
         if (now - started).total_seconds() > settings.provision_timeout_s:
+            if service.adopt(job).state is JobState.RUNNING:  # its VM was made after all
+                return [f"{job.id}: provisioning outlived its caller; found its compute -> RUNNING"]
             return [_end(service, job, JobState.FAILED, "provisioning did not finish in time")]
         return []
     status = service.poll(job)

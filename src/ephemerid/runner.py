@@ -18,6 +18,8 @@ checkpoint, and writes ``result.json``.
 On a spot VM, ``--scheduled-events URL`` makes it watch the instance metadata service: on a
 ``Preempt`` event for this VM it SIGTERMs the entrypoint (which may write a checkpoint), uploads
 the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job again elsewhere.
+``--stop-by TIME`` (azure-vm) stops the entrypoint by then even short of ``max_runtime`` (a VM
+that booted late), so the result is written before the VM's own deadline deletes it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from ephemerid.artifacts import (
 )
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Result, RunStatus
 from ephemerid.errors import ContractError
+from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LOG_FLUSH_S, LogPump
 from ephemerid.track import summarize
 
@@ -74,30 +77,6 @@ class Rank:
         return self.rank == 0
 
 
-class ScheduledEvents:
-    """The VM's Scheduled Events (instance metadata service): is this VM about to be preempted?"""
-
-    def __init__(self, url: str, vm_name: str, timeout_s: float = 2.0) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"scheduled events URL '{url}' must be http(s)")
-        self.url, self.vm_name, self.timeout_s = url, vm_name, timeout_s
-
-    def preempt(self) -> dict[str, Any] | None:
-        """The Preempt event naming this VM, if one is scheduled; None (also when unreachable)."""
-        import urllib.request  # here, not at the top: only spot VMs pay for importing it
-
-        request = urllib.request.Request(self.url, headers={"Metadata": "true"})  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310
-                document = json.load(answer)
-        except (OSError, ValueError):
-            return None
-        for event in document.get("Events") or []:
-            if event.get("EventType") == "Preempt" and self.vm_name in event.get("Resources", []):
-                return dict(event)
-        return None
-
-
 class Runner:
     def __init__(
         self,
@@ -107,8 +86,9 @@ class Runner:
         events: ScheduledEvents | None = None,
         events_poll_s: float = 1.0,
         rank: Rank | None = None,
+        stop_by: datetime | None = None,
     ) -> None:
-        self.rank = rank or Rank()
+        self.rank, self.stop_by = rank or Rank(), stop_by
         self.store, self.job_id = store, job_id
         work = work.resolve()  # the entrypoint runs in its code folder: no path may be relative
         self.work = work / f"rank-{self.rank.rank}" if self.rank.world > 1 else work
@@ -189,6 +169,7 @@ class Runner:
 
     def _execute(self, launch: Launch, entry: Path, env: dict[str, str], result: Result) -> None:
         max_runtime = launch.max_runtime_s
+        limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
         command = [sys.executable, "-u", str(entry), *launch.args]
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = _now()
@@ -203,7 +184,7 @@ class Runner:
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
-        preempt = self._watch(proc, max_runtime)
+        preempt = self._watch(proc, limit)
         timed_out = proc.poll() is None and preempt is None
         if timed_out:
             self.say(f"max runtime {max_runtime:.0f}s reached: stopping (SIGTERM)")
@@ -225,6 +206,9 @@ class Runner:
         elif timed_out:
             result.status = RunStatus.TIMED_OUT
             result.reason = f"ran past max_runtime of {max_runtime:.0f}s and was stopped"
+            if limit < max_runtime:
+                when = f"{self.stop_by:%Y-%m-%dT%H:%M:%SZ}"
+                result.reason = f"stopped at {when}, the latest its VM's deadline allows"
         elif proc.returncode == 0:
             result.status = RunStatus.SUCCEEDED
         else:
@@ -318,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path.cwd())
     parser.add_argument("--scheduled-events", help="IMDS Scheduled Events URL (spot VMs)")
     parser.add_argument("--vm-name", default=socket.gethostname(), help="this VM's name")
+    parser.add_argument("--stop-by", type=parse_deadline, help="UTC time the run must stop by")
     args = parser.parse_args(argv)
     sandbox.undumpable()  # the user's code, the same OS user, cannot read our environ
     events = ScheduledEvents(args.scheduled_events, args.vm_name) if args.scheduled_events else None
@@ -326,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     store = open_artifacts(args.artifacts, os.environ)  # the connection the compute gave it
-    runner = Runner(store, args.job, args.work_dir, events, rank=rank)
+    runner = Runner(store, args.job, args.work_dir, events, rank=rank, stop_by=args.stop_by)
     return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
 
 

@@ -244,8 +244,20 @@ class Service:
                 break
         return started
 
-    def strays(self) -> builtins.list[str]:
-        """Give back compute a backend holds whose job is terminal or unknown; what was done."""
+    def adopt(self, job: JobRecord) -> JobRecord:
+        """A provisioning job whose provision outlived its caller (killed mid-PUT): if its backend
+        holds live compute for it after all, record that handle and run on (RUNNING) instead of
+        throwing the work away. The job unchanged when there is none."""
+        backend = self.backends[job.backend]
+        owned = [h for h in backend.list_owned() if h.job_id == job.id]
+        found = next((h for h in owned if backend.poll(h) is not ComputeStatus.GONE), None)
+        return job if found is None else self._transition(job.id, _adopted(found))[0]
+
+    def strays(self, now: datetime | None = None) -> builtins.list[str]:
+        """Give back compute a backend holds whose job is terminal or unknown, or that is past its
+        own deadline whatever its job's record says (a record lost or from another store); what
+        was done."""
+        now = now or utcnow()
         actions = []
         for name, backend in self.backends.items():
             try:
@@ -258,13 +270,16 @@ class Service:
                     job: JobRecord | None = self.store.get(handle.job_id)
                 except NotFound:
                     job = None
-                if job is not None and not job.state.terminal:
+                overdue = handle.deadline is not None and handle.deadline < now
+                if job is not None and not job.state.terminal and not overdue:
                     continue
                 try:
                     gone = backend.teardown(handle)
                 except EphemeridError:
                     gone = False
                 owner = f"job {job.state.value}" if job else "no job"
+                if overdue:
+                    owner += f", past its deadline {handle.deadline:%Y-%m-%dT%H:%M:%SZ}"
                 actions.append(
                     f"{handle.job_id}: {name} compute with {owner} -> "
                     f"{'torn down' if gone else 'teardown still owed'}"
@@ -368,3 +383,9 @@ class Service:
             self._notify(updated)
             return updated, True
         raise Conflict(f"job {job_id} kept changing under 50 attempts to update it")
+
+
+def _adopted(handle: Handle) -> Change:
+    """``live(handle)``, for a job still provisioning only (a provision that did finish wins)."""
+    live = transitions.live(handle)
+    return lambda job: live(job) if job.state is JobState.PROVISIONING else None

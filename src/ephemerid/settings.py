@@ -17,7 +17,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -41,6 +48,19 @@ Interval = Annotated[float, Field(gt=0, allow_inf_nan=False, description="second
 Count = Annotated[int, Field(ge=0, description="a whole number, 0 or more")]
 Bytes = Annotated[int, Field(ge=1, description="a whole number of bytes, 1 or more")]
 Flag = Annotated[bool, BeforeValidator(_strip), Field(description="true or false")]
+
+
+def _no_query(value: str) -> str:
+    if "?" in value:
+        raise ValueError(
+            "carries a query string (a SAS token?), which would travel to the compute: "
+            "write the URL alone; ephemerid reaches storage with its identity or EPHEMERID_STORAGE"
+        )
+    return value
+
+
+# A storage URL: its query string is refused (the error shows the value without it).
+Url = Annotated[str, AfterValidator(_no_query)]
 
 
 class EnvMapping(PydanticBaseSettingsSource):
@@ -101,9 +121,9 @@ class StorageSettings(_Settings):
 
     connection_string: SecretStr | None = Field(None, alias="EPHEMERID_STORAGE")
     account_name: str = Field("", alias="EPHEMERID_STORAGE__accountName")
-    blob_service_uri: str = Field("", alias="EPHEMERID_STORAGE__blobServiceUri")
-    queue_service_uri: str = Field("", alias="EPHEMERID_STORAGE__queueServiceUri")
-    table_service_uri: str = Field("", alias="EPHEMERID_STORAGE__tableServiceUri")
+    blob_service_uri: Url = Field("", alias="EPHEMERID_STORAGE__blobServiceUri")
+    queue_service_uri: Url = Field("", alias="EPHEMERID_STORAGE__queueServiceUri")
+    table_service_uri: Url = Field("", alias="EPHEMERID_STORAGE__tableServiceUri")
     credential: str = Field("", alias="EPHEMERID_STORAGE__credential")
     client_id: str = Field("", alias="EPHEMERID_STORAGE__clientId")
 
@@ -145,7 +165,7 @@ class AzureVmSettings(_Settings):
     # a local ARM simulator (ephemerid.testing.arm); empty: Azure
     arm_endpoint: str = Field("", alias="EPHEMERID_ARM_ENDPOINT")
     scheduled_events_url: str = Field(IMDS_SCHEDULED_EVENTS, alias="EPHEMERID_SCHEDULED_EVENTS_URL")
-    blob_service_uri: str = Field("", alias="EPHEMERID_STORAGE__blobServiceUri")
+    blob_service_uri: Url = Field("", alias="EPHEMERID_STORAGE__blobServiceUri")
     max_wait_s: Seconds = Field(3600.0, alias="EPHEMERID_CAPACITY_MAX_WAIT_S")
     backoff_s: Seconds = Field(30.0, alias="EPHEMERID_CAPACITY_BACKOFF_S")
     arm_retry_s: Seconds = Field(2.0, alias="EPHEMERID_ARM_RETRY_S")
@@ -191,7 +211,7 @@ class AzureMlSettings(_Settings):
     experiment: str = Field("ephemerid", alias="EPHEMERID_AML_EXPERIMENT")
     # a local ARM simulator (ephemerid.testing.arm); empty: Azure
     arm_endpoint: str = Field("", alias="EPHEMERID_ARM_ENDPOINT")
-    blob_service_uri: str = Field("", alias="EPHEMERID_STORAGE__blobServiceUri")
+    blob_service_uri: Url = Field("", alias="EPHEMERID_STORAGE__blobServiceUri")
     idle_s: Seconds = Field(120.0, alias="EPHEMERID_AML_IDLE_S")
     # a job whose result is written ends by itself: wait, then cancel
     finish_wait_s: Seconds = Field(30.0, alias="EPHEMERID_AML_FINISH_WAIT_S")
@@ -220,7 +240,7 @@ class Settings(_Settings):
 
     home: Path = Field(alias="EPHEMERID_HOME")
     store_url: str = Field(alias="EPHEMERID_STORE")
-    artifacts_url: str = Field(alias="EPHEMERID_ARTIFACTS")
+    artifacts_url: Url = Field(alias="EPHEMERID_ARTIFACTS")
     rules_path: Path = Field(Path("ephemerid.yaml"), alias="EPHEMERID_RULES")
     backend: str = Field("local", alias="EPHEMERID_BACKEND")
     jobs_queue: str = Field(JOBS_QUEUE, alias="EPHEMERID_JOBS_QUEUE")
@@ -253,7 +273,8 @@ class Settings(_Settings):
         values[cls.setting("home")] = home
         values.setdefault(cls.setting("store_url"), f"sqlite://{home / 'jobs.db'}")
         values.setdefault(cls.setting("artifacts_url"), f"file://{home / 'bucket'}")
-        storage = StorageSettings(**EnvMapping(StorageSettings, env)())  # strings: never bad
+        storage = _validated(StorageSettings, EnvMapping(StorageSettings, env)(), problems)
+        storage = storage or StorageSettings.model_validate({})
         values.setdefault("storage", storage)
         values.setdefault("azure_vm", _backend(AzureVmSettings, "azure-vm", env, storage, problems))
         values.setdefault("azure_ml", _backend(AzureMlSettings, "azure-ml", env, storage, problems))
@@ -302,7 +323,10 @@ def _explain(model: type[_Settings], exc: ValidationError) -> Iterator[str]:
         problem = _problem(error, what)
         if what and field is not None and not field.is_required() and field.default is not None:
             problem += f" (default {field.default})"
-        yield f"{name}='{error.get('input')}' {problem}"
+        shown = str(error.get("input"))
+        if "query string" in problem:  # never echo a SAS token
+            shown = f"{shown.partition('?')[0]}?…"
+        yield f"{name}='{shown}' {problem}"
 
 
 def _problem(error: ErrorDetails, what: str | None) -> str:

@@ -10,6 +10,12 @@ scratch folder for ``/var/lib/ephemerid/work``; ``--vm-name`` is the VM's comput
 hostname on Azure). When a VM leaves the simulator's inventory (deleted or evicted), the player
 kills that session, as losing the VM would. What is not played: package installation, systemd,
 the managed identity (the bucket is a local folder), and the GPU.
+
+The VM's deadline timer is played too: once its ``OnCalendar`` time has come, the player runs the
+deadline unit's ``ExecStart`` (the ``imds.py`` the custom data carries, written to a scratch file)
+with this interpreter in isolated mode without site-packages (``-I -S``: the image's python has
+no ephemerid), the unit's environment file and nothing else but ``EPHEMERID_IMDS``, the VM's own
+metadata service in the simulator. ``boot_after_s`` delays the runner's start (a slow boot).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import re
 import subprocess
 import sys
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,7 @@ import yaml
 
 from drive import kill_session
 from ephemerid.compute.azure_vm import ENV_FILE, UNIT_FILE, VENV
+from ephemerid.compute.vm_body import DEADLINE_TIMER_FILE, DEADLINE_UNIT_FILE, IMDS_FILE
 from ephemerid.testing.arm import SUBSCRIPTION, ArmSimulator, SimVm
 
 GROUP = "eph-jobs"
@@ -62,22 +71,41 @@ def azure_env(home: Path, sim: ArmSimulator, **more: str) -> dict[str, str]:
     }
 
 
+def written_files(vm: SimVm) -> dict[str, str]:
+    """Every file the VM's cloud-init writes, by path, from its decoded custom data."""
+    config = yaml.safe_load(vm.custom_data())
+    return {f["path"]: f["content"] for f in config["write_files"]}
+
+
+def env_file(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line)
+
+
 def boot_files(vm: SimVm) -> tuple[dict[str, str], str]:
     """The runner's environment file and systemd unit, from the VM's decoded custom data."""
-    config = yaml.safe_load(vm.custom_data())
-    files = {f["path"]: f["content"] for f in config["write_files"]}
-    env = dict(line.split("=", 1) for line in files[ENV_FILE].splitlines() if line)
-    return env, files[UNIT_FILE]
+    files = written_files(vm)
+    return env_file(files[ENV_FILE]), files[UNIT_FILE]
 
 
-def exec_start(vm: SimVm, work: Path) -> tuple[list[str], dict[str, str]]:
-    """The unit's ExecStart as an argv, the way systemd fills ``${VAR}`` (one word each)."""
-    env, unit = boot_files(vm)
+def unit_command(files: dict[str, str], unit_path: str) -> tuple[list[str], dict[str, str]]:
+    """A unit's ExecStart as an argv, the way systemd fills ``${VAR}`` (one word each) from the
+    unit's EnvironmentFiles, and that environment."""
+    unit = files[unit_path]
+    env: dict[str, str] = {}
+    for line in unit.splitlines():
+        if line.startswith("EnvironmentFile="):
+            env.update(env_file(files[line.removeprefix("EnvironmentFile=")]))
     line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
     argv = [
         re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word)
         for word in line.removeprefix("ExecStart=").split()
     ]
+    return argv, env
+
+
+def exec_start(vm: SimVm, work: Path) -> tuple[list[str], dict[str, str]]:
+    """The runner unit's ExecStart as an argv, and its environment."""
+    argv, env = unit_command(written_files(vm), UNIT_FILE)
     assert argv[0] == f"{VENV}/bin/python", argv
     argv[0] = sys.executable
     argv[argv.index("--work-dir") + 1] = str(work)
@@ -85,12 +113,22 @@ def exec_start(vm: SimVm, work: Path) -> tuple[list[str], dict[str, str]]:
     return [*argv, "--vm-name", computer], env
 
 
+def timer_due(vm: SimVm) -> datetime:
+    """When the VM's deadline timer fires (its ``OnCalendar=... UTC``)."""
+    timer = written_files(vm)[DEADLINE_TIMER_FILE]
+    line = next(x for x in timer.splitlines() if x.startswith("OnCalendar="))
+    when = line.removeprefix("OnCalendar=").removesuffix(" UTC")
+    return datetime.strptime(when, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
 class VmPlayer:
     """Boots the runner of every VM the simulator reports running; kills it when the VM goes."""
 
-    def __init__(self, sim: ArmSimulator, root: Path) -> None:
-        self.sim, self.root = sim, root
+    def __init__(self, sim: ArmSimulator, root: Path, boot_after_s: float = 0.0) -> None:
+        self.sim, self.root, self.boot_after_s = sim, root, boot_after_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.deadlines: dict[str, subprocess.Popen[bytes]] = {}  # the VMs' self-deletes
+        self._seen: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -101,7 +139,7 @@ class VmPlayer:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        for proc in self.procs.values():
+        for proc in [*self.procs.values(), *self.deadlines.values()]:
             kill_session(proc)
 
     def booted(self) -> list[str]:
@@ -111,9 +149,14 @@ class VmPlayer:
         while not self._stop.wait(0.02):
             live = {vm.name: vm for vm in self.sim.inventory()}
             for name, vm in live.items():
-                if vm.state == "Succeeded" and name not in self.procs:
+                if vm.state != "Succeeded":
+                    continue
+                up_s = time.monotonic() - self._seen.setdefault(name, time.monotonic())
+                if name not in self.procs and up_s >= self.boot_after_s:
                     self.procs[name] = self._boot(vm)
-            for name, proc in self.procs.items():
+                if name not in self.deadlines and datetime.now(UTC) >= timer_due(vm):
+                    self.deadlines[name] = self._deadline(vm)
+            for name, proc in [*self.procs.items(), *self.deadlines.items()]:
                 if name not in live:
                     kill_session(proc)
 
@@ -121,11 +164,26 @@ class VmPlayer:
         work = self.root / vm.name
         work.mkdir(parents=True, exist_ok=True)
         argv, env = exec_start(vm, work)
-        with (self.root / f"{vm.name}.log").open("ab") as log:
+        return self._start(argv, {**os.environ, **env}, work, f"{vm.name}.log")
+
+    def _deadline(self, vm: SimVm) -> subprocess.Popen[bytes]:
+        files = written_files(vm)
+        script = self.root / f"{vm.name}-imds.py"
+        script.write_text(files[IMDS_FILE])
+        argv, env = unit_command(files, DEADLINE_UNIT_FILE)
+        assert argv[:2] == ["python3", IMDS_FILE], argv
+        argv[:2] = [sys.executable, "-I", "-S", str(script)]
+        env = {"PATH": os.environ["PATH"], **env, "EPHEMERID_IMDS": self.sim.imds_url(vm.name)}
+        return self._start(argv, env, self.root, f"{vm.name}-deadline.log")
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], cwd: Path, log_name: str
+    ) -> subprocess.Popen[bytes]:
+        with (self.root / log_name).open("ab") as log:
             return subprocess.Popen(
                 argv,
-                cwd=work,
-                env={**os.environ, **env},
+                cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -91,6 +91,8 @@ OPEN_AFTER = {"handle saved", "running"}
 STUCK = {"record created", "launch written", "provision started", "runner started"}
 RESUMES = {"launch written", "handle saved", "running"} | OPEN_BEFORE - {"record created"}
 SEEN_FROM_OUTSIDE = {"running", "teardown sent"}
+# the reaper adopts the VM a crashed PUT made, and the job runs on it (issue 14.13)
+ADOPTED = {("runner started", "azure-vm")}
 
 HALF_MADE = pytest.mark.xfail(strict=True, reason="half-made submit (issue 14.6)")
 TRUSTS_HANDLE = pytest.mark.xfail(
@@ -166,7 +168,7 @@ def test_killing_ephemerid_at_a_step_leaves_no_compute_alive_and_the_job_over(
         gate.open()
     try:
         kill_at(step, world, spec.model_dump_json(), key, gate, tmp_path)
-        if step in OPEN_AFTER:
+        if step in OPEN_AFTER or (step, backend) in ADOPTED:
             gate.open()
         with ephemerid(world.env) as restarted:  # a fresh ephemerid on the same home and store
             job = recover(restarted, job_id, world, PAST_TIMEOUTS if step in STUCK else None)
@@ -181,7 +183,7 @@ def test_killing_ephemerid_at_a_step_leaves_no_compute_alive_and_the_job_over(
     assert job.compute_state in DONE_COMPUTE
     assert alive == [], f"the job's compute outlived it: {alive}"
     assert world.provisions(job_id, gate) <= 1
-    if step in RESUMES:
+    if step in RESUMES or (step, backend) in ADOPTED:
         assert job.state is JobState.SUCCEEDED, job.reason
     if step == "record created":  # it runs, or fails before anything is rented
         assert job.state is JobState.SUCCEEDED or job.live_at is None, job.reason

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +35,9 @@ class Handle:
 
     ``sku``, ``spot`` and ``price_per_hour`` (USD, None if unknown) are what the job pays for;
     ``billed_tail_s`` is how long the compute stays billed after it is released (an Azure ML
-    cluster's nodes idle that long before they scale down).
+    cluster's nodes idle that long before they scale down). ``deadline``, where the compute
+    carries one (azure-vm's ``ephemerid-deadline`` tag): past it, the compute is overdue whatever
+    its job's record says, and the reaper gives it back.
     """
 
     backend: str
@@ -44,6 +47,7 @@ class Handle:
     spot: bool = False
     price_per_hour: float | None = None
     billed_tail_s: float = 0.0
+    deadline: datetime | None = None
 
 
 class ComputeBackend(Protocol):

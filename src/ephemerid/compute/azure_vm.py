@@ -10,7 +10,9 @@ none fits, ``CapacityUnavailable`` makes the job wait with backoff, and after ``
 ``ComputeError`` fails it with every attempt listed. ``teardown`` DELETEs with
 ``forceDeletion=false``, waits on the long-running operation and returns True only when a GET
 answers 404; transient ARM errors are retried with backoff, and an unconfirmed teardown returns
-False so it stays owed. ``list_owned`` is every VM of the resource group tagged ``ephemerid-job``.
+False so it stays owed. ``list_owned`` is every VM of the resource group tagged ``ephemerid-job``,
+each Handle with the VM's ``ephemerid-deadline`` (the reaper deletes a VM past it; the VM
+deletes itself then too, see ``vm_body``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from ephemerid.azure.compute import (
     TAG_JOB,
     compute_name,
     deadline_margin_s,
+    read_deadline,
     retry_delays,
     runner_env,
+    stop_margin_s,
 )
 from ephemerid.azure.errors import describe, error_tree, transient
 from ephemerid.compute import ComputeStatus, Handle, check_one_machine
@@ -39,6 +43,7 @@ from ephemerid.compute.vm_body import (
     ENV_FILE,
     UNIT_FILE,
     VENV,
+    Deadline,
     Placement,
     VmBody,
     placements,
@@ -89,6 +94,7 @@ class AzureVmCompute:
         prices: PriceTable | None = None,
         timeout_s: float = 600.0,
         deadline_margin_s: float = 900.0,
+        stop_margin_s: float = 130.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client, self.vms = client, client.virtual_machines
@@ -96,6 +102,7 @@ class AzureVmCompute:
         self.artifacts_uri = artifacts_uri
         self.prices = prices or PriceTable.load()
         self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
+        self.stop_margin_s = min(stop_margin_s, deadline_margin_s)
         self.package = config.runner_package or f"ephemerid[azure]=={__version__}"
         self._sleep = sleep
         self._ssh_key = config.ssh_public_key
@@ -120,6 +127,7 @@ class AzureVmCompute:
             prices=PriceTable.load(settings.price_table),
             timeout_s=settings.provision_timeout_s,
             deadline_margin_s=deadline_margin_s(settings),
+            stop_margin_s=stop_margin_s(settings),
         )
 
     def close(self) -> None:
@@ -193,7 +201,7 @@ class AzureVmCompute:
         return all(confirmed)
 
     def list_owned(self) -> list[Handle]:
-        return [Handle(self.name, vm.tags[TAG_JOB], _data(vm)) for vm in self._owned()]
+        return [self._handle(vm.tags[TAG_JOB], vm) for vm in self._owned()]
 
     # -- ARM ---------------------------------------------------------------------------------
 
@@ -279,7 +287,8 @@ class AzureVmCompute:
     def _handle(self, job_id: str, vm: Any) -> Handle:
         data = _data(vm)
         price = self.prices.per_hour(data["sku"], data["spot"])
-        return Handle(self.name, job_id, data, data["sku"], data["spot"], price)
+        deadline = read_deadline((vm.tags or {}).get(TAG_DEADLINE))
+        return Handle(self.name, job_id, data, data["sku"], data["spot"], price, deadline=deadline)
 
     def _no_capacity(self, job: JobRecord, attempts: list[str]) -> EphemeridError:
         waited = (utcnow() - job.waiting_since).total_seconds() if job.waiting_since else 0.0
@@ -303,10 +312,19 @@ class AzureVmCompute:
         return {**env, "EPHEMERID_SCHEDULED_EVENTS": config.scheduled_events_url}
 
     def _body(self, job: JobRecord, name: str, placement: Placement) -> dict[str, Any]:
-        margin = job.spec.compute.max_runtime + self.deadline_margin_s
-        deadline = utcnow() + timedelta(seconds=margin)
         body = VmBody(self.config, self.package, self._public_key())
-        return body.render(job.id, name, placement, self._runner_env(job.id), deadline)
+        return body.render(job.id, name, placement, self._runner_env(job.id), self._deadline(job))
+
+    def _deadline(self, job: JobRecord) -> Deadline:
+        """Max runtime plus the margins from now: the VM deletes itself then, and its runner
+        stops the entrypoint ``stop_margin_s`` before (the grace, then time to upload)."""
+        at = utcnow() + timedelta(seconds=job.spec.compute.max_runtime + self.deadline_margin_s)
+        told = {
+            "EPHEMERID_ARM_ENDPOINT": self.config.arm_endpoint,
+            "EPHEMERID_VM_IDENTITY_CLIENT_ID": self.config.identity_client_id,
+        }
+        env = {key: value for key, value in told.items() if value}
+        return Deadline(at, at - timedelta(seconds=self.stop_margin_s), env)
 
     def _public_key(self) -> str:
         """The configured SSH key, or a throwaway one made once (only when a VM is made)."""

@@ -6,6 +6,12 @@ the tags ``ephemerid-job`` and ``ephemerid-deadline``. Its cloud-init installs a
 starts it with the job's URI and nothing else: no key, token or SAS (the runner reaches the bucket
 with the VM's identity), and nothing from the spec in shell text (values go to an environment
 file systemd reads, checked against a strict pattern first).
+
+The deadline is the VM's own too: before anything is installed, cloud-init enables a systemd
+timer set to the deadline, whose unit runs ``ephemerid/imds.py`` (written to the VM as it is,
+standard library only, so it works even if the runner's install failed) to DELETE the VM through
+ARM with its identity. The runner is told to stop the entrypoint by ``stop_by``, early enough
+before the deadline to write its result.
 """
 
 from __future__ import annotations
@@ -14,17 +20,24 @@ import base64
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ephemerid.azure.compute import TAG_DEADLINE, TAG_JOB, check_env
+from ephemerid import imds
+from ephemerid.azure.compute import TAG_DEADLINE, TAG_JOB, check_env, write_deadline
 from ephemerid.errors import BadInput
 from ephemerid.settings import AzureVmSettings
 from ephemerid.spec import ComputeRequest, Spot
 
 ENV_FILE = "/etc/ephemerid/runner.env"
+DEADLINE_ENV_FILE = "/etc/ephemerid/deadline.env"
 UNIT_FILE = "/etc/systemd/system/ephemerid-runner.service"
+IMDS_FILE = "/etc/ephemerid/imds.py"
+DEADLINE_UNIT_FILE = "/etc/systemd/system/ephemerid-deadline.service"
+DEADLINE_TIMER_FILE = "/etc/systemd/system/ephemerid-deadline.timer"
 VENV = "/opt/ephemerid"
 WORK_DIR = "/var/lib/ephemerid/work"
 ADMIN = "ephemerid"
@@ -36,10 +49,35 @@ After=network-online.target
 [Service]
 Type=exec
 EnvironmentFile={ENV_FILE}
+EnvironmentFile={DEADLINE_ENV_FILE}
 WorkingDirectory=/var/lib/ephemerid
 ExecStart={VENV}/bin/python -m ephemerid.runner --artifacts ${{EPHEMERID_ARTIFACTS}} \
---job ${{EPHEMERID_JOB}} --work-dir {WORK_DIR} --scheduled-events ${{EPHEMERID_SCHEDULED_EVENTS}}
+--job ${{EPHEMERID_JOB}} --work-dir {WORK_DIR} --scheduled-events ${{EPHEMERID_SCHEDULED_EVENTS}} \
+--stop-by ${{EPHEMERID_STOP_BY}}
 Restart=no
+"""
+DEADLINE_UNIT = """[Unit]
+Description=ephemerid: this VM's deadline has passed: delete it through ARM
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=exec
+EnvironmentFile={env}
+ExecStart={python} {script} --deadline ${{EPHEMERID_DEADLINE}}
+Restart=always
+RestartSec=30
+"""
+DEADLINE_TIMER = """[Unit]
+Description=ephemerid: delete this VM at its deadline
+
+[Timer]
+OnCalendar={when} UTC
+AccuracySec=1s
+Persistent=true
+
+[Install]
+WantedBy=timers.target
 """
 _SAFE_PACKAGE = re.compile(r"^[A-Za-z0-9._:/@+=<>!~\[\],-]+$")
 
@@ -65,8 +103,36 @@ def placements(request: ComputeRequest, regions: tuple[str, ...], sku: str) -> l
     ]
 
 
-def cloud_init(env: dict[str, str], package: str, python: str) -> str:
-    """The VM's cloud-config: write the runner's environment and unit, install it, start it."""
+@dataclass(frozen=True)
+class Deadline:
+    """When the VM deletes itself (``at``, also its tag) and its runner must stop (``stop_by``);
+    ``env`` is what the self-delete is told besides: the ARM endpoint and the identity."""
+
+    at: datetime
+    stop_by: datetime
+    env: dict[str, str]
+
+    def files(self, python: str) -> list[dict[str, str]]:
+        """The environment file, the self-delete script, its unit and its timer."""
+        env = {
+            "EPHEMERID_DEADLINE": write_deadline(self.at),
+            "EPHEMERID_STOP_BY": write_deadline(self.stop_by),
+            **self.env,
+        }
+        check_env("azure-vm", "the VM's deadline environment", env)
+        unit = DEADLINE_UNIT.format(env=DEADLINE_ENV_FILE, python=python, script=IMDS_FILE)
+        timer = DEADLINE_TIMER.format(when=self.at.strftime("%Y-%m-%d %H:%M:%S"))
+        return [
+            _file(DEADLINE_ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items())),
+            _file(IMDS_FILE, _imds_source()),
+            _file(DEADLINE_UNIT_FILE, unit),
+            _file(DEADLINE_TIMER_FILE, timer),
+        ]
+
+
+def cloud_init(env: dict[str, str], package: str, python: str, deadline: Deadline) -> str:
+    """The VM's cloud-config: arm the deadline, write the runner's environment and unit, install
+    it, start it."""
     check_env("azure-vm", "the VM's environment", env)
     for what, value in (("EPHEMERID_RUNNER_PACKAGE", package), ("EPHEMERID_VM_PYTHON", python)):
         if not _SAFE_PACKAGE.match(value):
@@ -75,14 +141,13 @@ def cloud_init(env: dict[str, str], package: str, python: str) -> str:
         "package_update": True,
         "packages": ["python3-venv"],
         "write_files": [
-            {
-                "path": ENV_FILE,
-                "permissions": "0644",
-                "content": "".join(f"{k}={v}\n" for k, v in env.items()),
-            },
-            {"path": UNIT_FILE, "permissions": "0644", "content": UNIT},
+            _file(ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items())),
+            _file(UNIT_FILE, UNIT),
+            *deadline.files(python),
         ],
         "runcmd": [
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", "ephemerid-deadline.timer"],
             ["mkdir", "-p", WORK_DIR],
             [python, "-m", "venv", "--system-site-packages", VENV],
             [f"{VENV}/bin/pip", "install", "--no-input", "--disable-pip-version-check", package],
@@ -91,6 +156,15 @@ def cloud_init(env: dict[str, str], package: str, python: str) -> str:
         ],
     }
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
+
+
+def _file(path: str, content: str) -> dict[str, str]:
+    return {"path": path, "permissions": "0644", "content": content}
+
+
+@cache
+def _imds_source() -> str:
+    return Path(imds.__file__).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -102,10 +176,10 @@ class VmBody:
     public_key: str
 
     def render(
-        self, job_id: str, name: str, placement: Placement, env: dict[str, str], deadline: datetime
+        self, job_id: str, name: str, placement: Placement, env: dict[str, str], deadline: Deadline
     ) -> dict[str, Any]:
         """The PUT body of VM ``name`` for job ``job_id``, placed at ``placement``."""
-        custom = cloud_init(env, self.package, self.config.python)
+        custom = cloud_init(env, self.package, self.config.python, deadline)
         properties: dict[str, Any] = {
             "hardwareProfile": {"vmSize": placement.sku},
             "storageProfile": self._storage(),
@@ -117,7 +191,7 @@ class VmBody:
             properties.update(evictionPolicy="Delete", billingProfile={"maxPrice": -1})
         body: dict[str, Any] = {
             "location": placement.region,
-            "tags": {TAG_JOB: job_id, TAG_DEADLINE: deadline.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "tags": {TAG_JOB: job_id, TAG_DEADLINE: write_deadline(deadline.at)},
             "identity": {
                 "type": "UserAssigned",
                 "userAssignedIdentities": {self.config.identity_id: {}},

@@ -8,7 +8,9 @@ operations answered the ARM way: 201/202 with ``Azure-AsyncOperation`` and/or ``
 headers, whose URLs answer ``InProgress`` until the operation ends ``Succeeded``, ``Failed`` or
 ``Canceled``. Tags are kept; ``inventory()`` lists every VM that still exists, which is what
 Azure would still bill. ``/metadata/scheduledevents`` is a fake of the instance metadata
-service's Scheduled Events document, where ``preempt()`` posts spot evictions.
+service's Scheduled Events document, where ``preempt()`` posts spot evictions; each VM's own
+metadata service (its resource id, a token of its identity) is at ``imds_url(name)``. Each
+request records its caller: ``service`` (the simulator's token) or ``identity of <vm>``.
 
 Tests and benchmarks script it: provisioning and deletion latency, 429 with ``Retry-After``,
 500s and connection resets (``faults``, ``fail_next``), capacity and quota refusals per SKU,
@@ -42,11 +44,20 @@ from ephemerid.azure import clients
 from ephemerid.azure.clients import SIMULATOR_TOKEN as TOKEN
 from ephemerid.azure.clients import StaticToken, is_loopback
 from ephemerid.testing.aml import PROVIDER, AmlJobs
-from ephemerid.testing.arm_vms import SUBSCRIPTION, Refusal, Reply, SimVm, VmRoutes, _Op
+from ephemerid.testing.arm_vms import (
+    IMDS_PREFIX,
+    SUBSCRIPTION,
+    Refusal,
+    Reply,
+    SimVm,
+    VmRoutes,
+    _Op,
+)
 from ephemerid.testing.arm_vms import arm_error as _error
 
 __all__ = ["TOKEN", "ArmSimulator", "Refusal", "SimVm", "StaticToken", "is_loopback"]
 EVENTS_PATH = "/metadata/scheduledevents"
+SERVICE = "service"
 FAULTS: tuple[str, ...] = ("throttle", "error", "reset")
 
 
@@ -55,6 +66,7 @@ class Request:
     method: str
     path: str
     query: dict[str, str]
+    caller: str = SERVICE
 
 
 class ArmSimulator(VmRoutes):
@@ -76,6 +88,7 @@ class ArmSimulator(VmRoutes):
         self.created: list[SimVm] = []  # every VM a PUT created, in order
         self.evicted: list[str] = []
         self._vms: dict[tuple[str, str], SimVm] = {}
+        self.vm_tokens: dict[str, tuple[str, str]] = {}
         self._ops: dict[str, _Op] = {}
         self._refusals: list[Refusal] = []
         self._fault_rate, self._fault_kinds = 0.0, FAULTS
@@ -200,8 +213,12 @@ class ArmSimulator(VmRoutes):
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if parsed.path.rstrip("/").lower() == EVENTS_PATH:
             return self._events(headers)
+        if parsed.path.startswith(IMDS_PREFIX):
+            with self._lock:
+                return self._imds(parsed.path, query, headers)
         with self._lock:
-            self.requests.append(Request(method, parsed.path, query))
+            caller = self._caller(headers)
+            self.requests.append(Request(method, parsed.path, query, caller or "nobody"))
             fault = self._pick_fault(method)
             if fault == "throttle":
                 message = "simulated throttling: retry after the Retry-After header"
@@ -247,16 +264,22 @@ class ArmSimulator(VmRoutes):
     def _route(
         self, method: str, path: str, query: dict[str, str], headers: Any, raw: bytes
     ) -> Reply:
-        if headers.get("Authorization") != f"Bearer {TOKEN}":
+        caller = self._caller(headers)
+        if caller is None:
             return 401, _error("AuthenticationFailed", "no valid bearer token"), {}
         if "api-version" not in query:
             return 400, _error("MissingApiVersionParameter", "api-version is required"), {}
         parts = [p.lower() for p in path.strip("/").split("/")]
         raw_parts = path.strip("/").split("/")
-        if parts[:1] == ["subscriptions"] and PROVIDER in parts:
-            return self.ml.route(method, path, query, raw)
         is_vms = parts[:1] == ["subscriptions"] and parts[2:3] == ["resourcegroups"]
         is_vms = is_vms and parts[4:7] == ["providers", "microsoft.compute", "virtualmachines"]
+        if caller != SERVICE:  # a VM's identity holds the jobs' custom role: delete VMs, no more
+            group = self.vm_tokens[_token(headers)][0]
+            if not (is_vms and len(parts) == 8 and method == "DELETE" and parts[3] == group):
+                message = f"{caller} may only delete VMs of group '{group}', not {method} {path}"
+                return 403, _error("AuthorizationFailed", message), {}
+        if parts[:1] == ["subscriptions"] and PROVIDER in parts:
+            return self.ml.route(method, path, query, raw)
         if is_vms and len(parts) == 7 and method == "GET":
             return self._list(parts[3], path, query)
         if is_vms and len(parts) == 8:
@@ -272,6 +295,14 @@ class ArmSimulator(VmRoutes):
             return self._operation(raw_parts[7], query)
         return 400, _error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
 
+    def _caller(self, headers: Any) -> str | None:
+        """Who sent a request: the service, a VM's identity, or nobody known (None)."""
+        token = _token(headers)
+        if token == TOKEN:
+            return SERVICE
+        vm = self.vm_tokens.get(token)
+        return f"identity of {vm[1]}" if vm else None
+
     def _events(self, headers: Any) -> Reply:
         if headers.get("Metadata", "").lower() != "true":
             return 400, {"error": "Bad request. Required metadata header not specified"}, {}
@@ -279,6 +310,10 @@ class ArmSimulator(VmRoutes):
             self._tick()
             events = [dict(v.event) for v in self._vms.values() if v.event]
             return 200, {"DocumentIncarnation": self._incarnation, "Events": events}, {}
+
+
+def _token(headers: Any) -> str:
+    return str(headers.get("Authorization") or "").removeprefix("Bearer ")
 
 
 class _Server(ThreadingHTTPServer):

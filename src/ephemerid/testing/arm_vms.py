@@ -4,6 +4,11 @@
 lock and the faults; these are the answers to GET, PUT and DELETE of a VM, the list of a resource
 group, and the long-running operations those start. ``Refusal`` scripts capacity and quota
 refusals; ``SimVm`` is a VM as the simulator holds it.
+
+Each VM also has its own instance metadata service at ``imds_url(name)`` (on Azure it is
+169.254.169.254 inside the VM): ``metadata/instance/compute`` (its resource id) and
+``metadata/identity/oauth2/token``, which issues a token of the VM's identity. ARM lets that token
+do what the jobs' custom role allows and nothing else: DELETE a VM of the VM's resource group.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 Reply = tuple[int, Any, dict[str, str]]
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000e1"
+IMDS_PREFIX = "/imds/"
 # Allocation failures surface on the async operation and leave a Failed VM; the rest on the PUT.
 ASYNC_CODES = frozenset(
     {"AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest"}
@@ -107,6 +113,13 @@ class SimVm:
         return base64.b64decode(encoded).decode("utf-8")
 
 
+def _id(vm: SimVm) -> str:
+    return (
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{vm.group}/providers/"
+        f"Microsoft.Compute/virtualMachines/{vm.name}"
+    )
+
+
 @dataclass
 class _Op:
     kind: str
@@ -129,9 +142,33 @@ class VmRoutes:
     _ops: dict[str, _Op]
     _refusals: list[Refusal]
 
+    vm_tokens: dict[str, tuple[str, str]]  # a token of a VM's identity -> (its group, its name)
+
     @property
     def endpoint(self) -> str:
         raise NotImplementedError
+
+    def imds_url(self, name: str) -> str:
+        """Where VM ``name`` finds its instance metadata service."""
+        return f"{self.endpoint}{IMDS_PREFIX}{name}"
+
+    def _imds(self, path: str, query: dict[str, str], headers: Any) -> Reply:
+        if headers.get("Metadata", "").lower() != "true":
+            return 400, {"error": "Bad request. Required metadata header not specified"}, {}
+        name, _, what = path.removeprefix(IMDS_PREFIX).partition("/")
+        vm = next((v for v in self._vms.values() if v.name == name), None)
+        if vm is None:
+            return 404, {"error": f"no VM '{name}' (gone VMs have no metadata service)"}, {}
+        if what == "metadata/instance/compute":
+            tags = [{"name": k, "value": v} for k, v in vm.tags.items()]
+            compute = {"name": vm.name, "resourceGroupName": vm.group, "tagsList": tags}
+            return 200, {**compute, "subscriptionId": SUBSCRIPTION, "resourceId": _id(vm)}, {}
+        if what == "metadata/identity/oauth2/token" and query.get("resource"):
+            token = f"vm-identity-{uuid.uuid4().hex}"
+            self.vm_tokens[token] = (vm.group.lower(), vm.name)
+            answer = {"access_token": token, "token_type": "Bearer", "expires_in": "3600"}
+            return 200, {**answer, "resource": query["resource"]}, {}
+        return 400, {"error": f"{path} is not simulated"}, {}
 
     def _view(self, vm: SimVm, instance_view: bool = False) -> dict[str, Any]:
         props = json.loads(json.dumps(vm.props))
@@ -145,8 +182,7 @@ class VmRoutes:
             props["instanceView"] = {"statuses": statuses}
         view = {k: v for k, v in vm.body.items() if k != "properties"}
         view.update(
-            id=f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{vm.group}/providers/"
-            f"Microsoft.Compute/virtualMachines/{vm.name}",
+            id=_id(vm),
             name=vm.name,
             type="Microsoft.Compute/virtualMachines",
             properties=props,
