@@ -121,6 +121,8 @@ class Rules:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise RuleError(f"cannot read rules file '{path}': {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise RuleError(f"rules file '{path}' is not UTF-8 text: {exc.reason}") from exc
         return cls.parse(text, base=path.resolve().parent, source=str(path))
 
     @classmethod

@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticSerializationError
 
 from ephemerid.errors import SpecError
 
@@ -241,9 +241,16 @@ def validate_spec(data: Any, what: str = "job spec") -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
+        spec.model_dump_json()  # it must be storable: a lone surrogate (\ud800) is not text
     except ValidationError as exc:
         raise SpecError(explain(exc, what)) from exc
+    except (UnicodeError, PydanticSerializationError) as exc:
+        raise SpecError(
+            f"{what} holds a string that is not valid Unicode (a lone surrogate such as "
+            "\\ud800): write the text itself, or a whole surrogate pair"
+        ) from exc
+    return spec
 
 
 def parse_document(text: str, what: str) -> Any:
@@ -266,6 +273,8 @@ def load_spec(path: Path) -> JobSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read spec file '{path}': {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file '{path}' is not UTF-8 text: {exc.reason}") from exc
     return validate_spec(parse_document(text, f"spec file '{path}'"), f"spec file '{path}'")
 
 
