@@ -202,12 +202,20 @@ class Rules:
 
     def _check_job(self, rule: Rule, fields: frozenset[str] | set[str]) -> None:
         """The template, filled with stand-ins, must be a JobSpec (a queue rule's, the part of
-        one it gives: the message brings the rest), so a typo stops the start, not each event."""
+        one it gives: the message brings the rest), so a typo stops the start, not each event.
+        A field whose value comes from the event (``kind: "{kind}"``) is left to the event."""
+        job = merge(self.parsed.defaults, rule.job)
+        from_event = {k for k, v in job.items() if any("{" in text for text in _strings(v))}
         filled = self._filled(rule, {name: "placeholder" for name in fields}, datetime.now(UTC))
         try:
             JobSpec.model_validate(filled)
         except ValidationError as exc:
-            errors = [e for e in exc.errors() if not (rule.queue and e["type"] == "missing")]
+            errors = [
+                e
+                for e in exc.errors()
+                if not (rule.queue and e["type"] == "missing")
+                and not (e["loc"] and e["loc"][0] in from_event)
+            ]
             if errors:
                 lines = explain_errors(errors)
                 raise RuleError(
