@@ -36,7 +36,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_DOCUMENT_DEPTH = 40  # a request body or spec file, all of it
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_PARAMS_DEPTH = 32
-MAX_PARAMS_BYTES = 64 * 1024
+MAX_PARAMS_BYTES = 1024 * 1024  # also bounds the walk over shared YAML aliases
 
 
 class JobKind(str, Enum):

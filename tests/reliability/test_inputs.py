@@ -110,7 +110,7 @@ def test_deep_params_given_as_data_are_refused_before_anything_is_saved(code_dir
 
 
 def test_params_larger_than_the_limit_are_refused_naming_it(code_dir: Path) -> None:
-    params = {f"k{i}": "x" * 1000 for i in range(200)}
+    params = {f"k{i}": "x" * 1000 for i in range(1100)}
     with pytest.raises(SpecError, match=r"params.*bytes"):
         validate_spec(
             {"kind": "train", "code": str(code_dir), "entrypoint": "j.py", "params": params}
