@@ -9,16 +9,21 @@
 Idempotency keys: ``blob:<uri>@<etag>#<rule>`` for a blob (a redelivered event, or the same
 upload seen twice, names the same job; a new upload of the same name has a new ETag),
 ``cron:<rule>@<scheduled time>`` for a schedule (two instances or a restart never fire twice),
-``<source>:<message id>`` for a message and ``http:<Idempotency-Key>`` for HTTP.
+``<source>:<message id>`` for a message and ``http:<Idempotency-Key>`` for HTTP. A key a sender
+writes in its request (``idempotency_key``) is kept in that sender's namespace
+(``queue:<key>``, ``servicebus:<key>``, ``http:<key>``: see ``namespace``), so no sender can claim
+a schedule's, a blob's or another source's job.
 
 Bad input (``BadInput``) is refused once with its reason, recorded through the service, and not
-retried; anything else propagates, so the platform redelivers the event.
+retried (an HTTP caller also gets it back as a 400); anything else propagates, so the platform
+redelivers the event.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +35,7 @@ from ephemerid.names import JOBS_QUEUE
 from ephemerid.record import JobRecord, utcnow
 from ephemerid.rules import Rules, merge
 from ephemerid.service import Service, Submitted
-from ephemerid.spec import JobSpec, validate_spec
+from ephemerid.spec import JobSpec, check_nesting, validate_spec
 
 log = logging.getLogger("ephemerid")
 MAX_BODY_BYTES = 256 * 1024
@@ -53,12 +58,14 @@ class Intake:
     def blob(self, key: str, etag: str | None) -> Delivery:
         """A blob-created event; ``etag`` None takes the blob's own. Refusals are recorded."""
         try:
+            if not key:
+                raise BadInput("blob event without a blob name: nothing to run")
             etag = etag or self.service.etag_of(key)
             if etag is None:
                 raise BadInput(f"blob '{key}' is gone: nothing to run")
             delivery = on_blob_created(self.service, self.rules, key, etag)
         except BadInput as exc:
-            self.service.reject("blob", key, exc, key)
+            self.service.reject("blob", key or "(no name)", exc, key)
             log.warning("refused blob %s: %s", key, exc)
             return Delivery()
         for submitted in delivery.submitted:
@@ -72,7 +79,8 @@ class Intake:
         try:
             spec = parse_request(body, what=what, defaults=self.queue_defaults())
             check_remote_code(spec.code)
-            submitted = self.service.submit(spec, key=f"{source}:{message_id}", source=what)
+            key = f"{source}:{message_id}"
+            submitted = self.service.submit(spec, key=key, source=what, namespace=namespace(source))
         except BadInput as exc:
             self.service.reject(source, message_id, exc, body)
             log.warning("rejected %s: %s", what, exc)
@@ -80,11 +88,17 @@ class Intake:
         return submitted.job
 
     def http(self, body: bytes, idempotency_key: str | None) -> Submitted:
-        """A job request over HTTP: BadInput goes back to the caller (400), not to the record."""
-        spec = parse_request(body, what="request body")
-        check_remote_code(spec.code)
-        key = f"http:{idempotency_key}" if idempotency_key else None
-        return self.service.submit(spec, key=key, source="http")
+        """A job request over HTTP: BadInput is recorded, then raised for the caller's 400."""
+        scope = namespace("http")
+        try:
+            spec = parse_request(body, what="request body")
+            check_remote_code(spec.code)
+            key = f"{scope}:{idempotency_key}" if idempotency_key else None
+            return self.service.submit(spec, key=key, source="http", namespace=scope)
+        except BadInput as exc:
+            self.service.reject("http", idempotency_key or f"request-{uuid.uuid4()}", exc, body)
+            log.warning("refused an HTTP request: %s", exc)
+            raise
 
     def tick(self, now: datetime | None = None) -> list[Submitted]:
         return fire_schedules(self.service, self.rules, now or utcnow())
@@ -93,6 +107,12 @@ class Intake:
         """The ``job`` template of the rule for the jobs queue, if any, under every message."""
         rule = self.rules.queue_rule(self.jobs_queue) if self.rules else None
         return dict(rule.job) if rule else {}
+
+
+def namespace(source: str, caller: str | None = None) -> str:
+    """Where the idempotency keys a sender writes live: its source, and (once callers are known)
+    the caller within it, e.g. ``http`` now, ``http/<caller>`` later."""
+    return f"{source}/{caller}" if caller else source
 
 
 def on_blob_created(
@@ -135,6 +155,7 @@ def parse_request(
     raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
     if len(raw) > MAX_BODY_BYTES:
         raise SpecError(f"{what} is {len(raw)} bytes; a job request is at most {MAX_BODY_BYTES}")
+    check_nesting(raw, what)
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -50,7 +50,12 @@ class ModelRegistry:
         found = []
         for item in self.artifacts.list(f"{model_key(name)}/"):
             parts = item.key.split("/")
-            if len(parts) == 4 and parts[2].isdigit() and parts[3] == "version.json":
+            if (
+                len(parts) == 4
+                and parts[2].isascii()
+                and parts[2].isdigit()
+                and parts[3] == "version.json"
+            ):
                 found.append(_version(json.loads(get_bytes(self.artifacts, item.key))))
         return sorted(found, key=lambda v: v.version)
 

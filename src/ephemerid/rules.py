@@ -12,7 +12,7 @@ import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ephemerid.artifacts import safe_key
 from ephemerid.errors import RuleError, SpecError, UnsafeName
-from ephemerid.spec import NAME_RE, JobSpec, explain, parse_document, validate_spec
+from ephemerid.spec import (
+    NAME_RE,
+    JobSpec,
+    explain,
+    explain_errors,
+    parse_document,
+    validate_spec,
+)
 
 EVENT_FIELDS = frozenset({"blob", "uri", "etag", "date", "time", "rule", "scheduled"})
 _FORMATTER = string.Formatter()
@@ -114,6 +121,8 @@ class Rules:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise RuleError(f"cannot read rules file '{path}': {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise RuleError(f"rules file '{path}' is not UTF-8 text: {exc.reason}") from exc
         return cls.parse(text, base=path.resolve().parent, source=str(path))
 
     @classmethod
@@ -162,6 +171,9 @@ class Rules:
                     yield rule, last
 
     def fill(self, rule: Rule, values: dict[str, str], at: datetime) -> JobSpec:
+        return validate_spec(self._filled(rule, values, at), f"job made by rule '{rule.name}'")
+
+    def _filled(self, rule: Rule, values: dict[str, str], at: datetime) -> dict[str, Any]:
         event = {
             "date": at.strftime("%Y-%m-%d"),
             "time": at.strftime("%H%M%S"),
@@ -173,7 +185,9 @@ class Rules:
         code = filled.get("code")
         if isinstance(code, str) and "://" not in code and not Path(code).is_absolute():
             filled["code"] = str((self.base / code).resolve())
-        return validate_spec(filled, f"job made by rule '{rule.name}'")
+        if isinstance(filled.get("name"), str):  # a name the event's values break is made valid
+            filled["name"] = job_name(filled["name"])
+        return filled
 
     def _check_template(self, rule: Rule) -> None:
         allowed = EVENT_FIELDS | rule.fields()
@@ -184,6 +198,29 @@ class Rules:
                         f"{self.source}: rule '{rule.name}' uses '{{{name}}}', which its event "
                         f"does not provide; use one of: {', '.join(sorted(allowed))}"
                     )
+        self._check_job(rule, allowed)
+
+    def _check_job(self, rule: Rule, fields: frozenset[str] | set[str]) -> None:
+        """The template, filled with stand-ins, must be a JobSpec (a queue rule's, the part of
+        one it gives: the message brings the rest), so a typo stops the start, not each event.
+        A field whose value comes from the event (``kind: "{kind}"``) is left to the event."""
+        job = merge(self.parsed.defaults, rule.job)
+        from_event = {k for k, v in job.items() if any("{" in text for text in _strings(v))}
+        filled = self._filled(rule, {name: "placeholder" for name in fields}, datetime.now(UTC))
+        try:
+            JobSpec.model_validate(filled)
+        except ValidationError as exc:
+            errors = [
+                e
+                for e in exc.errors()
+                if not (rule.queue and e["type"] == "missing")
+                and not (e["loc"] and e["loc"][0] in from_event)
+            ]
+            if errors:
+                lines = explain_errors(errors)
+                raise RuleError(
+                    f"{self.source}: rule '{rule.name}' makes no valid job:\n" + "\n".join(lines)
+                ) from exc
 
 
 class _Placeholders(dict[str, str]):
@@ -219,6 +256,14 @@ def _compile(pattern: str) -> re.Pattern[str]:
         if name:
             regex += f"(?P<{name}>[^/]+)"
     return re.compile(regex)
+
+
+def job_name(text: str) -> str:
+    """``text`` as a valid job name: each run of other characters becomes '-', at most 64."""
+    if NAME_RE.match(text):
+        return text
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:64].rstrip("-._")
+    return name or "job"
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -241,18 +241,19 @@ class Runner:
         self.pump.flush()
 
     def _upload(self, result: Result) -> None:
-        result.outputs = upload_dir(
-            self.store, self.work / "output", names.run_key(self.job_id, names.OUTPUTS_DIR)
-        )
-        upload_dir(
-            self.store, self.work / "checkpoint", names.run_key(self.job_id, names.CHECKPOINT_DIR)
-        )
+        out = names.run_key(self.job_id, names.OUTPUTS_DIR)
+        kept = names.run_key(self.job_id, names.CHECKPOINT_DIR)
+        result.outputs = upload_dir(self.store, self.work / "output", out, skip=self._not_uploaded)
+        upload_dir(self.store, self.work / "checkpoint", kept, skip=self._not_uploaded)
         metrics = self.work / names.METRICS_FILE
         if metrics.is_file():
             with metrics.open("rb") as stream:
                 self.store.write(names.run_key(self.job_id, names.METRICS_FILE), stream)
             result.metrics = summarize(metrics.read_text(errors="replace").splitlines())
         self.say(f"uploaded {len(result.outputs)} output file(s)")
+
+    def _not_uploaded(self, name: str, why: str) -> None:
+        self.say(f"not uploaded: {name}: {why}")
 
     def _flush_often(self) -> None:
         """A rank other than 0 beats for nobody, but its log stays live too."""

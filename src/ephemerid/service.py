@@ -146,14 +146,27 @@ class Service:
 
     # -- submit ------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, *, key: str | None = None, source: str = "api") -> Submitted:
+    def submit(
+        self,
+        spec: JobSpec,
+        *,
+        key: str | None = None,
+        source: str = "api",
+        namespace: str | None = None,
+    ) -> Submitted:
         """Accept ``spec`` once per idempotency key; refuse bad input before renting anything.
 
-        A redelivery (a key already taken) is answered from the store before anything else is
-        checked: it costs one read. A spec that the backend cannot run, or whose code, inputs or
-        model are not there, is refused (SpecError) with nothing stored.
+        ``key`` is the caller's own (trusted); the spec's ``idempotency_key``, written by a
+        sender, wins over it, inside ``namespace`` when one is given (``queue``, ``http``...),
+        so a sender cannot claim another source's key. A redelivery (a key already taken) is
+        answered from the store before anything else is checked: it costs one read. A spec
+        that the backend cannot run, or whose code, inputs or model are not there, is refused
+        (SpecError) with nothing stored.
         """
-        key = spec.idempotency_key or key or f"uuid:{uuid.uuid4()}"
+        own = spec.idempotency_key
+        if own and namespace:
+            own = f"{namespace}:{own}"
+        key = own or key or f"uuid:{uuid.uuid4()}"
         job_id = job_id_for(spec.kind.value, key)
         known = self._known(job_id, key)
         if known is not None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails, PydanticSerializationError
 
 from ephemerid.errors import SpecError
 from ephemerid.sandbox import RESERVED
@@ -34,6 +36,12 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_MAX_VARS = 64
 ENV_MAX_NAME = 128
 ENV_MAX_VALUE = 4096
+SKU_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_DOCUMENT_DEPTH = 40  # a request body or spec file, all of it
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_PARAMS_DEPTH = 32
+MAX_PARAMS_BYTES = 1024 * 1024  # also bounds the walk over shared YAML aliases
 
 
 class JobKind(str, Enum):
@@ -57,7 +65,7 @@ def parse_duration(value: Any) -> int:
             raise ValueError(f"'{value}' is not a duration: write e.g. 30m, 2h or 90s")
         return int(value)
     text = str(value).strip().lower()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     match = _DURATION_RE.match(text)
     if not text or not match:
@@ -96,7 +104,7 @@ class ModelRef(BaseModel):
                 return cls(name=name, alias=alias)
         elif ":" in text:
             name, _, version = text.partition(":")
-            if NAME_RE.match(name) and version.isdigit() and int(version) > 0:
+            if NAME_RE.match(name) and version.isascii() and version.isdigit() and int(version) > 0:
                 return cls(name=name, version=int(version))
         raise ValueError(f"'{text}' is not a model reference: {hint}")
 
@@ -117,6 +125,30 @@ class Registration(BaseModel):
     alias: Annotated[str | None, Field(pattern=NAME_RE.pattern)] = None
 
 
+def _sku(value: str) -> str:
+    if not SKU_RE.match(value):
+        raise ValueError(
+            f"'{value:.80}' is not a VM size name: use letters, digits, '_' and '-', "
+            "at most 64, e.g. Standard_NC4as_T4_v3"
+        )
+    return value
+
+
+def _plain_text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"'{value!r:.80}' contains control characters (a NUL byte, a newline...)")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte, which no process argument can hold")
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(_plain_text)]
+
+
 class ComputeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -124,7 +156,9 @@ class ComputeRequest(BaseModel):
     # GPUs per node; more than one node is a distributed job (the azure-ml backend)
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
-    skus: list[str] = Field(default_factory=list)
+    skus: Annotated[list[Annotated[str, AfterValidator(_sku)]], Field(max_length=32)] = Field(
+        default_factory=list
+    )
     spot: Spot = Spot.NEVER
     max_runtime: Seconds = 3600
 
@@ -136,17 +170,17 @@ class JobSpec(BaseModel):
 
     kind: JobKind
     name: Annotated[str | None, Field(pattern=NAME_RE.pattern)] = None
-    code: Annotated[str, Field(min_length=1)]
-    entrypoint: Annotated[str, Field(min_length=1)]
-    args: list[str] = Field(default_factory=list)
-    inputs: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], str] = Field(
+    code: Annotated[PlainText, Field(min_length=1)]
+    entrypoint: Annotated[PlainText, Field(min_length=1)]
+    args: list[Annotated[str, AfterValidator(_no_nul)]] = Field(default_factory=list)
+    inputs: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], PlainText] = Field(
         default_factory=dict
     )
     params: dict[str, Any] = Field(default_factory=dict)
     model: Annotated[ModelRef | None, BeforeValidator(_model_ref)] = None
     register_as: Registration | None = None
     compute: ComputeRequest = Field(default_factory=ComputeRequest)
-    idempotency_key: Annotated[str | None, Field(min_length=1, max_length=512)] = None
+    idempotency_key: Annotated[PlainText | None, Field(min_length=1, max_length=512)] = None
     env: dict[str, str] = Field(default_factory=dict)  # for the entrypoint, in plain text
 
     @field_validator("env", mode="before")
@@ -160,25 +194,38 @@ class JobSpec(BaseModel):
             _check_env_var(name, value)
         return env
 
-    @model_validator(mode="after")
-    def _check(self) -> JobSpec:
-        entry = PurePosixPath(self.entrypoint)
-        if entry.is_absolute() or ".." in entry.parts or "\\" in self.entrypoint:
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, value: str) -> str:
+        entry = PurePosixPath(value)
+        if entry.is_absolute() or ".." in entry.parts or "\\" in value:
             raise ValueError(
-                f"entrypoint '{self.entrypoint}' must be a relative path inside code, e.g. train.py"
+                f"entrypoint '{value}' must be a relative path inside code, e.g. train.py"
             )
         if entry.suffix != ".py":
-            raise ValueError(f"entrypoint '{self.entrypoint}' must be a Python file (*.py)")
+            raise ValueError(f"entrypoint '{value}' must be a Python file (*.py)")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = measure(value, MAX_PARAMS_DEPTH, MAX_PARAMS_BYTES)
+        if problem:
+            raise ValueError(f"params are {problem}: pass big data as inputs, not params")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"params must be plain JSON values: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
         if self.kind is JobKind.PREDICT and self.model is None:
             raise ValueError("a predict job needs 'model: name@alias' (e.g. churn@production)")
         if self.kind is JobKind.TRAIN and self.model is not None:
             raise ValueError("a train job takes no 'model'; use 'register_as: {name: ...}'")
         if self.kind is JobKind.PREDICT and self.register_as is not None:
             raise ValueError("a predict job registers no model: remove 'register_as'")
-        try:
-            json.dumps(self.params)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"params must be plain JSON values: {exc}") from exc
         return self
 
     @property
@@ -208,8 +255,13 @@ def _check_env_var(name: Any, value: Any) -> None:
 
 def explain(exc: ValidationError, what: str) -> str:
     """Turn pydantic's errors into lines that name the field and the fix."""
-    lines = [f"{what} is not valid:"]
-    for err in exc.errors():
+    return "\n".join([f"{what} is not valid:", *explain_errors(exc.errors())])
+
+
+def explain_errors(errors: list[ErrorDetails]) -> list[str]:
+    """One line per problem pydantic found, each naming its field."""
+    lines = []
+    for err in errors:
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
@@ -219,21 +271,32 @@ def explain(exc: ValidationError, what: str) -> str:
         elif kind == "value_error":
             msg = msg.removeprefix("Value error, ")
         lines.append(f"  - {field}: {msg}")
-    return "\n".join(lines)
+    return lines
 
 
 def validate_spec(data: Any, what: str = "job spec") -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
+        spec.model_dump_json()  # it must be storable: a lone surrogate (\ud800) is not text
     except ValidationError as exc:
         raise SpecError(explain(exc, what)) from exc
+    except (UnicodeError, PydanticSerializationError) as exc:
+        raise SpecError(
+            f"{what} holds a string that is not valid Unicode (a lone surrogate such as "
+            "\\ud800): write the text itself, or a whole surrogate pair"
+        ) from exc
+    return spec
 
 
 def parse_document(text: str, what: str) -> Any:
-    """Parse YAML (a superset of JSON) and say where it broke."""
+    """Parse YAML (a superset of JSON) and say where it broke; too big or too deep is refused
+    before any object is built (the YAML composer recurses once per level)."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise SpecError(f"{what} is {len(text)} characters; at most {MAX_DOCUMENT_BYTES}")
     try:
+        _check_yaml_nesting(text, what)
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -247,4 +310,58 @@ def load_spec(path: Path) -> JobSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read spec file '{path}': {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file '{path}' is not UTF-8 text: {exc.reason}") from exc
     return validate_spec(parse_document(text, f"spec file '{path}'"), f"spec file '{path}'")
+
+
+# -- limits: how big and how deep untrusted data may be, checked without recursion -----------
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[][{}]")
+_OPEN = frozenset(b"[{")
+
+
+def check_nesting(raw: bytes, what: str, limit: int = MAX_DOCUMENT_DEPTH) -> None:
+    """Refuse JSON text nested deeper than ``limit`` before it is parsed (``json`` recurses)."""
+    depth = 0
+    for found in _BRACKET.finditer(_JSON_STRING.sub(b'""', raw)):
+        depth += 1 if found.group()[0] in _OPEN else -1
+        if depth > limit:
+            raise SpecError(f"{what} is nested deeper than {limit} levels: flatten it")
+
+
+def _check_yaml_nesting(text: str, what: str) -> None:
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # the event parser is iterative
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_DOCUMENT_DEPTH:
+                raise SpecError(
+                    f"{what} is nested deeper than {MAX_DOCUMENT_DEPTH} levels: flatten it"
+                )
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
+def measure(value: Any, max_depth: int, max_bytes: int) -> str:
+    """What makes ``value`` too deep or too big (about its JSON size); "" when it fits.
+
+    Walked without recursion, and stopped at the first limit passed, so parts shared by YAML
+    aliases count each time they are reached without ever being expanded in full.
+    """
+    size, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                return f"nested deeper than {max_depth} levels"
+            children = list(item.values()) if isinstance(item, dict) else item
+            keys = item.keys() if isinstance(item, dict) else ()
+            size += 2 + sum(len(str(k)) + 4 for k in keys) + len(children)
+            stack.extend((child, depth + 1) for child in children)
+        else:
+            size += len(item) + 2 if isinstance(item, str) else 8
+        if size > max_bytes:
+            return f"larger than {max_bytes} bytes"
+    return ""

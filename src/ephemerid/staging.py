@@ -109,6 +109,7 @@ class Staging:
         if not (code / spec.entrypoint).is_file():
             raise SpecError(f"entrypoint '{spec.entrypoint}' is not a file in '{spec.code}'")
         files = _code_files(code)
+        _check_links(code, files)
         size = sum(p.stat().st_size for p in files)
         if size > self.settings.code_limit_bytes:
             raise SpecError(
@@ -138,6 +139,20 @@ class Staging:
             manifest = {"files": sorted(contents)}
             put_bytes(self.artifacts, f"{prefix}.json", json.dumps(manifest).encode())
         return prefix
+
+
+def _check_links(root: Path, files: list[Path]) -> None:
+    """Refuse a file that is, or lies under, a link leading out of the code folder: the
+    snapshot would copy whatever it points at (a key, a secret) into the bucket."""
+    inside = root.resolve()
+    for path in files:
+        target = path.resolve()
+        if not target.is_relative_to(inside):
+            name = path.relative_to(root).as_posix()
+            raise SpecError(
+                f"code: '{name}' in '{root}' links to '{target}', outside the code folder: "
+                "copy the file in, or remove the link"
+            )
 
 
 def _code_files(root: Path) -> list[Path]:

@@ -160,7 +160,7 @@ def test_a_storage_queue_request_with_its_own_idempotency_key_uses_it(
     for message_id in ("q-1", "q-2"):
         functions["on_job_queue_message"](func.QueueMessage(id=message_id, body=json.dumps(body)))
     [job] = service.store.list()
-    assert job.key == "nightly"
+    assert job.key == "queue:nightly"  # the sender's key, in its source's namespace
     finish(service, job.id)
 
 

@@ -8,6 +8,7 @@ blob container. Everything streams: no verb reads a whole file into memory excep
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -120,12 +121,32 @@ def put_bytes(store: ArtifactStore, key: str, data: bytes, *, if_absent: bool = 
     return store.write(key, io.BytesIO(data), if_absent=if_absent)
 
 
-def upload_dir(store: ArtifactStore, local: Path, prefix: str) -> list[str]:
-    """Upload every file under ``local`` to ``prefix/<relative path>``; return the keys."""
+def upload_dir(
+    store: ArtifactStore,
+    local: Path,
+    prefix: str,
+    *,
+    skip: Callable[[str, str], None] | None = None,
+) -> list[str]:
+    """Upload every file under ``local`` to ``prefix/<relative path>``; return the keys.
+
+    A file reached through a link that leads out of ``local`` is not uploaded: ``skip`` is
+    told its relative name and why; without ``skip`` it is refused (UnsafeName).
+    """
+    inside = local.resolve()
     keys = []
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        key = f"{prefix}/{path.relative_to(local).as_posix()}"
-        with path.open("rb") as stream:
+        name = path.relative_to(local).as_posix()
+        target = path.resolve()
+        if not target.is_relative_to(inside):
+            why = f"it links to '{target}', outside '{local}'"
+            if skip is None:
+                raise UnsafeName(f"'{name}' is refused: {why}")
+            skip(name, why)
+            continue
+        key = f"{prefix}/{name}"
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)  # the checked file, not a new link
+        with os.fdopen(fd, "rb") as stream:
             store.write(safe_key(key), stream)
         keys.append(key)
     return keys

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ephemerid.compute import ComputeStatus, Handle, check_one_machine
-from ephemerid.errors import CapacityUnavailable
+from ephemerid.errors import CapacityUnavailable, SpecError
 from ephemerid.record import JobRecord
 from ephemerid.spec import JobSpec
 
@@ -79,6 +79,11 @@ class LocalCompute:
 
     def check(self, spec: JobSpec) -> None:
         check_one_machine(self.name, spec)
+        if spec.compute.skus:
+            raise SpecError(
+                f"compute.skus: local compute has no SKUs ({', '.join(spec.compute.skus)}): "
+                "drop compute.skus or pick azure-vm/azure-ml"
+            )
 
     def close(self) -> None:
         """Nothing to let go of: the runners are processes of their own."""

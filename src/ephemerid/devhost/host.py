@@ -88,6 +88,7 @@ class DevHost:
         self._unsubscribe: Callable[[], None] | None = None
         self._subscribed: Service | None = None
         self._lock = threading.Lock()
+        self._touched = threading.local()
         self._stack = contextlib.ExitStack()
         self._sources: list[Source] = []
         self._blobs: dict[str, BlobSource] = {}
@@ -194,7 +195,15 @@ class DevHost:
             return {"delivered": event.key}
         if stat is None:
             return {"skipped": f"{event.key} is not in the bucket"}
-        self.invoke(function, blob_stream(artifacts, stat), event.key)
+        touched: set[str] = set()  # the jobs this thread's invocation creates or changes
+        self._touched.jobs = touched
+        try:
+            self.invoke(function, blob_stream(artifacts, stat), event.key)
+        finally:
+            self._touched.jobs = None
+        if not touched:
+            why = "it made no new job (delivered before, matched no rule, or refused: eph rejected)"
+            return {"duplicate": event.key, "detail": why}
         return {"delivered": event.key}
 
     @staticmethod
@@ -219,6 +228,9 @@ class DevHost:
         return service
 
     def _job_changed(self, job: JobRecord) -> None:
+        touched = getattr(self._touched, "jobs", None)
+        if touched is not None:
+            touched.add(job.id)
         if self.on_job:
             self.on_job(job)
 

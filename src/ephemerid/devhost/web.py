@@ -26,6 +26,7 @@ from ephemerid.devhost import keys
 from ephemerid.devhost.eventgrid import BLOB_CREATED, VALIDATION, StorageEvent, parse_delivery
 from ephemerid.devhost.functions import HostedFunction
 from ephemerid.errors import BadInput
+from ephemerid.spec import check_nesting
 
 log = logging.getLogger("ephemerid.devhost")
 MAX_BODY = 1024 * 1024
@@ -34,6 +35,7 @@ ROUTE_PREFIX = "/api/"
 WEBHOOK_PATH = "/runtime/webhooks/blobs"
 FUNCTION_PREFIX = "Host.Functions."
 _PARAM = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)\??(?::([A-Za-z]+)[^}]*)?\}")
+_WHOLE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() takes '²', which int() refuses
 _CONSTRAINTS = {"int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+"}
 
 Invoke = Callable[[HostedFunction, object, str], object]
@@ -203,7 +205,9 @@ class DevServer:
         if method != "POST":
             return json_reply(405, {"error": "Event Grid deliveries are POSTed"}, Allow="POST")
         try:
-            events = parse_delivery(read_body())
+            body = read_body()
+            check_nesting(body, "the Event Grid delivery")
+            events = parse_delivery(body)
         except BadInput as exc:
             raise HttpError(400, str(exc)) from exc
         codes = [e.validation_code for e in events if e.type == VALIDATION]
@@ -249,6 +253,7 @@ def _reply_of(response: func.HttpResponse) -> Reply:
 
 class _Handler(BaseHTTPRequestHandler):
     dev: DevServer
+    _length = 0
     protocol_version = "HTTP/1.1"
     server_version = "ephemerid-devhost"
 
@@ -258,7 +263,14 @@ class _Handler(BaseHTTPRequestHandler):
             low = name.lower()
             headers[low] = f"{headers[low]}, {value}" if low in headers else value
         self._body_read = False
-        reply = self.dev.dispatch(self.command, self.path, headers, self._read_body)
+        raw = self.headers.get("Content-Length", "0").strip()
+        if not _WHOLE.fullmatch(raw):  # no telling where the body ends: answer, then hang up
+            self.close_connection = self._body_read = True
+            why = f"Content-Length '{raw:.40}' is not a whole number of bytes (digits 0-9)"
+            reply = json_reply(400, {"error": why})
+        else:
+            self._length = int(raw)
+            reply = self.dev.dispatch(self.command, self.path, headers, self._read_body)
         if not self._body_read:
             self._discard_body()
         self.send_response(reply.status)
@@ -269,29 +281,24 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(reply.body)
 
+    def _chunked(self) -> bool:
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        if self._chunked():
             raise HttpError(411, "send a Content-Length: chunked bodies are not accepted")
-        length = self.headers.get("Content-Length", "0").strip()
-        if not length.isdigit():
-            raise HttpError(400, f"Content-Length '{length}' is not a number")
-        if int(length) > MAX_BODY:
-            raise HttpError(413, f"the body is {length} bytes; the dev host takes {MAX_BODY}")
+        if self._length > MAX_BODY:
+            raise HttpError(413, f"the body is {self._length} bytes; the dev host takes {MAX_BODY}")
         self._body_read = True
-        return self.rfile.read(int(length))
+        return self.rfile.read(self._length)
 
     def _discard_body(self) -> None:
         """Read a body nobody wanted (refused requests), so the client sees the answer, not a
         reset; a huge one is not read: the connection is closed instead."""
-        length = self.headers.get("Content-Length", "0").strip()
-        if (
-            not length.isdigit()
-            or int(length) > DISCARD_LIMIT
-            or "chunked" in str(self.headers.get("Transfer-Encoding", ""))
-        ):
+        if self._length > DISCARD_LIMIT or self._chunked():
             self.close_connection = True
             return
-        left = int(length)
+        left = self._length
         while left > 0:
             chunk = self.rfile.read(min(left, 64 * 1024))
             if not chunk:

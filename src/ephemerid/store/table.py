@@ -43,7 +43,11 @@ class TableJobStore:
     """``options`` go to the SDK's TableClient (a test's ``transport=``, ``retry_total=``)."""
 
     def __init__(self, connection: StorageConnection, table: str, **options: Any) -> None:
-        if not table.isalnum() or not 3 <= len(table) <= 63 or table[0].isdigit():
+        if (
+            not (table.isascii() and table.isalnum())
+            or not 3 <= len(table) <= 63
+            or table[0].isdigit()
+        ):
             raise BadInput(f"table name '{table}' must be 3-63 letters and digits")
         self.client = table_client(connection, table, **options)
         self.table = table
