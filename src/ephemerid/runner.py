@@ -26,7 +26,6 @@ import argparse
 import collections
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,9 +34,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from ephemerid import names
+from ephemerid import names, procs
 from ephemerid.artifacts import (
     ArtifactStore,
     download,
@@ -49,6 +47,7 @@ from ephemerid.artifacts import (
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Result, RunStatus
 from ephemerid.errors import ContractError
 from ephemerid.track import summarize
+from ephemerid.watch import DISK_CHECK_S, DiskWatch, ScheduledEvents, Stop, stop_group, watch
 
 LOG_FLUSH_S = 0.5
 LOG_FLUSH_BYTES = 256 * 1024
@@ -138,30 +137,6 @@ class LogPump:
         return b"\n".join(lines).decode("utf-8", "replace")[-1500:]
 
 
-class ScheduledEvents:
-    """The VM's Scheduled Events (instance metadata service): is this VM about to be preempted?"""
-
-    def __init__(self, url: str, vm_name: str, timeout_s: float = 2.0) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"scheduled events URL '{url}' must be http(s)")
-        self.url, self.vm_name, self.timeout_s = url, vm_name, timeout_s
-
-    def preempt(self) -> dict[str, Any] | None:
-        """The Preempt event naming this VM, if one is scheduled; None (also when unreachable)."""
-        import urllib.request  # here, not at the top: only spot VMs pay for importing it
-
-        request = urllib.request.Request(self.url, headers={"Metadata": "true"})  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310
-                document = json.load(answer)
-        except (OSError, ValueError):
-            return None
-        for event in document.get("Events") or []:
-            if event.get("EventType") == "Preempt" and self.vm_name in event.get("Resources", []):
-                return dict(event)
-        return None
-
-
 class Runner:
     def __init__(
         self,
@@ -171,8 +146,11 @@ class Runner:
         events: ScheduledEvents | None = None,
         events_poll_s: float = 1.0,
         rank: Rank | None = None,
+        disk_limit: int | None = None,
+        isolation: procs.Isolation | None = None,
     ) -> None:
         self.rank = rank or Rank()
+        self.disk_limit, self.isolation = disk_limit, isolation
         self.store, self.job_id = store, job_id
         work = work.resolve()  # the entrypoint runs in its code folder: no path may be relative
         self.work = work / f"rank-{self.rank.rank}" if self.rank.world > 1 else work
@@ -189,14 +167,18 @@ class Runner:
     def run(self) -> Result:
         result = Result(job_id=self.job_id, status=RunStatus.FAILED)  # until the run says otherwise
         try:
+            if self.isolation is not None:
+                self.say(self.isolation.describe())
             launch = self._read_launch()
             if self.rank.leader:
                 threading.Thread(target=self._heartbeat, args=(launch,), daemon=True).start()
             else:
                 threading.Thread(target=self._flush_often, daemon=True).start()
             entry, env = self._stage(launch)
-            self._execute(launch, entry, env, result)
-            if self.rank.leader:
+            stop = self._execute(launch, entry, env, result)
+            if stop is not None and not stop.upload:
+                self.say("outputs and checkpoint not uploaded: the job passed its disk limit")
+            elif self.rank.leader:
                 self._upload(result)
         except ContractError as exc:  # another release wrote the launch: refuse, and say so
             result.status, result.reason = RunStatus.FAILED, str(exc)
@@ -250,15 +232,18 @@ class Runner:
         }
         return entry, env
 
-    def _execute(self, launch: Launch, entry: Path, env: dict[str, str], result: Result) -> None:
+    def _execute(
+        self, launch: Launch, entry: Path, env: dict[str, str], result: Result
+    ) -> Stop | None:
         max_runtime = launch.max_runtime_s
         command = [sys.executable, "-u", str(entry), *launch.args]
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = _now()
+        mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
         proc = subprocess.Popen(
             command,
             cwd=entry.parent,
-            env=env,
+            env={**env, procs.ENV_MARK: mark} if mark else env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -266,28 +251,23 @@ class Runner:
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
-        preempt = self._watch(proc, max_runtime)
-        timed_out = proc.poll() is None and preempt is None
-        if timed_out:
-            self.say(f"max runtime {max_runtime:.0f}s reached: stopping (SIGTERM)")
-        if preempt is not None:
-            self.say(
-                f"spot eviction notice (event {preempt.get('EventId')}, not before "
-                f"{preempt.get('NotBefore')}): stopping the entrypoint (SIGTERM) to checkpoint"
-            )
-        if timed_out or preempt is not None:
-            _stop_group(proc, launch.grace_s)
+        watchers: list[ScheduledEvents | DiskWatch] = [self.events] if self.events else []
+        if self.disk_limit is not None:
+            watchers.append(DiskWatch(self.work, self.disk_limit))
+        poll_s = min([self.events_poll_s] * bool(self.events) + [DISK_CHECK_S])
+        stop = watch(proc, max_runtime, watchers, poll_s)
+        if stop is not None:
+            self.say(stop.note)
+            stop_group(proc, launch.grace_s)
+        if self.isolation is not None and (left := self.isolation.end_leftovers(launch.grace_s)):
+            self.say(f"stopped {left} process(es) the entrypoint left running")
         reader.join(timeout=10)
         if proc.stdout is not None and not reader.is_alive():
             proc.stdout.close()
         result.finished_at = _now()
         result.exit_code = proc.returncode
-        if preempt is not None:
-            result.status = RunStatus.EVICTED
-            result.reason = "the spot VM was preempted; the job resumes from its checkpoint"
-        elif timed_out:
-            result.status = RunStatus.TIMED_OUT
-            result.reason = f"ran past max_runtime of {max_runtime:.0f}s and was stopped"
+        if stop is not None:
+            result.status, result.reason = stop.status, stop.reason
         elif proc.returncode == 0:
             result.status = RunStatus.SUCCEEDED
         else:
@@ -296,20 +276,7 @@ class Runner:
                 f"last output:\n{self.pump.last_lines()}"
             )
         self.say(f"entrypoint finished: {result.status.value} (exit code {proc.returncode})")
-
-    def _watch(self, proc: subprocess.Popen[bytes], max_runtime: float) -> dict[str, Any] | None:
-        """Wait for the entrypoint until ``max_runtime``; a Preempt event for this VM ends it."""
-        if self.events is None:
-            _wait(proc, max_runtime)
-            return None
-        deadline = time.monotonic() + max_runtime
-        while not _wait(proc, min(self.events_poll_s, max(deadline - time.monotonic(), 0))):
-            if time.monotonic() >= deadline:
-                return None
-            event = self.events.preempt()
-            if event is not None:
-                return event
-        return None
+        return stop
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -355,25 +322,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the user's process group, then SIGKILL it after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        if _wait(proc, wait):
-            return
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ephemerid.runner", description=__doc__)
     parser.add_argument("--artifacts", required=True, help="root URI of the artifact store")
@@ -381,14 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path.cwd())
     parser.add_argument("--scheduled-events", help="IMDS Scheduled Events URL (spot VMs)")
     parser.add_argument("--vm-name", default=socket.gethostname(), help="this VM's name")
+    parser.add_argument("--disk-limit-bytes", type=int, help="stop a job whose folder outgrows it")
+    parser.add_argument("--cgroup", type=Path, help="the job's cgroup v2 folder, to join first")
     args = parser.parse_args(argv)
+    isolation = procs.Isolation.setup(args.cgroup)  # before anything of the job starts
     events = ScheduledEvents(args.scheduled_events, args.vm_name) if args.scheduled_events else None
     try:
         rank = Rank.from_env()
     except ValueError as exc:
         parser.error(str(exc))
     store = open_artifacts(args.artifacts, os.environ)  # the connection the compute gave it
-    runner = Runner(store, args.job, args.work_dir, events, rank=rank)
+    runner = Runner(
+        store,
+        args.job,
+        args.work_dir,
+        events,
+        rank=rank,
+        disk_limit=args.disk_limit_bytes,
+        isolation=isolation,
+    )
     return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
 
 
