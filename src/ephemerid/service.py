@@ -347,7 +347,7 @@ class Service:
         except (NotFound, Conflict):
             raise
         except Exception as exc:
-            log.warning("job %s: could not record %s (%s): tearing down first", job_id, state, exc)
+            log.warning("job %s: could not record its end (%s): tearing down first", job_id, exc)
             job = self.store.get(job_id)  # a read: a full disk still allows it
             gone = job.compute_state is ComputeState.NONE or self._teardown(job)
             try:
