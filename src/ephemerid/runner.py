@@ -18,6 +18,10 @@ checkpoint, and writes ``result.json``.
 On a spot VM, ``--scheduled-events URL`` makes it watch the instance metadata service: on a
 ``Preempt`` event for this VM it SIGTERMs the entrypoint (which may write a checkpoint), uploads
 the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job again elsewhere.
+
+It first joins the job's cgroup when given one (``--cgroup``) and becomes a child subreaper, then
+says which in the log; when the entrypoint ends it ends whatever the entrypoint left running
+(``ephemerid.procs``). ``--disk-limit-bytes`` stops a job whose work folder outgrows it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import socket
 import subprocess
@@ -251,11 +256,7 @@ class Runner:
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
-        watchers: list[ScheduledEvents | DiskWatch] = [self.events] if self.events else []
-        if self.disk_limit is not None:
-            watchers.append(DiskWatch(self.work, self.disk_limit))
-        poll_s = min([self.events_poll_s] * bool(self.events) + [DISK_CHECK_S])
-        stop = watch(proc, max_runtime, watchers, poll_s)
+        stop = watch(proc, max_runtime, *self._watchers())
         if stop is not None:
             self.say(stop.note)
             stop_group(proc, launch.grace_s)
@@ -277,6 +278,18 @@ class Runner:
             )
         self.say(f"entrypoint finished: {result.status.value} (exit code {proc.returncode})")
         return stop
+
+    def _watchers(self) -> tuple[list[ScheduledEvents | DiskWatch], float]:
+        """What may stop the entrypoint early besides max_runtime, and how often to ask."""
+        watchers: list[ScheduledEvents | DiskWatch] = []
+        every = []
+        if self.events is not None:
+            watchers.append(self.events)
+            every.append(self.events_poll_s)
+        if self.disk_limit is not None:
+            watchers.append(DiskWatch(self.work, self.disk_limit))
+            every.append(DISK_CHECK_S)
+        return watchers, min(every, default=math.inf)
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None

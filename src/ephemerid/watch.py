@@ -124,10 +124,10 @@ def watch(
     watchers: list[ScheduledEvents | DiskWatch],
     poll_s: float,
 ) -> Stop | None:
-    """Wait for ``proc`` until ``max_runtime``; the first watcher that asks ends it early."""
+    """Wait for ``proc`` until ``max_runtime``, asking the watchers every ``poll_s``; the first
+    that answers a Stop ends it early."""
     deadline = time.monotonic() + max_runtime
-    every = poll_s if watchers else max_runtime
-    while not wait(proc, min(every, max(deadline - time.monotonic(), 0))):
+    while not wait(proc, min(poll_s, max(deadline - time.monotonic(), 0))):
         if time.monotonic() >= deadline:
             return Stop(
                 RunStatus.TIMED_OUT,
