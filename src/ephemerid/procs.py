@@ -41,12 +41,14 @@ def cgroup_name(mark: str) -> str:
     return "ephemerid-" + hashlib.sha256(mark.encode()).hexdigest()[:16]
 
 
-def _cgroup2_mount() -> Path | None:
+def _cgroup2_mount() -> tuple[str, Path] | None:
+    """(the hierarchy's folder it shows, where) for the cgroup v2 mount; None if there is none."""
     try:
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return None
-    return next((Path(m.split()[4]) for m in mounts if " - cgroup2 " in m), None)
+    fields = next((m.split() for m in mounts if " - cgroup2 " in m), None)
+    return (fields[3], Path(fields[4])) if fields else None
 
 
 def cgroup_of(pid: int | str = "self") -> Path | None:
@@ -59,7 +61,10 @@ def cgroup_of(pid: int | str = "self") -> Path | None:
     path = next((line[3:] for line in lines if line.startswith("0::")), None)
     if mount is None or path is None:
         return None
-    return mount / path.lstrip("/")
+    shown, where = mount
+    if not (path + "/").startswith(shown.rstrip("/") + "/"):
+        return None  # a cgroup outside what this mount shows
+    return where / path[len(shown.rstrip("/")) :].lstrip("/")
 
 
 def make_cgroup(mark: str) -> Path | None:
@@ -114,7 +119,8 @@ class Processes:
 
     def find(self) -> list[psutil.Process]:
         """One scan of the machine's processes; also those seen before that still live."""
-        me, table, seeds = os.getpid(), {}, set(self._seen)
+        me, table = os.getpid(), {}
+        seeds = {pid for pid, proc in self._seen.items() if _running(proc)}  # not a reused pid
         for proc in psutil.process_iter(_ATTRS, ad_value=None):
             info = proc.info
             if proc.pid == me or info["status"] == psutil.STATUS_ZOMBIE:
@@ -129,7 +135,8 @@ class Processes:
             seeds.update(cgroup_members(path))
         found = _with_descendants(seeds, table)
         for pid in found:
-            self._seen.setdefault(pid, table[pid])
+            if pid not in self._seen or not _running(self._seen[pid]):
+                self._seen[pid] = table[pid]
         return [p for p in self._seen.values() if _running(p) and p.pid != me]
 
     def end(self, grace_s: float, kill_wait_s: float = 5.0) -> bool:
