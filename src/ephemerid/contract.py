@@ -34,6 +34,7 @@ CONTRACT_VERSION = 1
 HEARTBEAT_S = 5.0
 GRACE_S = 10.0
 LOG_LIMIT_BYTES = 10 * 1024 * 1024
+DISK_LIMIT_BYTES = 20 * 1024**3  # a local job's work folder (runner --disk-limit-bytes)
 
 
 class RunStatus(str, Enum):

@@ -20,14 +20,18 @@ On a spot VM, ``--scheduled-events URL`` makes it watch the instance metadata se
 the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job again elsewhere.
 ``--stop-by TIME`` (azure-vm) stops the entrypoint by then even short of ``max_runtime`` (a VM
 that booted late), so the result is written before the VM's own deadline deletes it.
+
+It first joins the job's cgroup when given one (``--cgroup``) and becomes a child subreaper, then
+says which in the log; when the entrypoint ends it ends whatever the entrypoint left running
+(``ephemerid.procs``). ``--disk-limit-bytes`` stops a job whose work folder outgrows it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,9 +40,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from ephemerid import names, sandbox
+from ephemerid import names, procs, sandbox
 from ephemerid.artifacts import (
     ArtifactStore,
     download,
@@ -52,6 +55,7 @@ from ephemerid.errors import ContractError
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LOG_FLUSH_S, LogPump
 from ephemerid.track import summarize
+from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,11 @@ class Runner:
         events_poll_s: float = 1.0,
         rank: Rank | None = None,
         stop_by: datetime | None = None,
+        disk_limit: int | None = None,
+        isolation: procs.Isolation | None = None,
     ) -> None:
         self.rank, self.stop_by = rank or Rank(), stop_by
+        self.disk_limit, self.isolation = disk_limit, isolation
         self.store, self.job_id = store, job_id
         work = work.resolve()  # the entrypoint runs in its code folder: no path may be relative
         self.work = work / f"rank-{self.rank.rank}" if self.rank.world > 1 else work
@@ -107,13 +114,17 @@ class Runner:
         result = Result(job_id=self.job_id, status=RunStatus.FAILED)  # until the run says otherwise
         try:
             launch = self._read_launch()
+            if self.isolation is not None:
+                self.say(self.isolation.describe())
             if self.rank.leader:
                 threading.Thread(target=self._heartbeat, args=(launch,), daemon=True).start()
             else:
                 threading.Thread(target=self._flush_often, daemon=True).start()
             entry, env = self._stage(launch)
-            self._execute(launch, entry, env, result)
-            if self.rank.leader:
+            stop = self._execute(launch, entry, env, result)
+            if stop is not None and not stop.upload:
+                self.say("outputs and checkpoint not uploaded: the job passed its disk limit")
+            elif self.rank.leader:
                 self._upload(result)
         except ContractError as exc:  # another release wrote the launch: refuse, and say so
             result.status, result.reason = RunStatus.FAILED, str(exc)
@@ -167,16 +178,19 @@ class Runner:
         }
         return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)
 
-    def _execute(self, launch: Launch, entry: Path, env: dict[str, str], result: Result) -> None:
+    def _execute(
+        self, launch: Launch, entry: Path, env: dict[str, str], result: Result
+    ) -> Stop | None:
         max_runtime = launch.max_runtime_s
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
         command = [sys.executable, "-u", str(entry), *launch.args]
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = _now()
+        mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
         proc = subprocess.Popen(
             command,
             cwd=entry.parent,
-            env=env,
+            env={**env, procs.ENV_MARK: mark} if mark else env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -184,29 +198,20 @@ class Runner:
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
-        preempt = self._watch(proc, limit)
-        timed_out = proc.poll() is None and preempt is None
-        if timed_out:
-            self.say(f"max runtime {max_runtime:.0f}s reached: stopping (SIGTERM)")
-        if preempt is not None:
-            self.say(
-                f"spot eviction notice (event {preempt.get('EventId')}, not before "
-                f"{preempt.get('NotBefore')}): stopping the entrypoint (SIGTERM) to checkpoint"
-            )
-        if timed_out or preempt is not None:
-            _stop_group(proc, launch.grace_s)
+        stop = watch(proc, limit, *self._watchers())
+        if stop is not None:
+            self.say(stop.note)
+            stop_group(proc, launch.grace_s)
+        if self.isolation is not None and (left := self.isolation.end_leftovers(launch.grace_s)):
+            self.say(f"stopped {left} process(es) the entrypoint left running")
         reader.join(timeout=10)
         if proc.stdout is not None and not reader.is_alive():
             proc.stdout.close()
         result.finished_at = _now()
         result.exit_code = proc.returncode
-        if preempt is not None:
-            result.status = RunStatus.EVICTED
-            result.reason = "the spot VM was preempted; the job resumes from its checkpoint"
-        elif timed_out:
-            result.status = RunStatus.TIMED_OUT
-            result.reason = f"ran past max_runtime of {max_runtime:.0f}s and was stopped"
-            if limit < max_runtime:
+        if stop is not None:
+            result.status, result.reason = stop.status, stop.reason
+            if stop.status is RunStatus.TIMED_OUT and limit < max_runtime:
                 when = f"{self.stop_by:%Y-%m-%dT%H:%M:%SZ}"
                 result.reason = f"stopped at {when}, the latest its VM's deadline allows"
         elif proc.returncode == 0:
@@ -217,20 +222,19 @@ class Runner:
                 f"last output:\n{self.pump.last_lines()}"
             )
         self.say(f"entrypoint finished: {result.status.value} (exit code {proc.returncode})")
+        return stop
 
-    def _watch(self, proc: subprocess.Popen[bytes], max_runtime: float) -> dict[str, Any] | None:
-        """Wait for the entrypoint until ``max_runtime``; a Preempt event for this VM ends it."""
-        if self.events is None:
-            _wait(proc, max_runtime)
-            return None
-        deadline = time.monotonic() + max_runtime
-        while not _wait(proc, min(self.events_poll_s, max(deadline - time.monotonic(), 0))):
-            if time.monotonic() >= deadline:
-                return None
-            event = self.events.preempt()
-            if event is not None:
-                return event
-        return None
+    def _watchers(self) -> tuple[list[Eviction | DiskWatch], float]:
+        """What may stop the entrypoint early besides max_runtime, and how often to ask."""
+        watchers: list[Eviction | DiskWatch] = []
+        every = []
+        if self.events is not None:
+            watchers.append(Eviction(self.events))
+            every.append(self.events_poll_s)
+        if self.disk_limit is not None:
+            watchers.append(DiskWatch(self.work, self.disk_limit))
+            every.append(DISK_CHECK_S)
+        return watchers, min(every, default=math.inf)
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -277,25 +281,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the user's process group, then SIGKILL it after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        if _wait(proc, wait):
-            return
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ephemerid.runner", description=__doc__)
     parser.add_argument("--artifacts", required=True, help="root URI of the artifact store")
@@ -304,15 +289,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduled-events", help="IMDS Scheduled Events URL (spot VMs)")
     parser.add_argument("--vm-name", default=socket.gethostname(), help="this VM's name")
     parser.add_argument("--stop-by", type=parse_deadline, help="UTC time the run must stop by")
+    parser.add_argument("--disk-limit-bytes", type=int, help="stop a job whose folder outgrows it")
+    parser.add_argument("--cgroup", type=Path, help="the job's cgroup v2 folder, to join first")
     args = parser.parse_args(argv)
     sandbox.undumpable()  # the user's code, the same OS user, cannot read our environ
+    isolation = procs.Isolation.setup(args.cgroup)  # before anything of the job starts
     events = ScheduledEvents(args.scheduled_events, args.vm_name) if args.scheduled_events else None
     try:
         rank = Rank.from_env()
     except ValueError as exc:
         parser.error(str(exc))
     store = open_artifacts(args.artifacts, os.environ)  # the connection the compute gave it
-    runner = Runner(store, args.job, args.work_dir, events, rank=rank, stop_by=args.stop_by)
+    runner = Runner(
+        store,
+        args.job,
+        args.work_dir,
+        events,
+        rank=rank,
+        stop_by=args.stop_by,
+        disk_limit=args.disk_limit_bytes,
+        isolation=isolation,
+    )
     return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
 
 

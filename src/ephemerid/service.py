@@ -30,6 +30,7 @@ from ephemerid.errors import (
     EphemeridError,
     NotFound,
     SpecError,
+    Unavailable,
 )
 from ephemerid.models import ModelRegistry
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
@@ -232,14 +233,15 @@ class Service:
         """Tear the job's compute down; record ``released`` only once that is confirmed."""
         if job.compute_state in (ComputeState.NONE, ComputeState.RELEASED):
             return job
-        backend = self.backends[job.backend]
+        change = transitions.released if self._teardown(job) else transitions.teardown_owed
+        return self._transition(job.id, change)[0]
+
+    def _teardown(self, job: JobRecord) -> bool:
         try:
-            confirmed = backend.teardown(Handle(job.backend, job.id, job.handle))
+            return self.backends[job.backend].teardown(Handle(job.backend, job.id, job.handle))
         except EphemeridError as exc:
             log.warning("teardown of job %s not confirmed yet: %s", job.id, exc)
-            confirmed = False
-        change = transitions.released if confirmed else transitions.teardown_owed
-        return self._transition(job.id, change)[0]
+            return False
 
     def dispatch_waiting(self) -> builtins.list[JobRecord]:
         """Try to place waiting jobs, oldest first, until one still finds no capacity.
@@ -364,8 +366,29 @@ class Service:
         return self.end(job_id, JobState.CANCELLED, reason)
 
     def end(self, job_id: str, state: JobState, reason: str) -> JobRecord:
-        """Move an unfinished job to terminal ``state`` and give its compute back."""
-        job, _ = self._transition(job_id, transitions.ended(state, reason))
+        """Move an unfinished job to terminal ``state`` and give its compute back.
+
+        The teardown never waits on the store: when the write fails (a full disk, an outage),
+        the compute is torn down first, which may free what the write needed, then the write
+        is tried once more; if that fails too, Unavailable says the compute is given back.
+        """
+        change = transitions.ended(state, reason)
+        try:
+            job, _ = self._transition(job_id, change)
+        except (NotFound, Conflict):
+            raise
+        except Exception as exc:
+            log.warning("job %s: could not record its end (%s): tearing down first", job_id, exc)
+            job = self.store.get(job_id)  # a read: a full disk still allows it
+            gone = job.compute_state is ComputeState.NONE or self._teardown(job)
+            try:
+                job, _ = self._transition(job_id, change)
+            except Exception as again:
+                raise Unavailable(
+                    f"job {job_id}: the job store could not record it {state.value}: {again}; "
+                    f"its compute {'is torn down' if gone else 'is still owed a teardown'}: "
+                    f"free space where the store is, then run `eph cancel {job_id}` again"
+                ) from again
         return self.release(job)
 
     def _fail(self, job_id: str, reason: str) -> JobRecord:

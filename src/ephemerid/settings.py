@@ -29,7 +29,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ephemerid.contract import GRACE_S, HEARTBEAT_S, LOG_LIMIT_BYTES
+from ephemerid.contract import DISK_LIMIT_BYTES, GRACE_S, HEARTBEAT_S, LOG_LIMIT_BYTES
 from ephemerid.errors import BadInput
 from ephemerid.names import JOBS_QUEUE
 
@@ -246,6 +246,10 @@ class Settings(_Settings):
     jobs_queue: str = Field(JOBS_QUEUE, alias="EPHEMERID_JOBS_QUEUE")
     local_slots: int | None = Field(
         None, alias="EPHEMERID_LOCAL_SLOTS", ge=1, description="a whole number of slots, 1 or more"
+    )
+    # how much a local job's work folder (scratch and outputs) may hold before it is stopped
+    local_disk_limit_bytes: Bytes = Field(
+        DISK_LIMIT_BYTES, alias="EPHEMERID_LOCAL_DISK_LIMIT_BYTES"
     )
     heartbeat_s: Interval = Field(HEARTBEAT_S, alias="EPHEMERID_HEARTBEAT_S")
     heartbeat_timeout_s: Seconds = Field(120.0, alias="EPHEMERID_HEARTBEAT_TIMEOUT_S")

@@ -249,22 +249,7 @@ def test_teardown_of_compute_never_provisioned_is_true_and_touches_nothing(rig: 
     assert [h.job_id for h in rig.backend.list_owned()] == [other.id]
 
 
-LOCAL_FORGETS_BY_JOB = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: LocalCompute.teardown of a handle with no pid (what the service holds when "
-        "provision never returned, or a stuck PROVISIONING job the reaper fails) says True "
-        "and deletes the job's folder while its runner lives; the cloud backends find the "
-        "compute by the job's tag"
-    ),
-)
-
-
-@pytest.mark.parametrize(
-    "rig",
-    [pytest.param("local", marks=LOCAL_FORGETS_BY_JOB), "azure-vm", "azure-ml"],
-    indirect=True,
-)
+@pytest.mark.parametrize("rig", ["local", "azure-vm", "azure-ml"], indirect=True)
 def test_teardown_knowing_only_the_job_ends_the_compute_provision_started(rig: Rig) -> None:
     job, gate = rig.job("unrecorded")
     handle = rig.provision(job)  # the handle never reached the job's record

@@ -8,8 +8,8 @@ here, never in product code), it stops there: it writes the step's name to the f
 wrapping the real store and compute backend: every call goes to them unchanged; the wrapper
 only pauses before or after the call that makes the step.
 
-Steps that last long enough to see from outside (the user's code running, a teardown sent)
-are not paused here: the test watches for them and kills the process then.
+Steps that last long enough to see from outside (the user's code running; on azure-vm a DELETE
+the simulator holds) are not paused here: the test watches for them and kills the process then.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class PausingStore:
 
 
 class PausingCompute:
-    """The real compute backend, paused once its teardown is confirmed."""
+    """The real compute backend, paused while its teardown is under way or once it is confirmed."""
 
     def __init__(self, inner: Any, step: str) -> None:
         self.inner, self.step = inner, step
@@ -91,6 +92,9 @@ class PausingCompute:
         return getattr(self.inner, name)
 
     def teardown(self, handle: Any) -> bool:
+        if self.step == "teardown sent":  # the kill lands while the teardown is under way
+            threading.Thread(target=self.inner.teardown, args=(handle,), daemon=True).start()
+            pause(self.step)
         confirmed: bool = self.inner.teardown(handle)
         if confirmed and self.step == "teardown confirmed":
             pause(self.step)

@@ -91,15 +91,12 @@ OPEN_AFTER = {"handle saved", "running"}
 STUCK = {"record created", "launch written", "provision started", "runner started"}
 RESUMES = {"launch written", "handle saved", "running"} | OPEN_BEFORE - {"record created"}
 SEEN_FROM_OUTSIDE = {"running", "teardown sent"}
-# the reaper adopts the VM a crashed PUT made, and the job runs on it (issue 14.13)
-ADOPTED = {("runner started", "azure-vm")}
+# the reaper adopts the compute a crashed provision made (found by the job id alone: issue
+# 14.1 and 14.13), and the job runs on it
+ADOPTED = {("runner started", "azure-vm"), ("runner started", "local")}
 
 HALF_MADE = pytest.mark.xfail(strict=True, reason="half-made submit (issue 14.6)")
-TRUSTS_HANDLE = pytest.mark.xfail(
-    strict=True, reason="local teardown trusts the record's handle (issue 14.1)"
-)
 KNOWN = {("record created", "local"): HALF_MADE, ("record created", "azure-vm"): HALF_MADE}
-KNOWN[("runner started", "local")] = TRUSTS_HANDLE
 CASES = [
     pytest.param(step, backend, marks=KNOWN.get((step, backend), ()), id=f"{backend}-{step}")
     for backend in ("local", "azure-vm")
@@ -160,8 +157,7 @@ def test_killing_ephemerid_at_a_step_leaves_no_compute_alive_and_the_job_over(
     gate = Gate(tmp_path / "gate")
     (code_dir / "job.py").write_text(JOB)
     (code_dir / "linger.py").write_text(LINGER)
-    stubborn = step == "teardown sent" and backend == "local"  # keeps the teardown waiting
-    spec = spec_for(code_dir, params={**gate.params, "stubborn": stubborn})
+    spec = spec_for(code_dir, params={**gate.params, "stubborn": False})
     key = f"crash-{uuid.uuid4().hex[:8]}"  # ids unique to this test: processes are found by it
     job_id = job_id_for("train", key)
     if step in OPEN_BEFORE:
@@ -193,10 +189,8 @@ def kill_at(step: str, world: World, spec: str, key: str, gate: Gate, tmp: Path)
     """Start the ephemerid process, wait for ``step``, SIGKILL it."""
     reached = tmp / "reached"
     env = {**os.environ, **world.env, crashing.REACHED: str(reached)}
-    if step not in SEEN_FROM_OUTSIDE:
-        env[crashing.CRASH_AT] = step
-    if step == "teardown sent" and world.sim is None:
-        env["EPHEMERID_GRACE_S"] = "60"  # the helper ignores SIGTERM: the teardown waits here
+    if step not in SEEN_FROM_OUTSIDE or (step == "teardown sent" and world.sim is None):
+        env[crashing.CRASH_AT] = step  # local: the kill lands while its teardown is under way
     if step == "teardown sent" and world.sim is not None:
         world.sim.hold("DELETE")  # the VM is deleting; the answer is kept back
     process = subprocess.Popen(
@@ -217,10 +211,8 @@ def kill_at(step: str, world: World, spec: str, key: str, gate: Gate, tmp: Path)
 def reached_step(step: str, world: World, gate: Gate, reached: Path) -> bool:
     if step == "running":
         return (gate.path / "pid").exists()
-    if step == "teardown sent":
-        if world.sim is not None:
-            return world.sim.held() > 0
-        return (gate.path / "term").exists()
+    if step == "teardown sent" and world.sim is not None:
+        return world.sim.held() > 0
     return reached.exists() and reached.read_text() == step
 
 

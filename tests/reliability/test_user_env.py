@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from drive import log_of, run, service_with, spec_for, text_of, write_script
-from ephemerid import names
+from ephemerid import names, procs
 from ephemerid.errors import SpecError
 from ephemerid.record import JobState
 from ephemerid.runner import Rank, Runner
@@ -92,6 +92,7 @@ def test_user_code_sees_no_secret_of_the_service_and_no_home(
     assert "EPHEMERID_HOME" not in seen["env"]
     assert set(seen["found"].values()) == {"no EPHEMERID_HOME"}
     assert {k for k in seen["env"] if k.startswith("EPHEMERID_")} == {
+        procs.ENV_MARK,  # local compute: the work folder, by which teardown finds the job
         names.ENV_JOB_ID,
         names.ENV_INPUT_DIR,
         names.ENV_OUTPUT_DIR,

@@ -1,10 +1,16 @@
 """Local compute: one runner subprocess per job on this machine, the embedded default.
 
-Each job gets its own session (so teardown can find every process it started, grandchildren
-included), its own scratch folder, and one slot. A slot is an exclusive ``flock`` on
-``slots/<n>.lock`` that the runner inherits: the kernel frees it when the runner dies, so a
-crashed ephemerid never leaks a slot. With GPUs visible (``nvidia-smi -L``), slot n is GPU n
-and the job sees only that GPU through ``CUDA_VISIBLE_DEVICES``.
+Each job gets its own session, its own work folder (``jobs/<id>``, the scratch) and one slot.
+Its processes are found from the job id alone (``ephemerid.procs``): its cgroup where the
+machine lets us make one, else the mark every process of the job inherits and their
+descendants, the runner being a subreaper. Teardown ends them all and confirms none is left
+before it says so, whatever the stored handle holds (it may be empty: ephemerid can die between
+starting the runner and saving the handle); the work folder, which holds the handle and the
+cgroup's path, goes only then. A slot is an exclusive ``flock`` on ``slots/<n>.lock`` that the
+runner inherits: the kernel frees it when the runner dies, so a crashed ephemerid never leaks a
+slot. With GPUs visible (``nvidia-smi -L``), slot n is GPU n and the job sees only that GPU
+through ``CUDA_VISIBLE_DEVICES``. The runner stops a job whose work folder outgrows
+``disk_limit_bytes`` (``EPHEMERID_LOCAL_DISK_LIMIT_BYTES``).
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ephemerid import procs
 from ephemerid.compute import ComputeStatus, Handle, check_one_machine
+from ephemerid.contract import DISK_LIMIT_BYTES
 from ephemerid.errors import CapacityUnavailable, SpecError
 from ephemerid.record import JobRecord
 from ephemerid.spec import JobSpec
@@ -58,15 +64,17 @@ class LocalCompute:
         python: str = sys.executable,
         grace_s: float = 5.0,
         gpus: list[str] | None = None,
+        disk_limit_bytes: int = DISK_LIMIT_BYTES,
     ) -> None:
-        self.work_root = work_root
+        self.work_root = work_root.resolve()  # the marks are its paths: one spelling only
         self.artifacts_uri = artifacts_uri
         self.python = python
         self.grace_s = grace_s
+        self.disk_limit_bytes = disk_limit_bytes
         self.gpus = detect_gpus() if gpus is None else gpus
         self.slots = slots or len(self.gpus) or 2
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        (work_root / "slots").mkdir(parents=True, exist_ok=True)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        (self.work_root / "slots").mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> LocalCompute:
@@ -75,6 +83,7 @@ class LocalCompute:
             artifacts.root_uri,
             slots=settings.local_slots,
             grace_s=settings.grace_s,
+            disk_limit_bytes=settings.local_disk_limit_bytes,
         )
 
     def check(self, spec: JobSpec) -> None:
@@ -89,83 +98,124 @@ class LocalCompute:
         """Nothing to let go of: the runners are processes of their own."""
 
     def provision(self, job: JobRecord) -> Handle:
-        workdir = self.work_root / "jobs" / job.id
+        workdir = self._workdir(job.id)
         existing = self._read_handle(workdir)
         if existing and self.poll(existing) is ComputeStatus.RUNNING:
             return existing
         slot, fd = self._take_slot()
         try:
             workdir.mkdir(parents=True, exist_ok=True)
+            cgroup = procs.make_cgroup(str(workdir))
+            if cgroup is not None:  # written before the runner starts: teardown finds it
+                (workdir / "cgroup").write_text(str(cgroup))
             gpu = self.gpus[slot] if slot < len(self.gpus) and job.spec.compute.gpus else ""
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
-            command = [
-                self.python,
-                "-m",
-                "ephemerid.runner",
-                "--artifacts",
-                self.artifacts_uri,
-                "--job",
-                job.id,
-                "--work-dir",
-                str(workdir),
-            ]
-            with (workdir / "runner.log").open("ab") as log:
-                proc = subprocess.Popen(
-                    command,
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=(fd,),
-                )
+            proc = self._start_runner(job.id, workdir, cgroup, gpu, fd)
         finally:
             os.close(fd)  # the runner holds its own copy of the lock
-        self._children[proc.pid] = proc
+        self._children[job.id] = proc
         data = {
             "pid": proc.pid,
             "started": _start_ticks(proc.pid),
             "slot": slot,
             "gpu": gpu,
             "workdir": str(workdir),
+            "cgroup": str(cgroup or ""),
         }
         (workdir / "handle.json").write_text(json.dumps(data))
         return Handle(self.name, job.id, data)
+
+    def _start_runner(
+        self, job_id: str, workdir: Path, cgroup: Path | None, gpu: str, fd: int
+    ) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": gpu,
+            "PYTHONUNBUFFERED": "1",
+            procs.ENV_MARK: str(workdir),
+        }
+        command = [
+            self.python,
+            "-m",
+            "ephemerid.runner",
+            "--artifacts",
+            self.artifacts_uri,
+            "--job",
+            job_id,
+            "--work-dir",
+            str(workdir),
+            "--disk-limit-bytes",
+            str(self.disk_limit_bytes),
+        ]
+        if cgroup is not None:
+            command += ["--cgroup", str(cgroup)]
+        with (workdir / "runner.log").open("ab") as log:
+            return subprocess.Popen(
+                command,
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(fd,),
+            )
 
     def poll(self, handle: Handle) -> ComputeStatus:
         pid = handle.data.get("pid")
         if not pid:
             return ComputeStatus.GONE
-        child = self._children.get(pid)
-        if child is not None and child.poll() is not None:
+        child = self._children.get(handle.job_id)
+        if child is not None and child.pid == pid and child.poll() is not None:
             return ComputeStatus.GONE
         alive = _start_ticks(pid) == handle.data.get("started") and not _zombie(pid)
         return ComputeStatus.RUNNING if alive else ComputeStatus.GONE
 
     def teardown(self, handle: Handle) -> bool:
-        """Stop every process of the job's session (TERM, grace, KILL) and confirm none is left."""
-        pid: int | None = handle.data.get("pid")
-        # A live leader with another start time is a stranger that reused the pid: not ours.
-        ours = pid is not None and _start_ticks(pid) in (None, handle.data.get("started"))
-        if pid is not None and ours and _members(pid):
-            _signal_session(pid, signal.SIGTERM)
-            if not _wait_empty(pid, self.grace_s):
-                _signal_session(pid, signal.SIGKILL)
-                if not _wait_empty(pid, 5.0):
-                    return False
-        child = self._children.pop(pid, None) if pid else None
+        """Stop every process of the job (TERM, grace, KILL) and confirm none is left.
+
+        The job's processes are looked for on the machine from the job id, never taken from
+        ``handle``: a handle may be empty, or name a pid that a stranger has since been given.
+        """
+        workdir = self._workdir(handle.job_id)
+        cgroups = self._cgroups(workdir, handle)
+        if not procs.Processes(mark=str(workdir), cgroups=cgroups).end(self.grace_s):
+            return False
+        child = self._children.pop(handle.job_id, None)
         if child is not None:
             child.wait(timeout=5)
-        shutil.rmtree(self.work_root / "jobs" / handle.job_id, ignore_errors=True)
+        for cgroup in cgroups:
+            procs.remove_cgroup(cgroup)
+        shutil.rmtree(workdir, ignore_errors=True)
         return True
 
     def list_owned(self) -> list[Handle]:
+        """Every job with a work folder here, and any whose processes outlived their folder."""
         root = self.work_root / "jobs"
-        if not root.is_dir():
-            return []
-        found = (self._read_handle(d) for d in sorted(root.iterdir()))
-        return [h for h in found if h is not None]
+        dirs = sorted(root.iterdir()) if root.is_dir() else []
+        owned = [h for h in (self._read_handle(d) for d in dirs) if h is not None]
+        known = {h.job_id for h in owned}
+        for mark in sorted(procs.marked_jobs(f"{root}{os.sep}")):
+            job_id = Path(mark).name
+            if job_id not in known:
+                owned.append(Handle(self.name, job_id, {}))
+        return owned
+
+    def _workdir(self, job_id: str) -> Path:
+        return self.work_root / "jobs" / job_id
+
+    def _cgroups(self, workdir: Path, handle: Handle) -> list[Path]:
+        """Where the job's cgroup may be: as provision wrote it down, or named for it here.
+
+        Only a folder named for this job counts: a damaged handle cannot point teardown at a
+        cgroup holding other processes.
+        """
+        name, own = procs.cgroup_name(str(workdir)), procs.cgroup_of()
+        written = ""
+        with contextlib.suppress(OSError):
+            written = (workdir / "cgroup").read_text()
+        places = [Path(p) for p in (handle.data.get("cgroup"), written) if p]
+        places += [own / name] if own else []
+        return sorted({p for p in places if p.name == name and p.is_dir()})
 
     def _read_handle(self, workdir: Path) -> Handle | None:
         try:
@@ -202,35 +252,3 @@ def _start_ticks(pid: int) -> int | None:
 def _zombie(pid: int) -> bool:
     fields = _stat_fields(pid)
     return fields is not None and fields[0] == "Z"
-
-
-def _members(sid: int) -> list[int]:
-    """Live processes in session ``sid`` (Linux: from /proc; elsewhere: its process group)."""
-    if not _PROC.is_dir():
-        try:
-            os.killpg(sid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [sid]
-    members = []
-    for entry in _PROC.iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields and int(fields[3]) == sid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
-def _signal_session(sid: int, sig: signal.Signals) -> None:
-    for pid in _members(sid) or [sid]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _wait_empty(sid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _members(sid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
