@@ -24,11 +24,13 @@ from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import (
     BadInput,
     CapacityUnavailable,
+    ComputeError,
     Conflict,
     ContractError,
     EphemeridError,
     NotFound,
     SpecError,
+    Unavailable,
 )
 from ephemerid.models import ModelRegistry
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
@@ -154,8 +156,7 @@ class Service:
         job_id = job_id_for(spec.kind.value, key)
         known = self._known(job_id, key)
         if known is not None:
-            log.info("duplicate delivery for job %s (%s): nothing to do", job_id, source)
-            return Submitted(known, created=False)
+            return Submitted(self._redelivered(known, source), created=False)
         backend = self._checked_backend(spec)
         plan = self.staging.check(spec)
         record = JobRecord(
@@ -168,15 +169,24 @@ class Service:
         )
         job, created = self.store.create_if_absent(record)
         if not created:
-            log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)
-            return Submitted(job, created=False)
+            return Submitted(self._redelivered(job, source), created=False)
         self._notify(job)
         try:
             self.staging.write_launch(job, plan)
+        except Unavailable:
+            raise  # transient: the record stays ACCEPTED, and a redelivery finishes the submit
         except (EphemeridError, OSError) as exc:
             failed = self._fail(job.id, f"could not stage the job: {exc}")
             return Submitted(failed, created=True)
-        return Submitted(self.start(job.id), created=True)
+        return Submitted(self._provision(job.id), created=True)
+
+    def _redelivered(self, job: JobRecord, source: str) -> JobRecord:
+        """A job already accepted: nothing to do, unless a crash cut its submit short."""
+        if job.state is JobState.ACCEPTED and not self.staging.has_launch(job.id):
+            log.warning("job %s was accepted but not launched: finishing its submit", job.id)
+            return self.start(job.id)
+        log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)
+        return job
 
     def _known(self, job_id: str, key: str) -> JobRecord | None:
         try:
@@ -197,7 +207,29 @@ class Service:
     # -- compute -----------------------------------------------------------------------------
 
     def start(self, job_id: str) -> JobRecord:
-        """Provision compute for an accepted or waiting job; exactly one caller wins."""
+        """Provision compute for an accepted or waiting job; exactly one caller wins.
+
+        Compute is rented only for a job whose launch is there: one a crash left without it gets
+        it written now, and a job whose launch cannot be written fails with nothing rented.
+        """
+        job = self.store.get(job_id)
+        if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
+            return job
+        if job.backend not in self.backends:
+            raise ComputeError(
+                f"job {job_id} runs on compute backend '{job.backend}', which is not configured "
+                "here: configure it again, or cancel the job"
+            )
+        try:
+            self.staging.ensure_launch(job)
+        except Unavailable:
+            raise  # transient: the next delivery or reaper pass tries again
+        except (EphemeridError, OSError) as exc:
+            reason = f"could not stage the job: {exc}"
+            return self._transition(job_id, transitions.not_launched(reason))[0]
+        return self._provision(job_id)
+
+    def _provision(self, job_id: str) -> JobRecord:
         job, won = self._transition(job_id, transitions.to_provisioning)
         if not won:
             return job
@@ -235,38 +267,15 @@ class Service:
         for job in reversed(self.store.list([JobState.WAITING_FOR_CAPACITY])):
             if job.next_try_at and job.next_try_at > now:
                 continue
-            job = self.start(job.id)
+            try:
+                job = self.start(job.id)
+            except Exception as exc:  # one job that cannot start now keeps no other waiting
+                log.warning("waiting job %s not started this pass: %s", job.id, exc)
+                continue
             started.append(job)
             if job.state is JobState.WAITING_FOR_CAPACITY:
                 break
         return started
-
-    def strays(self) -> builtins.list[str]:
-        """Give back compute a backend holds whose job is terminal or unknown; what was done."""
-        actions = []
-        for name, backend in self.backends.items():
-            try:
-                owned = backend.list_owned()
-            except EphemeridError as exc:  # the next pass tries again
-                actions.append(f"{name}: cannot list its compute now: {exc}")
-                continue
-            for handle in owned:
-                try:
-                    job: JobRecord | None = self.store.get(handle.job_id)
-                except NotFound:
-                    job = None
-                if job is not None and not job.state.terminal:
-                    continue
-                try:
-                    gone = backend.teardown(handle)
-                except EphemeridError:
-                    gone = False
-                owner = f"job {job.state.value}" if job else "no job"
-                actions.append(
-                    f"{handle.job_id}: {name} compute with {owner} -> "
-                    f"{'torn down' if gone else 'teardown still owed'}"
-                )
-        return actions
 
     def held_compute(self) -> int:
         """How many pieces of compute the backends hold now (what would be billed)."""
@@ -289,7 +298,10 @@ class Service:
             job = self.store.get(job_id)
             if not job.state.terminal:
                 return self._evicted(job)
-        job, _ = self._transition(job_id, transitions.finished(result))
+        try:
+            job, _ = self._transition(job_id, transitions.finished(result))
+        except BadInput as exc:  # the store refuses the record it would make (too large)
+            job = self._fail(job_id, f"its result could not be recorded: {exc}")
         job = self.release(job)
         job = self.register_model(job)
         self.dispatch_waiting()

@@ -131,6 +131,17 @@ def ended(state: JobState, reason: str) -> Change:
     return change
 
 
+def not_launched(reason: str) -> Change:
+    """The job's launch cannot be written: it fails before any compute is asked for."""
+
+    def change(job: JobRecord) -> dict[str, Any] | None:
+        if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
+            return None
+        return {"state": JobState.FAILED, "reason": reason, "finished_at": utcnow()}
+
+    return change
+
+
 def finished(result: Result) -> Change:
     """The runner's result: how the job ended, when its code ran, its metrics and outputs."""
 
