@@ -46,7 +46,7 @@ from ephemerid.artifacts import (
     put_bytes,
     upload_dir,
 )
-from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Result, RunStatus
+from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
 from ephemerid.errors import ContractError
 from ephemerid.track import summarize
 
@@ -320,9 +320,12 @@ class Runner:
         self.pump.flush()
 
     def _upload(self, result: Result) -> None:
-        result.outputs = upload_dir(
-            self.store, self.work / "output", names.run_key(self.job_id, names.OUTPUTS_DIR)
-        )
+        folder = self.work / "output"
+        keys = upload_dir(self.store, folder, names.run_key(self.job_id, names.OUTPUTS_DIR))
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        manifest = Outputs(job_id=self.job_id, outputs=keys, total_bytes=size)
+        put_bytes(self.store, names.run_key(self.job_id, names.OUTPUTS_FILE), manifest.dumps())
+        result.summarize(manifest)
         upload_dir(
             self.store, self.work / "checkpoint", names.run_key(self.job_id, names.CHECKPOINT_DIR)
         )
@@ -331,7 +334,7 @@ class Runner:
             with metrics.open("rb") as stream:
                 self.store.write(names.run_key(self.job_id, names.METRICS_FILE), stream)
             result.metrics = summarize(metrics.read_text(errors="replace").splitlines())
-        self.say(f"uploaded {len(result.outputs)} output file(s)")
+        self.say(f"uploaded {len(keys)} output file(s)")
 
     def _flush_often(self) -> None:
         """A rank other than 0 beats for nobody, but its log stays live too."""
