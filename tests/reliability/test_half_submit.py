@@ -13,16 +13,19 @@ from pathlib import Path
 
 from drive import finish, spec_for, write_script
 from ephemerid import names
+from ephemerid.artifacts import get_bytes, put_bytes
+from ephemerid.contract import Launch
 from ephemerid.reaper import reap
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
 from ephemerid.service import Service
-from ephemerid.spec import JobSpec
+from ephemerid.spec import JobSpec, ModelRef
 
 
-def cut_short(service: Service, spec: JobSpec, key: str) -> JobRecord:
+def cut_short(service: Service, spec: JobSpec, key: str, model_version: str = "") -> JobRecord:
     """The record as a crash right after storing it leaves it: accepted, with no launch."""
     record = JobRecord(id=job_id_for(spec.kind.value, key), key=key, spec=spec, source="test")
-    job, created = service.store.create_if_absent(record.evolve(backend="local"))
+    stored = record.evolve(backend="local", model_version=model_version)
+    job, created = service.store.create_if_absent(stored)
     assert created
     assert service.artifacts.stat(names.run_key(job.id, names.JOB_FILE)) is None
     return job
@@ -54,6 +57,26 @@ def test_the_reaper_finishes_a_stale_submit_cut_short_before_its_launch(
 
     done = finish(service, job.id)
     assert done.state is JobState.SUCCEEDED, done.reason
+
+
+def test_a_finished_submit_runs_the_model_version_it_was_accepted_with(
+    service: Service, code_dir: Path
+) -> None:
+    for version in (1, 2):
+        put_bytes(service.artifacts, f"staged/v{version}/weights.txt", b"w")
+        service.models.register("churn", f"staged/v{version}", job_id=f"j{version}", metrics={})
+    service.models.promote("churn", 1, "production")
+    script = write_script(code_dir, "print('predicted')\n")
+    spec = spec_for(code_dir, script, kind="predict", model="churn@production")
+    job = cut_short(service, spec, "predict-cut-short", model_version="churn:1")
+    service.models.promote("churn", 2, "production")  # the alias moved since it was accepted
+
+    service.submit(spec, key="predict-cut-short")
+
+    key = names.run_key(job.id, names.JOB_FILE)
+    launch = Launch.loads(get_bytes(service.artifacts, key), where=key)
+    assert launch.model == service.models.resolve(ModelRef.parse("churn:1")).files
+    assert finish(service, job.id).state is JobState.SUCCEEDED
 
 
 def test_a_job_whose_launch_cannot_be_written_fails_and_rents_nothing(
