@@ -35,6 +35,9 @@ HEARTBEAT_S = 5.0
 GRACE_S = 10.0
 LOG_LIMIT_BYTES = 10 * 1024 * 1024
 DISK_LIMIT_BYTES = 20 * 1024**3  # a local job's work folder (runner --disk-limit-bytes)
+# A result lists at most this many outputs (runs/<job>/outputs.json lists them all), so the job's
+# record stays small on every store whatever the job wrote.
+OUTPUTS_LISTED = 100
 
 
 class RunStatus(str, Enum):
@@ -131,6 +134,33 @@ class Result(_Document):
     finished_at: AwareDatetime | None = None
     outputs: list[str] = Field(default_factory=list)  # keys under runs/<job>/outputs/
     metrics: dict[str, float] = Field(default_factory=dict)
+    # Written with the manifest (outputs.json): ``outputs`` then lists only the first of them.
+    # An older runner of this contract lists every output and leaves these None.
+    output_count: int | None = Field(default=None, ge=0)
+    output_bytes: int | None = Field(default=None, ge=0)
+
+    def summarize(self, manifest: Outputs) -> None:
+        """List the first of ``manifest``'s outputs, and count them all and their bytes."""
+        self.outputs = first_outputs(self.job_id, manifest.outputs)
+        self.output_count, self.output_bytes = len(manifest.outputs), manifest.total_bytes
+
+
+class Outputs(_Document):
+    """``runs/<job>/outputs.json``: every output the run uploaded, written before the result."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    FILE = names.OUTPUTS_FILE
+    READER = "service"
+
+    outputs: list[str]  # every key under runs/<job>/outputs/
+    total_bytes: int = Field(ge=0)
+
+
+def first_outputs(job_id: str, keys: list[str], limit: int = OUTPUTS_LISTED) -> list[str]:
+    """At most ``limit`` of ``keys``, the files of ``outputs/model/`` first: registering a
+    trained model needs to see one of them (``JobRecord.model_owed``)."""
+    model = names.run_key(job_id, f"{names.OUTPUTS_DIR}/model/")
+    return sorted(keys, key=lambda key: not key.startswith(model))[:limit]
 
 
 def _explain(where: str, exc: ValidationError) -> str:

@@ -21,6 +21,7 @@ METRICS_FILE = "metrics.jsonl"
 OUTPUTS_DIR = "outputs"
 CHECKPOINT_DIR = "checkpoint"
 RESULT_FILE = "result.json"
+OUTPUTS_FILE = "outputs.json"  # every output key; result.json and the record list the first
 
 # Environment the runner gives the user's code.
 ENV_INPUT_DIR = "EPHEMERID_INPUT_DIR"

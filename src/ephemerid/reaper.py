@@ -4,17 +4,26 @@ It finishes what events missed: a result nobody handled, compute that died witho
 jobs past ``max_runtime``, lost heartbeats, provisioning that never finished, teardowns still
 owed, and compute a backend holds whose job is terminal or unknown. Every action is a
 compare-and-swap through the service, so a reaper racing an event handler is harmless.
+
+One job's trouble stays with that job: each job is handled on its own, a service that is only
+unavailable skips it for this pass (the next pass tries again), and an unexpected error is logged
+and reported as an action line while the pass goes on to the others.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 
-from ephemerid.compute import ComputeStatus
+from ephemerid.compute import ComputeBackend, ComputeStatus, Handle
+from ephemerid.errors import EphemeridError, NotFound, Unavailable
 from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 from ephemerid.service import Service
 
 ACCEPTED_STALE = timedelta(seconds=60)
+log = logging.getLogger("ephemerid.reaper")
 
 
 def reap(service: Service, now: datetime | None = None) -> list[str]:
@@ -22,20 +31,82 @@ def reap(service: Service, now: datetime | None = None) -> list[str]:
     now = now or utcnow()
     actions: list[str] = []
     for job in service.list_open():
-        if job.state is JobState.WAITING_FOR_CAPACITY:
-            continue
-        if not job.state.terminal:
-            actions.extend(_check_active(service, job, now))
-        elif job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE):
-            released = service.release(job)
-            ok = released.compute_state is ComputeState.RELEASED
-            actions.append(f"{job.id}: teardown owed -> {'released' if ok else 'still owed'}")
-        elif job.model_owed and service.register_model(job).model_version:
-            actions.append(f"{job.id}: registered its model")
-    actions.extend(service.strays(now))
-    for job in service.dispatch_waiting():
-        actions.append(f"{job.id}: waiting job -> {job.state.value}")
+        actions.extend(_isolated(job.id, partial(_reap_one, service, job, now)))
+    actions.extend(_isolated("strays", partial(strays, service, now)))
+    actions.extend(_isolated("waiting jobs", partial(_dispatch, service)))
     return actions
+
+
+def _isolated(what: str, step: Callable[[], list[str]]) -> list[str]:
+    """``step``'s action lines; what goes wrong in it becomes one line, and the pass goes on."""
+    try:
+        return step()
+    except Unavailable as exc:  # transient: never a reason to fail the job
+        log.warning("reaper: %s skipped this pass: %s", what, exc)
+        return [f"{what}: skipped this pass, to be tried again: {exc}"]
+    except Exception as exc:
+        log.exception("reaper: %s failed unexpectedly", what)
+        return [f"{what}: unexpected error, left for the next pass: {type(exc).__name__}: {exc}"]
+
+
+def _reap_one(service: Service, job: JobRecord, now: datetime) -> list[str]:
+    if job.state is JobState.WAITING_FOR_CAPACITY:
+        return []
+    if not job.state.terminal:
+        return _check_active(service, job, now)
+    if job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE):
+        released = service.release(job)
+        ok = released.compute_state is ComputeState.RELEASED
+        return [f"{job.id}: teardown owed -> {'released' if ok else 'still owed'}"]
+    if job.model_owed and service.register_model(job).model_version:
+        return [f"{job.id}: registered its model"]
+    return []
+
+
+def strays(service: Service, now: datetime | None = None) -> list[str]:
+    """Give back compute a backend holds whose job is terminal or unknown, or that is past its
+    own deadline whatever its job's record says (a record lost or from another store); what
+    was done.
+
+    A piece whose job cannot be read now is kept (never torn down on a guess) and the others go on.
+    """
+    now = now or utcnow()
+    actions = []
+    for name, backend in service.backends.items():
+        try:
+            owned = backend.list_owned()
+        except EphemeridError as exc:  # the next pass tries again
+            actions.append(f"{name}: cannot list its compute now: {exc}")
+            continue
+        for handle in owned:
+            step = partial(_stray, service, name, backend, handle, now)
+            actions.extend(_isolated(handle.job_id, step))
+    return actions
+
+
+def _stray(
+    service: Service, name: str, backend: ComputeBackend, handle: Handle, now: datetime
+) -> list[str]:
+    try:
+        job: JobRecord | None = service.get(handle.job_id)
+    except NotFound:
+        job = None
+    overdue = handle.deadline is not None and handle.deadline < now
+    if job is not None and not job.state.terminal and not overdue:
+        return []
+    try:
+        gone = backend.teardown(handle)
+    except EphemeridError:
+        gone = False
+    owner = f"job {job.state.value}" if job else "no job"
+    if overdue:
+        owner += f", past its deadline {handle.deadline:%Y-%m-%dT%H:%M:%SZ}"
+    done = "torn down" if gone else "teardown still owed"
+    return [f"{handle.job_id}: {name} compute with {owner} -> {done}"]
+
+
+def _dispatch(service: Service) -> list[str]:
+    return [f"{job.id}: waiting job -> {job.state.value}" for job in service.dispatch_waiting()]
 
 
 def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:

@@ -70,7 +70,9 @@ class JobRecord:
     finished_at: datetime | None = None
     exit_code: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    outputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # the first (contract.OUTPUTS_LISTED)
+    output_count: int = 0  # all of them, listed in runs/<job>/outputs.json (older jobs: 0)
+    output_bytes: int | None = None
     model_version: str = ""
     teardown_attempts: int = 0
     # what was rented, for the bill: the price is taken when the compute goes live

@@ -50,7 +50,7 @@ from ephemerid.artifacts import (
     put_bytes,
     upload_dir,
 )
-from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Result, RunStatus
+from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
 from ephemerid.errors import ContractError
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LOG_FLUSH_S, LogPump
@@ -245,16 +245,23 @@ class Runner:
         self.pump.flush()
 
     def _upload(self, result: Result) -> None:
+        folder = self.work / "output"
         out = names.run_key(self.job_id, names.OUTPUTS_DIR)
+        keys = upload_dir(self.store, folder, out, skip=self._not_uploaded)
+        size = sum(
+            p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
+        )
+        manifest = Outputs(job_id=self.job_id, outputs=keys, total_bytes=size)
+        put_bytes(self.store, names.run_key(self.job_id, names.OUTPUTS_FILE), manifest.dumps())
+        result.summarize(manifest)
         kept = names.run_key(self.job_id, names.CHECKPOINT_DIR)
-        result.outputs = upload_dir(self.store, self.work / "output", out, skip=self._not_uploaded)
         upload_dir(self.store, self.work / "checkpoint", kept, skip=self._not_uploaded)
         metrics = self.work / names.METRICS_FILE
         if metrics.is_file():
             with metrics.open("rb") as stream:
                 self.store.write(names.run_key(self.job_id, names.METRICS_FILE), stream)
             result.metrics = summarize(metrics.read_text(errors="replace").splitlines())
-        self.say(f"uploaded {len(result.outputs)} output file(s)")
+        self.say(f"uploaded {len(keys)} output file(s)")
 
     def _not_uploaded(self, name: str, why: str) -> None:
         self.say(f"not uploaded: {name}: {why}")

@@ -10,21 +10,20 @@ cannot both provision, and a lost race re-reads and retries. Callers read throug
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
-from ephemerid import names, rejections, sandbox, transitions
+from ephemerid import names, sandbox, transitions
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import (
     BadInput,
     CapacityUnavailable,
+    ComputeError,
     Conflict,
     ContractError,
     EphemeridError,
@@ -33,8 +32,8 @@ from ephemerid.errors import (
     Unavailable,
 )
 from ephemerid.models import ModelRegistry
+from ephemerid.reads import Reads
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
-from ephemerid.rejections import Rejection
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
 from ephemerid.staging import Staging
@@ -51,7 +50,7 @@ class Submitted:
     created: bool
 
 
-class Service:
+class Service(Reads):
     def __init__(
         self,
         store: JobStore,
@@ -91,60 +90,6 @@ class Service:
             except Exception:
                 log.exception("a job listener failed on %s", job.id)
 
-    # -- reads -------------------------------------------------------------------------------
-
-    def get(self, job_id: str) -> JobRecord:
-        return self.store.get(job_id)
-
-    def list(self, states: Iterable[JobState] | None = None) -> builtins.list[JobRecord]:
-        return self.store.list(states)
-
-    def list_open(self) -> builtins.list[JobRecord]:
-        return self.store.list_open()
-
-    def read_log(self, job_id: str, offset: int = 0, rank: int = 0) -> bytes:
-        """The job's log from ``offset`` (rank n's own log for a distributed job); b"" if none."""
-        try:
-            with self.artifacts.open_read(names.run_key(job_id, names.log_file(rank)), offset) as f:
-                return f.read()
-        except NotFound:
-            return b""
-
-    def has_result(self, job_id: str) -> bool:
-        return self.artifacts.stat(names.run_key(job_id, names.RESULT_FILE)) is not None
-
-    def last_heartbeat(self, job_id: str) -> datetime | None:
-        try:
-            beat = json.loads(
-                get_bytes(self.artifacts, names.run_key(job_id, names.HEARTBEAT_FILE))
-            )
-            return datetime.fromisoformat(beat["at"])
-        except (NotFound, ValueError, KeyError, TypeError):
-            return None
-
-    def poll(self, job: JobRecord) -> ComputeStatus:
-        """What the job's backend says of its compute now."""
-        return self.backends[job.backend].poll(Handle(job.backend, job.id, job.handle))
-
-    def etag_of(self, key: str) -> str | None:
-        """The blob's ETag, None when it is not there (BadInput for a name that escapes)."""
-        stat = self.artifacts.stat(key)
-        return stat.etag if stat else None
-
-    def uri(self, key: str) -> str:
-        return self.artifacts.uri(key)
-
-    @property
-    def bucket_uri(self) -> str:
-        return self.artifacts.root_uri
-
-    def reject(self, source: str, request_id: str, error: BadInput, body: bytes | str) -> Rejection:
-        """Record why a request could not become a job, for its sender to read."""
-        return rejections.record(self.artifacts, source, request_id, error, body)
-
-    def rejections(self, limit: int = 100) -> builtins.list[Rejection]:
-        return rejections.listing(self.artifacts, limit)
-
     # -- submit ------------------------------------------------------------------------------
 
     def submit(
@@ -171,8 +116,7 @@ class Service:
         job_id = job_id_for(spec.kind.value, key)
         known = self._known(job_id, key)
         if known is not None:
-            log.info("duplicate delivery for job %s (%s): nothing to do", job_id, source)
-            return Submitted(known, created=False)
+            return Submitted(self._redelivered(known, source), created=False)
         backend = self._checked_backend(spec)
         plan = self.staging.check(spec)
         record = JobRecord(
@@ -185,15 +129,24 @@ class Service:
         )
         job, created = self.store.create_if_absent(record)
         if not created:
-            log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)
-            return Submitted(job, created=False)
+            return Submitted(self._redelivered(job, source), created=False)
         self._notify(job)
         try:
             self.staging.write_launch(job, plan)
+        except Unavailable:
+            raise  # transient: the record stays ACCEPTED, and a redelivery finishes the submit
         except (EphemeridError, OSError) as exc:
             failed = self._fail(job.id, f"could not stage the job: {exc}")
             return Submitted(failed, created=True)
-        return Submitted(self.start(job.id), created=True)
+        return Submitted(self._provision(job.id), created=True)
+
+    def _redelivered(self, job: JobRecord, source: str) -> JobRecord:
+        """A job already accepted: nothing to do, unless a crash cut its submit short."""
+        if job.state is JobState.ACCEPTED and not self.staging.has_launch(job.id):
+            log.warning("job %s was accepted but not launched: finishing its submit", job.id)
+            return self.start(job.id)
+        log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)
+        return job
 
     def _known(self, job_id: str, key: str) -> JobRecord | None:
         try:
@@ -214,7 +167,29 @@ class Service:
     # -- compute -----------------------------------------------------------------------------
 
     def start(self, job_id: str) -> JobRecord:
-        """Provision compute for an accepted or waiting job; exactly one caller wins."""
+        """Provision compute for an accepted or waiting job; exactly one caller wins.
+
+        Compute is rented only for a job whose launch is there: one a crash left without it gets
+        it written now, and a job whose launch cannot be written fails with nothing rented.
+        """
+        job = self.store.get(job_id)
+        if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
+            return job
+        if job.backend not in self.backends:
+            raise ComputeError(
+                f"job {job_id} runs on compute backend '{job.backend}', which is not configured "
+                "here: configure it again, or cancel the job"
+            )
+        try:
+            self.staging.ensure_launch(job)
+        except Unavailable:
+            raise  # transient: the next delivery or reaper pass tries again
+        except (EphemeridError, OSError) as exc:
+            reason = f"could not stage the job: {exc}"
+            return self._transition(job_id, transitions.not_launched(reason))[0]
+        return self._provision(job_id)
+
+    def _provision(self, job_id: str) -> JobRecord:
         job, won = self._transition(job_id, transitions.to_provisioning)
         if not won:
             return job
@@ -253,7 +228,11 @@ class Service:
         for job in reversed(self.store.list([JobState.WAITING_FOR_CAPACITY])):
             if job.next_try_at and job.next_try_at > now:
                 continue
-            job = self.start(job.id)
+            try:
+                job = self.start(job.id)
+            except Exception as exc:  # one job that cannot start now keeps no other waiting
+                log.warning("waiting job %s not started this pass: %s", job.id, exc)
+                continue
             started.append(job)
             if job.state is JobState.WAITING_FOR_CAPACITY:
                 break
@@ -266,44 +245,7 @@ class Service:
         backend = self.backends[job.backend]
         owned = [h for h in backend.list_owned() if h.job_id == job.id]
         found = next((h for h in owned if backend.poll(h) is not ComputeStatus.GONE), None)
-        return job if found is None else self._transition(job.id, _adopted(found))[0]
-
-    def strays(self, now: datetime | None = None) -> builtins.list[str]:
-        """Give back compute a backend holds whose job is terminal or unknown, or that is past its
-        own deadline whatever its job's record says (a record lost or from another store); what
-        was done."""
-        now = now or utcnow()
-        actions = []
-        for name, backend in self.backends.items():
-            try:
-                owned = backend.list_owned()
-            except EphemeridError as exc:  # the next pass tries again
-                actions.append(f"{name}: cannot list its compute now: {exc}")
-                continue
-            for handle in owned:
-                try:
-                    job: JobRecord | None = self.store.get(handle.job_id)
-                except NotFound:
-                    job = None
-                overdue = handle.deadline is not None and handle.deadline < now
-                if job is not None and not job.state.terminal and not overdue:
-                    continue
-                try:
-                    gone = backend.teardown(handle)
-                except EphemeridError:
-                    gone = False
-                owner = f"job {job.state.value}" if job else "no job"
-                if overdue:
-                    owner += f", past its deadline {handle.deadline:%Y-%m-%dT%H:%M:%SZ}"
-                actions.append(
-                    f"{handle.job_id}: {name} compute with {owner} -> "
-                    f"{'torn down' if gone else 'teardown still owed'}"
-                )
-        return actions
-
-    def held_compute(self) -> int:
-        """How many pieces of compute the backends hold now (what would be billed)."""
-        return sum(len(backend.list_owned()) for backend in self.backends.values())
+        return job if found is None else self._transition(job.id, transitions.adopted(found))[0]
 
     # -- completion and cancel ---------------------------------------------------------------
 
@@ -322,7 +264,10 @@ class Service:
             job = self.store.get(job_id)
             if not job.state.terminal:
                 return self._evicted(job)
-        job, _ = self._transition(job_id, transitions.finished(result))
+        try:
+            job, _ = self._transition(job_id, transitions.finished(result))
+        except BadInput as exc:  # the store refuses the record it would make (too large)
+            job = self._fail(job_id, f"its result could not be recorded: {exc}")
         job = self.release(job)
         job = self.register_model(job)
         self.dispatch_waiting()
@@ -419,9 +364,3 @@ class Service:
             self._notify(updated)
             return updated, True
         raise Conflict(f"job {job_id} kept changing under 50 attempts to update it")
-
-
-def _adopted(handle: Handle) -> Change:
-    """``live(handle)``, for a job still provisioning only (a provision that did finish wins)."""
-    live = transitions.live(handle)
-    return lambda job: live(job) if job.state is JobState.PROVISIONING else None

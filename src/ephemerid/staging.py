@@ -19,7 +19,7 @@ from ephemerid.errors import EphemeridError, NotFound, SpecError
 from ephemerid.models import ModelRegistry, ModelVersion
 from ephemerid.record import JobRecord
 from ephemerid.settings import Settings
-from ephemerid.spec import JobSpec
+from ephemerid.spec import JobSpec, ModelRef
 
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".ipynb_checkpoints"}
 
@@ -63,6 +63,22 @@ class Staging:
             env=spec.env,
         )
         put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
+
+    def has_launch(self, job_id: str) -> bool:
+        return self.artifacts.stat(names.run_key(job_id, names.JOB_FILE)) is not None
+
+    def ensure_launch(self, job: JobRecord) -> None:
+        """Write the launch a crash left unwritten (after the record was stored, before job.json).
+
+        The plan is checked again from the stored spec, with the model version the job was
+        accepted with; a spec that no longer checks (its code folder gone) raises SpecError.
+        """
+        if self.has_launch(job.id):
+            return
+        spec = job.spec
+        if spec.model is not None and job.model_version:
+            spec = spec.model_copy(update={"model": ModelRef.parse(job.model_version)})
+        self.write_launch(job, self.check(spec))
 
     # -- checks ------------------------------------------------------------------------------
 

@@ -19,10 +19,15 @@ from datetime import timedelta
 from typing import Any
 
 from ephemerid.compute import Handle
-from ephemerid.contract import Result, RunStatus
+from ephemerid.contract import Result, RunStatus, first_outputs
 from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 
 Change = Callable[[JobRecord], dict[str, Any] | None]
+
+# What a record keeps of a result, whatever the job wrote (the whole is in the job's artifacts):
+# the first outputs (contract.OUTPUTS_LISTED), the first metrics by name, and the reason's start.
+METRICS_KEPT = 200
+REASON_KEPT = 4000
 
 RESULT_STATES: Mapping[RunStatus, JobState] = {
     RunStatus.SUCCEEDED: JobState.SUCCEEDED,
@@ -108,6 +113,13 @@ def requeued(job: JobRecord) -> dict[str, Any] | None:
     }
 
 
+def adopted(handle: Handle) -> Change:
+    """``live(handle)``, for a job still provisioning only (a provision that did finish wins):
+    the compute a provision made after its caller died, found again by the job id."""
+    change = live(handle)
+    return lambda job: change(job) if job.state is JobState.PROVISIONING else None
+
+
 def released(job: JobRecord) -> dict[str, Any] | None:
     """Teardown is confirmed: the job is done for the bill."""
     if job.compute_state is ComputeState.RELEASED:
@@ -126,28 +138,54 @@ def ended(state: JobState, reason: str) -> Change:
     def change(job: JobRecord) -> dict[str, Any] | None:
         if job.state.terminal:
             return None
-        return {"state": state, "reason": reason, "finished_at": job.finished_at or utcnow()}
+        return {
+            "state": state,
+            "reason": _kept(reason),
+            "finished_at": job.finished_at or utcnow(),
+        }
+
+    return change
+
+
+def not_launched(reason: str) -> Change:
+    """The job's launch cannot be written: it fails before any compute is asked for."""
+
+    def change(job: JobRecord) -> dict[str, Any] | None:
+        if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
+            return None
+        return {"state": JobState.FAILED, "reason": _kept(reason), "finished_at": utcnow()}
 
     return change
 
 
 def finished(result: Result) -> Change:
-    """The runner's result: how the job ended, when its code ran, its metrics and outputs."""
+    """The runner's result: how the job ended, when its code ran, its metrics and outputs.
+
+    The record keeps a summary, small whatever the job wrote: the count and bytes of its outputs
+    and the first of them (all are in runs/<job>/outputs.json), and at most METRICS_KEPT metrics.
+    """
 
     def change(job: JobRecord) -> dict[str, Any] | None:
         if job.state.terminal:
             return None
+        count = len(result.outputs) if result.output_count is None else result.output_count
         return {
             "state": RESULT_STATES[result.status],
-            "reason": result.reason,
+            "reason": _kept(result.reason),
             "exit_code": result.exit_code,
             "started_at": result.started_at,
             "finished_at": result.finished_at or utcnow(),
-            "metrics": dict(result.metrics),
-            "outputs": list(result.outputs),
+            "metrics": dict(sorted(result.metrics.items())[:METRICS_KEPT]),
+            "outputs": first_outputs(job.id, result.outputs),
+            "output_count": count,
+            "output_bytes": result.output_bytes,
         }
 
     return change
+
+
+def _kept(reason: str) -> str:
+    return reason if len(reason) <= REASON_KEPT else reason[: REASON_KEPT - 1] + "…"
 
 
 def model_registered(ref: str) -> Change:

@@ -90,9 +90,9 @@ def job_detail(console: Console, job: JobRecord) -> None:
     for name, value in sorted(job.metrics.items()):
         console.print(f"  metric {name:<14} {value:g}")
     if job.outputs:
+        count = max(job.output_count, len(job.outputs))
         console.print(
-            f"  outputs ({len(job.outputs)}): {', '.join(job.outputs[:5])}"
-            + (" ..." if len(job.outputs) > 5 else "")
+            f"  outputs ({count}): {', '.join(job.outputs[:5])}" + (" ..." if count > 5 else "")
         )
 
 
