@@ -6,20 +6,14 @@ of them, the full list is in ``runs/<job>/outputs.json``, and metrics are kept u
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from drive import finish, spec_for, write_script
 from ephemerid import names
 from ephemerid.artifacts import get_bytes, put_bytes
-from ephemerid.azure.connection import storage_connection
 from ephemerid.contract import OUTPUTS_LISTED, Outputs
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
 from ephemerid.service import Service
-from ephemerid.store.table import TableJobStore
 from ephemerid.transitions import METRICS_KEPT
 
 MANY_OUTPUTS = """
@@ -34,14 +28,6 @@ for shard in range(20):
 (out / "model").mkdir()
 (out / "model" / "weights.txt").write_text("trained")
 """
-
-
-@pytest.fixture
-def table_service(azurite_connection: str, service: Service) -> Iterator[Service]:
-    connection = storage_connection({"EPHEMERID_STORAGE": azurite_connection})
-    store = TableJobStore(connection, f"t{uuid.uuid4().hex}")
-    yield Service(store, service.artifacts, service.backends, service.settings)
-    store.close()
 
 
 def test_a_job_writing_20000_outputs_succeeds_on_table_storage_with_all_in_its_manifest(

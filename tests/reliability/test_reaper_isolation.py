@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from drive import finish, spec_for, write_script
@@ -65,14 +63,6 @@ def running(key: str, *, backend: str = "local", **params: object) -> JobRecord:
 
 def stored(service: Service, record: JobRecord) -> JobRecord:
     return service.store.create_if_absent(record)[0]
-
-
-@pytest.fixture
-def table_service(azurite_connection: str, service: Service) -> Iterator[Service]:
-    connection = storage_connection({"EPHEMERID_STORAGE": azurite_connection})
-    store = TableJobStore(connection, f"t{uuid.uuid4().hex}")
-    yield Service(store, service.artifacts, service.backends, service.settings)
-    store.close()
 
 
 def test_a_result_with_a_bad_date_fails_that_job_and_the_pass_reaps_the_others(
