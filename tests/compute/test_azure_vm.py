@@ -216,15 +216,17 @@ def test_the_vms_user_code_runs_as_a_user_kept_from_the_runners_files_and_from_i
     useradd = "useradd --system --no-create-home --home-dir /nonexistent"
     make_user = f"{useradd} --shell /usr/sbin/nologin --user-group ephemerid-job"
     rule = "-m owner --uid-owner ephemerid-job -d 169.254.169.254 -j REJECT"
-    assert [" ".join(c) for c in commands[:3]] == [
+    lines = [" ".join(c) for c in commands]
+    first = lines.index(make_user)
+    assert lines[first : first + 3] == [
         make_user,
         f"/usr/sbin/iptables -A OUTPUT {rule}",
         "chmod 0700 /etc/ephemerid",
     ]
     assert "sudo" not in vm.custom_data() and "usermod" not in vm.custom_data()
     assert modes[ENV_FILE] == modes[DEADLINE_ENV_FILE] == modes[IMDS_FILE] == "0600"
-    start = next(i for i, c in enumerate(commands) if "ephemerid-runner.service" in c)
-    assert start > 2  # the user, its firewall rule and the locked folder come first
+    install = next(i for i, line in enumerate(lines) if " install " in line)
+    assert first < install  # the user, its rule and the locked folder before the runner is there
     _, unit = boot_files(vm)
     assert f"ExecStartPre=/usr/sbin/iptables -C OUTPUT {rule}" in unit
     [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]

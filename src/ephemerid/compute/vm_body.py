@@ -14,7 +14,7 @@ ARM with its identity. The runner is told to stop the entrypoint by ``stop_by``,
 before the deadline to write its result.
 
 The runner runs as root; the user's code runs as ``JOB_USER`` (``--run-as``), a system user with
-no login shell, no sudo and no groups, made before anything else. It cannot read
+no login shell, no sudo and no groups, made right after the deadline is armed. It cannot read
 ``/etc/ephemerid`` (0700; its environment files 0600), cannot write the runner's venv (root's,
 0755: the entrypoint runs on its interpreter), and a firewall rule for its uid alone rejects the
 instance metadata service, where the VM identity's token lives; the runner's unit refuses to start
@@ -165,9 +165,9 @@ def cloud_init(env: dict[str, str], package: str, python: str, deadline: Deadlin
             *deadline.files(python),
         ],
         "runcmd": [
-            *JOB_USER_COMMANDS,
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "ephemerid-deadline.timer"],
+            *JOB_USER_COMMANDS,
             ["mkdir", "-p", WORK_DIR],
             [python, "-m", "venv", "--system-site-packages", VENV],
             [f"{VENV}/bin/pip", "install", "--no-input", "--disable-pip-version-check", package],
