@@ -24,6 +24,9 @@ that booted late), so the result is written before the VM's own deadline deletes
 It first joins the job's cgroup when given one (``--cgroup``) and becomes a child subreaper, then
 says which in the log; when the entrypoint ends it ends whatever the entrypoint left running
 (``ephemerid.procs``). ``--disk-limit-bytes`` stops a job whose work folder outgrows it.
+``--run-as USER`` (azure-vm) starts the entrypoint as that OS user, with no extra groups, owning
+only the folders it writes (output, checkpoint, home, tmp, the metrics file); the runner alone
+reads its own environment and uploads.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -93,8 +97,11 @@ class Runner:
         stop_by: datetime | None = None,
         disk_limit: int | None = None,
         isolation: procs.Isolation | None = None,
+        run_as: str | None = None,
     ) -> None:
         self.rank, self.stop_by = rank or Rank(), stop_by
+        self.run_as = run_as  # its user is looked up when staging
+        self.user: pwd.struct_passwd | None = None
         self.disk_limit, self.isolation = disk_limit, isolation
         self.store, self.job_id = store, job_id
         work = work.resolve()  # the entrypoint runs in its code folder: no path may be relative
@@ -176,7 +183,20 @@ class Runner:
             names.ENV_PARAMS: str(params),
             names.ENV_METRICS: str(self.work / names.METRICS_FILE),
         }
+        if self.run_as is not None:
+            self._hand_over([dirs[n] for n in ("output", "checkpoint", "home", "tmp")])
         return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)
+
+    def _hand_over(self, folders: list[Path]) -> None:
+        """Give the job's user what it writes; the rest of the work folder stays the runner's."""
+        try:
+            self.user = user = pwd.getpwnam(str(self.run_as))
+        except KeyError:
+            raise ValueError(f"--run-as {self.run_as}: there is no such user here") from None
+        (self.work / names.METRICS_FILE).touch()  # its own file: it cannot swap in a link
+        for path in [self.work / names.METRICS_FILE, *folders]:
+            for item in [path, *path.rglob("*")]:
+                os.chown(item, user.pw_uid, user.pw_gid, follow_symlinks=False)
 
     def _execute(
         self, launch: Launch, entry: Path, env: dict[str, str], result: Result
@@ -195,6 +215,9 @@ class Runner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             process_group=0,
+            user=self.user.pw_uid if self.user else None,
+            group=self.user.pw_gid if self.user else None,
+            extra_groups=[] if self.user else None,
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
@@ -298,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-by", type=parse_deadline, help="UTC time the run must stop by")
     parser.add_argument("--disk-limit-bytes", type=int, help="stop a job whose folder outgrows it")
     parser.add_argument("--cgroup", type=Path, help="the job's cgroup v2 folder, to join first")
+    parser.add_argument("--run-as", help="the OS user the entrypoint runs as (azure-vm)")
     args = parser.parse_args(argv)
     sandbox.undumpable()  # the user's code, the same OS user, cannot read our environ
     isolation = procs.Isolation.setup(args.cgroup)  # before anything of the job starts
@@ -316,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_by=args.stop_by,
         disk_limit=args.disk_limit_bytes,
         isolation=isolation,
+        run_as=args.run_as,
     )
     return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
 

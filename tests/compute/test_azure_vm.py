@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from compute.cloud import ephemerid, record, settle
 from compute.vms import IDENTITY, SUBNET, VmPlayer, azure_env, boot_files
@@ -42,7 +43,8 @@ from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import get_bytes
 from ephemerid.compute import ComputeStatus, Handle
-from ephemerid.compute.azure_vm import TAG_DEADLINE, TAG_JOB
+from ephemerid.compute.azure_vm import ENV_FILE, TAG_DEADLINE, TAG_JOB
+from ephemerid.compute.vm_body import DEADLINE_ENV_FILE, IMDS_FILE
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
@@ -200,6 +202,36 @@ def test_the_vm_reaches_an_azure_bucket_with_its_identity_and_is_never_given_a_k
     assert "S3CRET" not in vm.custom_data()
     assert "ssh-rsa" in json.dumps(vm.body)
     assert backend.teardown(Handle("azure-vm", "x", {"vm": vm.name})) is True
+
+
+def test_the_vms_user_code_runs_as_a_user_kept_from_the_runners_files_and_from_imds(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    azure.submit(vm_spec(code_dir))
+    [vm] = sim.inventory()
+
+    config = yaml.safe_load(vm.custom_data())
+    modes = {f["path"]: f["permissions"] for f in config["write_files"]}
+    commands = config["runcmd"]
+    useradd = "useradd --system --no-create-home --home-dir /nonexistent"
+    make_user = f"{useradd} --shell /usr/sbin/nologin --user-group ephemerid-job"
+    rule = "-m owner --uid-owner ephemerid-job -d 169.254.169.254 -j REJECT"
+    lines = [" ".join(c) for c in commands]
+    first = lines.index(make_user)
+    assert lines[first : first + 3] == [
+        make_user,
+        f"/usr/sbin/iptables -A OUTPUT {rule}",
+        "chmod 0700 /etc/ephemerid",
+    ]
+    assert "sudo" not in vm.custom_data() and "usermod" not in vm.custom_data()
+    assert modes[ENV_FILE] == modes[DEADLINE_ENV_FILE] == modes[IMDS_FILE] == "0600"
+    install = next(i for i, line in enumerate(lines) if " install " in line)
+    assert first < install  # the user, its rule and the locked folder before the runner is there
+    _, unit = boot_files(vm)
+    assert f"ExecStartPre=/usr/sbin/iptables -C OUTPUT {rule}" in unit
+    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start.endswith("--run-as ephemerid-job")
+    assert "User=" not in unit  # the runner itself stays root: it reads IMDS and uploads
 
 
 def test_without_a_configured_key_the_vm_gets_an_ssh_key_nobody_holds(

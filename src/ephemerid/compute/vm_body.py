@@ -12,6 +12,13 @@ timer set to the deadline, whose unit runs ``ephemerid/imds.py`` (written to the
 standard library only, so it works even if the runner's install failed) to DELETE the VM through
 ARM with its identity. The runner is told to stop the entrypoint by ``stop_by``, early enough
 before the deadline to write its result.
+
+The runner runs as root; the user's code runs as ``JOB_USER`` (``--run-as``), a system user with
+no login shell, no sudo and no groups, made right after the deadline is armed. It cannot read
+``/etc/ephemerid`` (0700; its environment files 0600), cannot write the runner's venv (root's,
+0755: the entrypoint runs on its interpreter), and a firewall rule for its uid alone rejects the
+instance metadata service, where the VM identity's token lives; the runner's unit refuses to start
+without that rule.
 """
 
 from __future__ import annotations
@@ -41,6 +48,17 @@ DEADLINE_TIMER_FILE = "/etc/systemd/system/ephemerid-deadline.timer"
 VENV = "/opt/ephemerid"
 WORK_DIR = "/var/lib/ephemerid/work"
 ADMIN = "ephemerid"
+JOB_USER = "ephemerid-job"
+IMDS_ADDRESS = "169.254.169.254"
+NO_IMDS = ["-m", "owner", "--uid-owner", JOB_USER, "-d", IMDS_ADDRESS, "-j", "REJECT"]
+IPTABLES = "/usr/sbin/iptables"
+USERADD = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent"]
+# Fixed commands, nothing of the job in them: the job's user, kept from IMDS and the runner's files.
+JOB_USER_COMMANDS = [
+    [*USERADD, "--shell", "/usr/sbin/nologin", "--user-group", JOB_USER],
+    [IPTABLES, "-A", "OUTPUT", *NO_IMDS],
+    ["chmod", "0700", "/etc/ephemerid"],
+]
 UNIT = f"""[Unit]
 Description=ephemerid runner: one job, then this VM is deleted
 Wants=network-online.target
@@ -51,9 +69,10 @@ Type=exec
 EnvironmentFile={ENV_FILE}
 EnvironmentFile={DEADLINE_ENV_FILE}
 WorkingDirectory=/var/lib/ephemerid
+ExecStartPre={IPTABLES} -C OUTPUT {" ".join(NO_IMDS)}
 ExecStart={VENV}/bin/python -m ephemerid.runner --artifacts ${{EPHEMERID_ARTIFACTS}} \
 --job ${{EPHEMERID_JOB}} --work-dir {WORK_DIR} --scheduled-events ${{EPHEMERID_SCHEDULED_EVENTS}} \
---stop-by ${{EPHEMERID_STOP_BY}}
+--stop-by ${{EPHEMERID_STOP_BY}} --run-as {JOB_USER}
 Restart=no
 """
 DEADLINE_UNIT = """[Unit]
@@ -123,8 +142,8 @@ class Deadline:
         unit = DEADLINE_UNIT.format(env=DEADLINE_ENV_FILE, python=python, script=IMDS_FILE)
         timer = DEADLINE_TIMER.format(when=self.at.strftime("%Y-%m-%d %H:%M:%S"))
         return [
-            _file(DEADLINE_ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items())),
-            _file(IMDS_FILE, _imds_source()),
+            _file(DEADLINE_ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items()), "0600"),
+            _file(IMDS_FILE, _imds_source(), "0600"),
             _file(DEADLINE_UNIT_FILE, unit),
             _file(DEADLINE_TIMER_FILE, timer),
         ]
@@ -139,15 +158,16 @@ def cloud_init(env: dict[str, str], package: str, python: str, deadline: Deadlin
             raise BadInput(f"{what}='{value}' is not a plain package spec or path")
     config = {
         "package_update": True,
-        "packages": ["python3-venv"],
+        "packages": ["python3-venv", "iptables"],
         "write_files": [
-            _file(ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items())),
+            _file(ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items()), "0600"),
             _file(UNIT_FILE, UNIT),
             *deadline.files(python),
         ],
         "runcmd": [
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "ephemerid-deadline.timer"],
+            *JOB_USER_COMMANDS,
             ["mkdir", "-p", WORK_DIR],
             [python, "-m", "venv", "--system-site-packages", VENV],
             [f"{VENV}/bin/pip", "install", "--no-input", "--disable-pip-version-check", package],
@@ -158,8 +178,8 @@ def cloud_init(env: dict[str, str], package: str, python: str, deadline: Deadlin
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
 
 
-def _file(path: str, content: str) -> dict[str, str]:
-    return {"path": path, "permissions": "0644", "content": content}
+def _file(path: str, content: str, permissions: str = "0644") -> dict[str, str]:
+    return {"path": path, "permissions": permissions, "content": content}
 
 
 @cache
