@@ -7,6 +7,7 @@ real HTTP server with two named keys.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,11 @@ from ephemerid.functions.handlers import Handlers
 from ephemerid.rules import Rules
 from ephemerid.service import Service
 
-KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
+KEYS = {
+    "alice": "alice-key-0123456789abcdef",
+    "bob": "bob-key-0123456789abcdef",
+    "master": "a-function-key-named-master-0123",  # a name, not the master key
+}
 MASTER = "master-key-0123456789abcdef"
 SECRET = "s3cr3t-token-value-42"
 SCRIPT = """
@@ -102,6 +107,32 @@ def test_alice_cannot_list_read_follow_or_cancel_bobs_job_and_the_admin_can(
         listed = json.loads(ask(handlers.http_list, who, "jobs").get_body())
         assert [j["id"] for j in listed] == [bobs["id"]]
         assert on_job(handlers, who, bobs["id"]).status_code == 200
+
+
+def test_an_entra_principal_owns_its_jobs_only_behind_app_service_authentication(
+    handlers: Handlers, service: Service, code_uri: str
+) -> None:
+    claims = {"claims": [{"typ": "roles", "val": "ephemerid.admin"}]}
+    admin_claims = base64.b64encode(json.dumps(claims).encode()).decode()
+    carol = {"X-MS-CLIENT-PRINCIPAL-ID": "0000-carol", "X-MS-CLIENT-PRINCIPAL-NAME": "carol@x"}
+    _, forged = submit(handlers, "alice", job_spec(code_uri), **carol)
+    assert forged["owner"] == "key:alice"  # not behind App Service: the headers are anyone's
+
+    handlers.trust_principal = True
+    _, carols = submit(handlers, "alice", job_spec(code_uri), **carol)
+    assert carols["owner"] == "entra:0000-carol"
+    dave = {"X-MS-CLIENT-PRINCIPAL-ID": "0000-dave"}
+    looked = ask(
+        handlers.http_get, "bob", "jobs/x", route_params={"id": carols["id"]}, headers=dave
+    )
+    assert looked.status_code == 404
+    ops = {**dave, "X-MS-CLIENT-PRINCIPAL": admin_claims}
+    listed = ask(handlers.http_list, "bob", "jobs", headers=ops)
+    assert sorted(j["id"] for j in json.loads(listed.get_body())) == sorted(
+        [forged["id"], carols["id"]]
+    )
+    for job in service.list():
+        finish(service, job.id)
 
 
 def test_two_callers_with_the_same_idempotency_key_get_two_jobs(

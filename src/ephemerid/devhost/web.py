@@ -147,7 +147,7 @@ class DevServer:
     ) -> None:
         """The default key (the webhook's), or with ``any_key`` any key in the ring."""
         given = headers.get(keys.KEY_HEADER) or query.get(keys.KEY_PARAM)
-        known = any_key and bool(given) and self.ring.name_of(str(given)) is not None
+        known = any_key and bool(given) and self.ring.takes(str(given))
         if not (known or keys.matches(given, self.key)):
             why = "a wrong key" if given else "no key"
             raise HttpError(

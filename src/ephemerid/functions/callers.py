@@ -8,8 +8,8 @@ In order:
   the ``ephemerid.admin`` app role. Without that setting these headers are never trusted;
 - the function key the request carries (``x-functions-key`` or ``code``), by its name in the
   key ring (``EPHEMERID_KEYS_FILE``, the dev host's ``devhost-keys.json``): ``key:<name>``;
-  the ring's master key is the admin. A key not in the ring (in Azure the functions are not
-  told which key matched) is named by its fingerprint, ``key:<sha256 prefix>``, never admin.
+  the ring's master key is the admin, ``admin``. A key not in the ring (in Azure the functions
+  are not told which key matched) is named by its fingerprint, ``key:<sha256 prefix>``.
 
 The host has already refused a request without a valid key, so there is no anonymous caller.
 """
@@ -32,7 +32,6 @@ AUTH_ENABLED_SETTING = "WEBSITE_AUTH_ENABLED"
 ADMIN_ROLE = "ephemerid.admin"
 KEY_HEADER = "x-functions-key"
 KEY_PARAM = "code"
-MASTER = "master"
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,9 @@ class Caller:
     def sees(self, owner: str) -> bool:
         """Whether this caller may read, or cancel, what ``owner`` submitted."""
         return self.admin or owner == self.name
+
+
+ADMIN = Caller("admin", admin=True)  # the master key: no function key is named so (``key:``)
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,15 @@ class KeyRing:
         master = data.get("masterKey")
         return cls(keys, master if isinstance(master, str) else "")
 
+    def is_master(self, given: str) -> bool:
+        return bool(self.master) and _same(given, self.master)
+
     def name_of(self, given: str) -> str | None:
-        """The name of the key ``given``, ``master`` for the master key; None if unknown."""
-        if self.master and _same(given, self.master):
-            return MASTER
+        """The name of the function key ``given``; None if it is none of them."""
         return next((name for name, key in self.function_keys.items() if _same(given, key)), None)
+
+    def takes(self, given: str) -> bool:
+        return self.is_master(given) or self.name_of(given) is not None
 
 
 def caller_of(
@@ -86,9 +92,9 @@ def caller_of(
     given = req.headers.get(KEY_HEADER) or req.params.get(KEY_PARAM) or ""
     if not given:
         return keyless
+    if ring.is_master(given):
+        return ADMIN
     name = ring.name_of(given)
-    if name == MASTER:
-        return Caller("key:master", admin=True)
     if name:
         return Caller(f"key:{name}")
     return Caller(f"key:{hashlib.sha256(given.encode()).hexdigest()[:16]}")
