@@ -116,6 +116,7 @@ class Launch(_Document):
     grace_s: float = Field(GRACE_S, ge=0)
     log_limit_bytes: int = Field(LOG_LIMIT_BYTES, ge=0)
     env: dict[str, str] = Field(default_factory=dict)  # the spec's own, for the entrypoint
+    secret_params: list[str] = Field(default_factory=list)  # masked in the log
 
 
 class Result(_Document):

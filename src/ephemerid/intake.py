@@ -12,7 +12,12 @@ upload seen twice, names the same job; a new upload of the same name has a new E
 ``<source>:<message id>`` for a message and ``http:<Idempotency-Key>`` for HTTP. A key a sender
 writes in its request (``idempotency_key``) is kept in that sender's namespace
 (``queue:<key>``, ``servicebus:<key>``, ``http:<key>``: see ``namespace``), so no sender can claim
-a schedule's, a blob's or another source's job.
+a schedule's, a blob's or another source's job; an HTTP caller's keys are its own
+(``http/<caller>:<key>``).
+
+Owners: a job is owned by who asked for it: the HTTP caller (``key:<name>``, ``entra:<id>``),
+the source of a message (``queue``, ``servicebus``: until a message carries a signed sender),
+``rule:<name>`` for a blob rule or a schedule. A refusal is recorded under the same owner.
 
 Bad input (``BadInput``) is refused once with its reason, recorded through the service, and not
 retried (an HTTP caller also gets it back as a 400); anything else propagates, so the platform
@@ -65,7 +70,7 @@ class Intake:
                 raise BadInput(f"blob '{key}' is gone: nothing to run")
             delivery = on_blob_created(self.service, self.rules, key, etag)
         except BadInput as exc:
-            self.service.reject("blob", key or "(no name)", exc, key)
+            self.service.reject("blob", key or "(no name)", exc, key, owner="blob")
             log.warning("refused blob %s: %s", key, exc)
             return Delivery()
         for submitted in delivery.submitted:
@@ -80,23 +85,31 @@ class Intake:
             spec = parse_request(body, what=what, defaults=self.queue_defaults())
             check_remote_code(spec.code)
             key = f"{source}:{message_id}"
-            submitted = self.service.submit(spec, key=key, source=what, namespace=namespace(source))
+            submitted = self.service.submit(
+                spec, key=key, source=what, namespace=namespace(source), owner=source
+            )
         except BadInput as exc:
-            self.service.reject(source, message_id, exc, body)
+            self.service.reject(source, message_id, exc, body, owner=source)
             log.warning("rejected %s: %s", what, exc)
             return None
         return submitted.job
 
-    def http(self, body: bytes, idempotency_key: str | None) -> Submitted:
-        """A job request over HTTP: BadInput is recorded, then raised for the caller's 400."""
-        scope = namespace("http")
+    def http(
+        self, body: bytes, idempotency_key: str | None, caller: str = "", admin: bool = False
+    ) -> Submitted:
+        """A job request over HTTP from ``caller``, its owner (``admin`` may take any job's
+        outputs): BadInput is recorded, then raised for the caller's 400."""
+        scope = namespace("http", caller)
         try:
             spec = parse_request(body, what="request body")
             check_remote_code(spec.code)
             key = f"{scope}:{idempotency_key}" if idempotency_key else None
-            return self.service.submit(spec, key=key, source="http", namespace=scope)
+            return self.service.submit(
+                spec, key=key, source="http", namespace=scope, owner=caller, admin=admin
+            )
         except BadInput as exc:
-            self.service.reject("http", idempotency_key or f"request-{uuid.uuid4()}", exc, body)
+            request_id = idempotency_key or f"request-{uuid.uuid4()}"
+            self.service.reject("http", request_id, exc, body, owner=caller)
             log.warning("refused an HTTP request: %s", exc)
             raise
 
@@ -110,8 +123,8 @@ class Intake:
 
 
 def namespace(source: str, caller: str | None = None) -> str:
-    """Where the idempotency keys a sender writes live: its source, and (once callers are known)
-    the caller within it, e.g. ``http`` now, ``http/<caller>`` later."""
+    """Where the idempotency keys a sender writes live: its source, and the caller within it
+    when there is one (``queue``, ``http/key:alice``)."""
     return f"{source}/{caller}" if caller else source
 
 
@@ -131,7 +144,8 @@ def on_blob_created(
     for match in rules.match_blob(key, uri=uri, etag=etag, at=at or utcnow()):
         idem = f"blob:{uri}@{etag}#{match.rule.name}"
         source = f"blob {key} (rule {match.rule.name})"
-        delivery.submitted.append(service.submit(match.spec, key=idem, source=source))
+        owner = f"rule:{match.rule.name}"
+        delivery.submitted.append(service.submit(match.spec, key=idem, source=source, owner=owner))
     return delivery
 
 
@@ -144,7 +158,8 @@ def fire_schedules(
         values = {"scheduled": scheduled.isoformat()}
         spec = rules.fill(rule, values, scheduled)
         idem = f"cron:{rule.name}@{scheduled.isoformat()}"
-        fired.append(service.submit(spec, key=idem, source=f"schedule {rule.name}"))
+        source = f"schedule {rule.name}"
+        fired.append(service.submit(spec, key=idem, source=source, owner=f"rule:{rule.name}"))
     return fired
 
 

@@ -72,12 +72,15 @@ class Reads:
     def bucket_uri(self) -> str:
         return self.artifacts.root_uri
 
-    def reject(self, source: str, request_id: str, error: BadInput, body: bytes | str) -> Rejection:
+    def reject(
+        self, source: str, request_id: str, error: BadInput, body: bytes | str, owner: str = ""
+    ) -> Rejection:
         """Record why a request could not become a job, for its sender to read."""
-        return rejections.record(self.artifacts, source, request_id, error, body)
+        return rejections.record(self.artifacts, source, request_id, error, body, owner)
 
-    def rejections(self, limit: int = 100) -> builtins.list[Rejection]:
-        return rejections.listing(self.artifacts, limit)
+    def rejections(self, limit: int = 100, owner: str | None = None) -> builtins.list[Rejection]:
+        """The newest refusals; only ``owner``'s when one is given."""
+        return rejections.listing(self.artifacts, limit, owner)
 
     def held_compute(self) -> int:
         """How many pieces of compute the backends hold now (what would be billed)."""

@@ -57,6 +57,9 @@ class JobRecord:
     spec: JobSpec
     source: str
     state: JobState = JobState.ACCEPTED
+    owner: str = (
+        ""  # who submitted it (``key:<name>``, ``entra:<id>``, ``queue``, ``rule:<name>``...)
+    )
     reason: str = ""
     compute_state: ComputeState = ComputeState.NONE
     backend: str = ""

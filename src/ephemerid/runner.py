@@ -153,6 +153,10 @@ class Runner:
         key = names.run_key(self.job_id, names.JOB_FILE)
         launch = Launch.loads(get_bytes(self.store, key), where=key)
         self.pump.limit = launch.log_limit_bytes
+        if launch.secret_params:  # the script may print them: the log never shows them
+            values = [launch.params[n] for n in launch.secret_params if n in launch.params]
+            secrets = [v if isinstance(v, str) else json.dumps(v) for v in values]
+            self.mask = self.pump.mask = self.mask.with_secrets(secrets)
         return launch
 
     def _stage(self, launch: Launch) -> tuple[Path, dict[str, str]]:

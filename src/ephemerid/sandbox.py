@@ -139,6 +139,9 @@ class Mask:
                 found += [value, *parts]
         return cls(found)
 
+    def with_secrets(self, secrets: Iterable[str]) -> Mask:
+        return Mask([*self._texts, *secrets])
+
     def __bool__(self) -> bool:
         return bool(self._texts)
 

@@ -99,6 +99,8 @@ class Service(Reads):
         key: str | None = None,
         source: str = "api",
         namespace: str | None = None,
+        owner: str = "",
+        admin: bool = False,
     ) -> Submitted:
         """Accept ``spec`` once per idempotency key; refuse bad input before renting anything.
 
@@ -107,7 +109,8 @@ class Service(Reads):
         so a sender cannot claim another source's key. A redelivery (a key already taken) is
         answered from the store before anything else is checked: it costs one read. A spec
         that the backend cannot run, or whose code, inputs or model are not there, is refused
-        (SpecError) with nothing stored.
+        (SpecError) with nothing stored. ``owner`` is kept on the record; a job takes another
+        job's outputs as an input only if that job has the same owner, or ``admin``.
         """
         own = spec.idempotency_key
         if own and namespace:
@@ -118,12 +121,13 @@ class Service(Reads):
         if known is not None:
             return Submitted(self._redelivered(known, source), created=False)
         backend = self._checked_backend(spec)
-        plan = self.staging.check(spec)
+        plan = self.staging.check(spec, None if admin else self._owned_by(owner))
         record = JobRecord(
             id=job_id,
             key=key,
-            spec=spec,
+            spec=spec.without_secrets(),
             source=source,
+            owner=owner,
             backend=backend,
             model_version=plan.model.ref if plan.model else "",
         )
@@ -132,7 +136,7 @@ class Service(Reads):
             return Submitted(self._redelivered(job, source), created=False)
         self._notify(job)
         try:
-            self.staging.write_launch(job, plan)
+            self.staging.write_launch(job, plan, spec)
         except Unavailable:
             raise  # transient: the record stays ACCEPTED, and a redelivery finishes the submit
         except (EphemeridError, OSError) as exc:
@@ -147,6 +151,15 @@ class Service(Reads):
             return self.start(job.id)
         log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)
         return job
+
+    def _owned_by(self, owner: str) -> Callable[[str], bool]:
+        def owns(job_id: str) -> bool:
+            try:
+                return self.store.get(job_id).owner == owner
+            except NotFound:
+                return False
+
+        return owns
 
     def _known(self, job_id: str, key: str) -> JobRecord | None:
         try:

@@ -163,6 +163,9 @@ class ComputeRequest(BaseModel):
     max_runtime: Seconds = 3600
 
 
+SECRET_SHOWN = "***"  # noqa: S105 (what a secret param shows, not a secret)
+
+
 class JobSpec(BaseModel):
     """One job. ``code`` is a local directory or an artifact URI holding ``entrypoint``."""
 
@@ -177,6 +180,10 @@ class JobSpec(BaseModel):
         default_factory=dict
     )
     params: dict[str, Any] = Field(default_factory=dict)
+    # params whose values are stored and shown as ``***``: only the runner gets them (job.json)
+    secret_params: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64
+    )
     model: Annotated[ModelRef | None, BeforeValidator(_model_ref)] = None
     register_as: Registration | None = None
     compute: ComputeRequest = Field(default_factory=ComputeRequest)
@@ -226,7 +233,17 @@ class JobSpec(BaseModel):
             raise ValueError("a train job takes no 'model'; use 'register_as: {name: ...}'")
         if self.kind is JobKind.PREDICT and self.register_as is not None:
             raise ValueError("a predict job registers no model: remove 'register_as'")
+        unknown = [name for name in self.secret_params if name not in self.params]
+        if unknown:
+            raise ValueError(f"secret_params names {', '.join(unknown)}, not in params")
         return self
+
+    def without_secrets(self) -> JobSpec:
+        """This spec with each of ``secret_params`` shown as ``***``: what a record keeps."""
+        if not self.secret_params:
+            return self
+        hidden = {n: SECRET_SHOWN if n in self.secret_params else v for n, v in self.params.items()}
+        return self.model_copy(update={"params": hidden})
 
     @property
     def label(self) -> str:

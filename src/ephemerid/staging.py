@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,13 +38,21 @@ class Staging:
     def __init__(self, artifacts: ArtifactStore, models: ModelRegistry, settings: Settings) -> None:
         self.artifacts, self.models, self.settings = artifacts, models, settings
 
-    def check(self, spec: JobSpec) -> Plan:
-        """Everything the spec names, resolved and checked; SpecError naming the field if not."""
-        return Plan(self._resolve_model(spec), self._input_keys(spec), self._check_code(spec))
+    def check(self, spec: JobSpec, may_read: Callable[[str], bool] | None = None) -> Plan:
+        """Everything the spec names, resolved and checked; SpecError naming the field if not.
 
-    def write_launch(self, job: JobRecord, plan: Plan) -> None:
-        """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told."""
-        spec = job.spec
+        ``may_read(job_id)``: whether this job may take that job's outputs as an input (its
+        owner's, or an admin's); None lets it take any job's (a job already accepted).
+        """
+        inputs = self._input_keys(spec, may_read)
+        return Plan(self._resolve_model(spec), inputs, self._check_code(spec))
+
+    def write_launch(self, job: JobRecord, plan: Plan, spec: JobSpec | None = None) -> None:
+        """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told.
+
+        ``spec``: the one submitted, with its secret params (the record keeps them masked).
+        """
+        spec = spec or job.spec
         if "://" in spec.code:
             code = self.artifacts.key_of(spec.code).rstrip("/")
         else:
@@ -61,6 +70,7 @@ class Staging:
             grace_s=self.settings.grace_s,
             log_limit_bytes=self.settings.log_limit_bytes,
             env=spec.env,
+            secret_params=spec.secret_params,
         )
         put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
@@ -76,6 +86,11 @@ class Staging:
         if self.has_launch(job.id):
             return
         spec = job.spec
+        if spec.secret_params:
+            raise SpecError(
+                f"job {job.id} has secret params, which are not kept after the submit: "
+                "submit the job again"
+            )
         if spec.model is not None and job.model_version:
             spec = spec.model_copy(update={"model": ModelRef.parse(job.model_version)})
         self.write_launch(job, self.check(spec))
@@ -90,7 +105,7 @@ class Staging:
         except NotFound as exc:
             raise SpecError(f"model: {exc}") from exc
 
-    def _input_keys(self, spec: JobSpec) -> dict[str, str]:
+    def _input_keys(self, spec: JobSpec, may_read: Callable[[str], bool] | None) -> dict[str, str]:
         keys = {}
         for name, uri in spec.inputs.items():
             try:
@@ -101,6 +116,7 @@ class Staging:
                 )
             except EphemeridError as exc:
                 raise SpecError(f"inputs.{name}: {exc}") from exc
+            _check_run_input(name, uri, key, may_read)
             if (
                 self.artifacts.stat(key) is None
                 and next(iter(self.artifacts.list(key.rstrip("/") + "/")), None) is None
@@ -155,6 +171,24 @@ class Staging:
             manifest = {"files": sorted(contents)}
             put_bytes(self.artifacts, f"{prefix}.json", json.dumps(manifest).encode())
         return prefix
+
+
+def _check_run_input(name: str, uri: str, key: str, may_read: Callable[[str], bool] | None) -> None:
+    """Under ``runs/`` a job takes only ``runs/<job>/outputs/...`` of a job its owner may read:
+    never all of ``runs/``, a job's launch or log, or the code snapshots."""
+    parts = key.split("/")
+    if parts[0] != names.RUNS:
+        return
+    if len(parts) < 3 or parts[1] == names.CODE_SNAPSHOTS or parts[2] != "outputs":
+        raise SpecError(
+            f"inputs.{name}: '{uri}' is not a job's outputs: under {names.RUNS}/ an input must "
+            f"be {names.RUNS}/<job>/outputs/..."
+        )
+    if may_read is not None and not may_read(parts[1]):
+        raise SpecError(
+            f"inputs.{name}: '{uri}' is the output of job {parts[1]}, which is not yours: "
+            "take only your own jobs' outputs, or ask an admin"
+        )
 
 
 def _check_links(root: Path, files: list[Path]) -> None:

@@ -41,6 +41,7 @@ from ephemerid.devhost.web import WEBHOOK_PATH, DevServer, Route
 from ephemerid.devhost.wiring import WIRES, HostContext, Source, Wire, host_options, not_run
 from ephemerid.errors import BadInput
 from ephemerid.functions import APP_SETTING_DEFAULTS, handlers_from_settings
+from ephemerid.functions.callers import KEYS_FILE_SETTING
 from ephemerid.record import JobRecord, utcnow
 from ephemerid.service import Service
 
@@ -77,7 +78,11 @@ class DevHost:
         ``port``: 0 picks a free one; None serves no HTTP. ``handlers``: the app's factory."""
         self.home = home.resolve()
         self.app_source = app
-        self.settings = {"EPHEMERID_HOME": str(self.home), **(settings or {})}
+        self.settings = {
+            "EPHEMERID_HOME": str(self.home),
+            KEYS_FILE_SETTING: str(self.home / keys.KEYS_FILE),  # who called: functions/callers
+            **(settings or {}),
+        }
         self.port = port
         self.clock = clock
         self.interval = interval
@@ -283,7 +288,13 @@ class DevHost:
         self.key = keys.load_or_create(self.home)
         routes = [Route.of(f) for f in http]
         self.server = DevServer(
-            self.port, routes, webhooks, self.key, self.invoke, self.deliver_event
+            self.port,
+            routes,
+            webhooks,
+            self.key,
+            self.invoke,
+            self.deliver_event,
+            keys.ring(self.home),
         )
         self.server.start()
         wires = {}

@@ -1,8 +1,10 @@
 """HTTP for the dev host: ``/api/<route>`` for HTTP triggers and the blob extension's webhook.
 
 HTTP functions answer at ``/api/<route>`` with their route templates (``jobs/{id}``), methods
-and auth level: ``function`` (and ``admin``) need the dev key in the ``x-functions-key`` header
-or the ``code`` query parameter, and only ``anonymous`` bindings go without. Request bodies are
+and auth level: ``function`` (and ``admin``) need one of the dev keys (``keys``: a named
+function key or the master key) in the ``x-functions-key`` header or the ``code`` query
+parameter, and only ``anonymous`` bindings go without. ``X-MS-CLIENT-PRINCIPAL*`` headers are
+dropped: only App Service authentication sets them, and there is none here. Request bodies are
 limited to ``MAX_BODY`` bytes (413). Event Grid deliveries for blob triggers arrive as
 ``POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>&code=<key>``, as in Azure,
 with both the Event Grid validation handshake and the CloudEvents ``OPTIONS`` handshake.
@@ -26,6 +28,7 @@ from ephemerid.devhost import keys
 from ephemerid.devhost.eventgrid import BLOB_CREATED, VALIDATION, StorageEvent, parse_delivery
 from ephemerid.devhost.functions import HostedFunction
 from ephemerid.errors import BadInput
+from ephemerid.functions.callers import KeyRing
 from ephemerid.spec import check_nesting
 
 log = logging.getLogger("ephemerid.devhost")
@@ -101,10 +104,12 @@ class DevServer:
         key: str,
         invoke: Invoke,
         deliver: Deliver,
+        ring: KeyRing | None = None,
     ) -> None:
         self.routes = sorted(routes, key=lambda r: r.template.count("{"))  # literals win
         self.webhooks = dict(webhooks)
         self.key = key
+        self.ring = ring or KeyRing({"default": key})
         self.invoke = invoke
         self.deliver = deliver
         handler = type("DevHostHandler", (_Handler,), {"dev": self})
@@ -137,9 +142,13 @@ class DevServer:
         except HttpError as exc:
             return json_reply(exc.status, {"error": str(exc)})
 
-    def _authorized(self, query: Mapping[str, str], headers: Mapping[str, str]) -> None:
+    def _authorized(
+        self, query: Mapping[str, str], headers: Mapping[str, str], *, any_key: bool = False
+    ) -> None:
+        """The default key (the webhook's), or with ``any_key`` any key in the ring."""
         given = headers.get(keys.KEY_HEADER) or query.get(keys.KEY_PARAM)
-        if not keys.matches(given, self.key):
+        known = any_key and bool(given) and self.ring.takes(str(given))
+        if not (known or keys.matches(given, self.key)):
             why = "a wrong key" if given else "no key"
             raise HttpError(
                 401,
@@ -166,11 +175,11 @@ class DevServer:
             return json_reply(405, {"error": f"{path} takes {methods}"}, Allow=methods)
         route, match = allowed[0]
         if not route.anonymous:
-            self._authorized(query, headers)
+            self._authorized(query, headers, any_key=True)
         request = func.HttpRequest(
             method,
             f"{self.url}{target}",
-            headers=headers,
+            headers={k: v for k, v in headers.items() if not k.startswith("x-ms-client-principal")},
             params=query,
             route_params={k: unquote(v) for k, v in match.groupdict().items()},
             body=read_body(),

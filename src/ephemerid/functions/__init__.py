@@ -8,11 +8,13 @@ by deployment are app settings (``%NAME%``); ``APP_SETTING_DEFAULTS`` gives thei
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import azure.functions as func
 
 from ephemerid.app import build_service, load_rules
+from ephemerid.functions.callers import KEYS_FILE_SETTING, Caller, trusts_principal
 from ephemerid.functions.handlers import Handlers
 from ephemerid.names import INCOMING, JOBS_QUEUE, RESULT_FILE, RUNS
 from ephemerid.settings import Settings
@@ -33,7 +35,14 @@ APP_SETTING_DEFAULTS = {
 @functools.cache
 def handlers_from_settings() -> Handlers:
     settings = Settings.from_env()
-    return Handlers(build_service(settings), load_rules(settings), jobs_queue=settings.jobs_queue)
+    return Handlers(
+        build_service(settings),
+        load_rules(settings),
+        jobs_queue=settings.jobs_queue,
+        keys_file=os.environ.get(KEYS_FILE_SETTING),
+        trust_principal=trusts_principal(os.environ),
+        keyless=Caller("key:none"),  # never let through by the host: every route needs a key
+    )
 
 
 def register(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:

@@ -4,6 +4,12 @@ They take the same ``azure.functions`` types in Azure and under ``eph dev``. Bad
 refused once with a reason (recorded, never retried, by ``ephemerid.intake``); anything else
 raises, so the platform retries it (a storage timeout, say), and every retry is harmless
 because every step is idempotent.
+
+Each HTTP request has a caller (``ephemerid.functions.callers``), who owns what it submits and
+sees only that: another owner's job answers 404, as an unknown one does, so ids do not leak;
+an admin sees everything. A request that carries neither a key nor a principal is ``keyless``:
+the function app never lets one through (every route needs a key), so it is only ever this
+process calling its own handlers (a test, a script), as trusted as the CLI.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from typing import Any
 import azure.functions as func
 
 from ephemerid.errors import BadInput, Conflict, NotFound, Unavailable
+from ephemerid.functions.callers import Caller, KeyRing, caller_of
 from ephemerid.intake import Intake
 from ephemerid.names import JOBS_QUEUE
 from ephemerid.reaper import reap
-from ephemerid.record import JobState, utcnow
+from ephemerid.record import JobRecord, JobState, utcnow
 from ephemerid.rules import Rules
 from ephemerid.service import Service
 
 log = logging.getLogger("ephemerid")
+LOCAL = Caller("local", admin=True)  # this process calling its own handlers
 _WHOLE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() takes '²', which int() refuses
 
 
@@ -34,6 +42,9 @@ class Handlers:
     service: Service
     rules: Rules
     jobs_queue: str = JOBS_QUEUE  # the queue the triggers bind to (EPHEMERID_JOBS_QUEUE)
+    keys_file: str | None = None  # named keys and the master key (EPHEMERID_KEYS_FILE)
+    trust_principal: bool = False  # behind App Service authentication (WEBSITE_AUTH_ENABLED)
+    keyless: Caller = LOCAL
     intake: Intake = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +80,10 @@ class Handlers:
 
     def http_submit(self, req: func.HttpRequest) -> func.HttpResponse:
         def submit() -> func.HttpResponse:
-            submitted = self.intake.http(req.get_body(), req.headers.get("Idempotency-Key"))
+            caller = self.caller(req)
+            submitted = self.intake.http(
+                req.get_body(), req.headers.get("Idempotency-Key"), caller.name, caller.admin
+            )
             return _json(submitted.job.to_json(), 201 if submitted.created else 200)
 
         return _answer(submit)
@@ -84,20 +98,22 @@ class Handlers:
                     f"state '{state}' is unknown: use one of "
                     + ", ".join(s.value for s in JobState)
                 ) from exc
-            return _json([job.to_json() for job in self.service.list(states)])
+            caller = self.caller(req)
+            jobs = [job for job in self.service.list(states) if caller.sees(job.owner)]
+            return _json([job.to_json() for job in jobs])
 
         return _answer(listing)
 
     def http_get(self, req: func.HttpRequest) -> func.HttpResponse:
-        return _answer(lambda: _json(self.service.get(req.route_params["id"]).to_json()))
+        return _answer(lambda: _json(self._visible(req).to_json()))
 
     def http_cancel(self, req: func.HttpRequest) -> func.HttpResponse:
-        return _answer(lambda: _json(self.service.cancel(req.route_params["id"]).to_json()))
+        return _answer(lambda: _json(self.service.cancel(self._visible(req).id).to_json()))
 
     def http_logs(self, req: func.HttpRequest) -> func.HttpResponse:
         def logs() -> func.HttpResponse:
             offset = _int_param(req, "offset")
-            job = self.service.get(req.route_params["id"])
+            job = self._visible(req)
             text = self.service.read_log(job.id, offset)
             headers = {"X-Next-Offset": str(offset + len(text)), "X-Job-State": job.state.value}
             return func.HttpResponse(
@@ -107,7 +123,25 @@ class Handlers:
         return _answer(logs)
 
     def http_rejected(self, req: func.HttpRequest) -> func.HttpResponse:
-        return _answer(lambda: _json([r.to_json() for r in self.service.rejections()]))
+        def listing() -> func.HttpResponse:
+            caller = self.caller(req)
+            mine = self.service.rejections(owner=None if caller.admin else caller.name)
+            return _json([r.to_json() for r in mine])
+
+        return _answer(listing)
+
+    # -- callers -----------------------------------------------------------------------------
+
+    def caller(self, req: func.HttpRequest) -> Caller:
+        return caller_of(req, KeyRing.read(self.keys_file), self.trust_principal, self.keyless)
+
+    def _visible(self, req: func.HttpRequest) -> JobRecord:
+        """The job in the route, if this caller may see it; NotFound, as for no job, if not."""
+        job_id = req.route_params["id"]
+        job = self.service.get(job_id)
+        if not self.caller(req).sees(job.owner):
+            raise NotFound(f"no job '{job_id}': `eph list` shows the jobs there are")
+        return job
 
 
 def _event_etag(blob: func.InputStream) -> str | None:
