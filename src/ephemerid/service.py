@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from ephemerid import names, sandbox, transitions
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
@@ -41,6 +42,9 @@ from ephemerid.store import JobStore
 from ephemerid.transitions import Change
 
 log = logging.getLogger("ephemerid")
+# a submit younger than this is still being made by its first delivery (the reaper's own wait
+# for an accepted job that never started is longer: reaper.ACCEPTED_STALE)
+SUBMIT_IN_FLIGHT = timedelta(seconds=10)
 Listener = Callable[[JobRecord], None]
 
 
@@ -145,8 +149,13 @@ class Service(Reads):
         return Submitted(self._provision(job.id), created=True)
 
     def _redelivered(self, job: JobRecord, source: str) -> JobRecord:
-        """A job already accepted: nothing to do, unless a crash cut its submit short."""
-        if job.state is JobState.ACCEPTED and not self.staging.has_launch(job.id):
+        """A job already accepted: nothing to do, unless a crash cut its submit short.
+
+        A redelivery racing the first delivery (accepted moments ago, its launch being written
+        now) leaves the job to it: only one older than ``SUBMIT_IN_FLIGHT`` is finished here.
+        """
+        recent = utcnow() - job.created_at < SUBMIT_IN_FLIGHT
+        if job.state is JobState.ACCEPTED and not recent and not self.staging.has_launch(job.id):
             log.warning("job %s was accepted but not launched: finishing its submit", job.id)
             return self.start(job.id)
         log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)

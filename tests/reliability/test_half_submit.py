@@ -23,12 +23,34 @@ from ephemerid.spec import JobSpec, ModelRef
 
 def cut_short(service: Service, spec: JobSpec, key: str, model_version: str = "") -> JobRecord:
     """The record as a crash right after storing it leaves it: accepted, with no launch."""
-    record = JobRecord(id=job_id_for(spec.kind.value, key), key=key, spec=spec, source="test")
+    crashed_at = utcnow() - timedelta(minutes=1)  # a redelivery comes after the crash
+    record = JobRecord(
+        id=job_id_for(spec.kind.value, key),
+        key=key,
+        spec=spec,
+        source="test",
+        created_at=crashed_at,
+    )
     stored = record.evolve(backend="local", model_version=model_version)
     job, created = service.store.create_if_absent(stored)
     assert created
     assert service.artifacts.stat(names.run_key(job.id, names.JOB_FILE)) is None
     return job
+
+
+def test_a_redelivery_racing_the_first_delivery_leaves_the_submit_to_it(
+    service: Service, code_dir: Path
+) -> None:
+    spec = spec_for(code_dir, write_script(code_dir, "print('hi')\n"))
+    key = "in-flight"
+    record = JobRecord(id=job_id_for("train", key), key=key, spec=spec, source="test")
+    service.store.create_if_absent(record.evolve(backend="local"))  # its launch not written yet
+
+    again = service.submit(spec, key=key)
+
+    assert (again.created, again.job.state) == (False, JobState.ACCEPTED)
+    assert service.artifacts.stat(names.run_key(record.id, names.JOB_FILE)) is None
+    assert service.held_compute() == 0
 
 
 def test_a_redelivery_finishes_a_submit_cut_short_before_its_launch(
