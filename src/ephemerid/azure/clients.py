@@ -35,31 +35,30 @@ def blob_service(connection: StorageConnection, **options: Any) -> Any:
     require_extra("azure.storage.blob", "azure")
     from azure.storage.blob import BlobServiceClient
 
-    if connection.connection_string:
-        return BlobServiceClient.from_connection_string(connection.connection_string, **options)
-    return BlobServiceClient(connection.uri("blob"), credential=connection.credential(), **options)
+    return _storage_client(BlobServiceClient, connection, "blob", (), options)
 
 
 def queue_client(connection: StorageConnection, queue: str, **options: Any) -> Any:
     require_extra("azure.storage.queue", "azure")
     from azure.storage.queue import QueueClient
 
-    if connection.connection_string:
-        return QueueClient.from_connection_string(connection.connection_string, queue, **options)
-    return QueueClient(
-        connection.uri("queue"), queue, credential=connection.credential(), **options
-    )
+    return _storage_client(QueueClient, connection, "queue", (queue,), options)
 
 
 def table_client(connection: StorageConnection, table: str, **options: Any) -> Any:
     require_extra("azure.data.tables", "azure")
     from azure.data.tables import TableClient
 
+    return _storage_client(TableClient, connection, "table", (table,), options)
+
+
+def _storage_client(
+    kind: Any, connection: StorageConnection, service: str, names: tuple[str, ...], options: Any
+) -> Any:
+    """One Storage client, from the connection string or by identity from the service's URI."""
     if connection.connection_string:
-        return TableClient.from_connection_string(connection.connection_string, table, **options)
-    return TableClient(
-        connection.uri("table"), table, credential=connection.credential(), **options
-    )
+        return kind.from_connection_string(connection.connection_string, *names, **options)
+    return kind(connection.uri(service), *names, credential=connection.credential(), **options)
 
 
 # -- ARM and Azure ML ----------------------------------------------------------------------------
