@@ -69,7 +69,9 @@ module compute 'modules/compute.bicep' = {
     tags: tags
     functionPrincipalId: identities.outputs.functionPrincipalId
     vmPrincipalId: identities.outputs.vmPrincipalId
-    natGateway: jobsNatGateway
+    // Azure ML nodes without public IPs reach Azure ML, Batch and the image registry outbound
+    // only: with Azure ML on, the subnet keeps its NAT gateway.
+    natGateway: jobsNatGateway || enableAzureMl
   }
 }
 
@@ -112,6 +114,7 @@ module aml 'modules/aml.bicep' = if (enableAzureMl) {
     functionPrincipalId: identities.outputs.functionPrincipalId
     vmIdentityName: identities.outputs.vmIdentityName
     subnetId: compute.outputs.subnetId
+    vnetId: compute.outputs.vnetId
   }
 }
 

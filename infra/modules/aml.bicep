@@ -3,6 +3,17 @@
 // can read and write the job containers and nothing else; idle nodes go away after idleSeconds.
 // Also: the environment the jobs run in (the runner installed on a CUDA image) and the datastore
 // on the runs container that the jobs declare their folder and outputs on.
+//
+// The nodes have no public IP and sit in the jobs subnet. Azure ML then requires a private
+// endpoint of the workspace in that VNet (a cluster without one is refused at create time), and the
+// nodes must resolve the workspace's names to it: the endpoint below, and the two private DNS
+// zones Azure ML's endpoint uses, linked to the VNet. The workspace stays reachable from the public
+// network too, for the function app (which is not in the VNet). docs/deploy.md weighs this against
+// the workspace's managed network.
+//
+// API version 2025-12-01 throughout: a stable version whose workspace type has
+// systemDatastoresAuthMode (Azure's REST spec and azure-ai-ml's own REST models for 2025-12-01 have
+// it; 2024-10-01 does not). tests/test_deploy_modules.py pins it and checks the property names.
 param location string
 param tags object
 param token string
@@ -17,6 +28,9 @@ param appInsightsId string
 param functionPrincipalId string
 param vmIdentityName string
 param subnetId string
+
+@description('Resource id of the jobs VNet, linked to the private DNS zones of the workspace endpoint.')
+param vnetId string
 
 var roles = loadJsonContent('../roles.json')
 
@@ -40,7 +54,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-04-01' = {
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-12-01' = {
   name: workspaceName
   location: location
   tags: tags
@@ -49,14 +63,71 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-04-01' = {
     storageAccount: storage.id
     keyVault: vault.id
     applicationInsights: appInsightsId
-    systemDatastoresAuthMode: 'identity'
+    systemDatastoresAuthMode: 'Identity'
+    publicNetworkAccess: 'Enabled'
   }
 }
 
-resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-04-01' = {
+// Azure ML's private link zones in the public cloud (api: the workspace's REST endpoints;
+// notebooks: its notebook endpoint, which the endpoint registers too).
+var privateDnsZoneNames = [
+  'privatelink.api.azureml.ms'
+  'privatelink.notebooks.azure.net'
+]
+
+resource privateDnsZones 'Microsoft.Network/privateDnsZones@2020-06-01' = [for zone in privateDnsZoneNames: {
+  name: zone
+  location: 'global'
+  tags: tags
+}]
+
+resource privateDnsLinks 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2020-06-01' = [for (zone, i) in privateDnsZoneNames: {
+  parent: privateDnsZones[i]
+  name: 'vnet-jobs'
+  location: 'global'
+  tags: tags
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: { id: vnetId }
+  }
+}]
+
+resource workspaceEndpoint 'Microsoft.Network/privateEndpoints@2024-05-01' = {
+  name: 'pe-${workspaceName}'
+  location: location
+  tags: tags
+  properties: {
+    subnet: { id: subnetId }
+    privateLinkServiceConnections: [
+      {
+        name: 'amlworkspace'
+        properties: {
+          privateLinkServiceId: workspace.id
+          groupIds: [ 'amlworkspace' ]
+        }
+      }
+    ]
+  }
+}
+
+resource workspaceEndpointDns 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-05-01' = {
+  parent: workspaceEndpoint
+  name: 'default'
+  properties: {
+    privateDnsZoneConfigs: [for (zone, i) in privateDnsZoneNames: {
+      name: replace(zone, '.', '-')
+      properties: { privateDnsZoneId: privateDnsZones[i].id }
+    }]
+  }
+}
+
+// Created once the workspace's endpoint and its names resolve in the VNet: a cluster without
+// public IPs is refused before that.
+resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2025-12-01' = {
   parent: workspace
   name: clusterName
   location: location
+  dependsOn: [ workspaceEndpointDns, privateDnsLinks ]
   identity: {
     type: 'UserAssigned'
     userAssignedIdentities: { '${vmIdentity.id}': {} }
@@ -86,13 +157,13 @@ dependencies:
       - torch==2.13.0
 '''
 
-resource runnerEnvironment 'Microsoft.MachineLearningServices/workspaces/environments@2024-04-01' = {
+resource runnerEnvironment 'Microsoft.MachineLearningServices/workspaces/environments@2025-12-01' = {
   parent: workspace
   name: 'ephemerid-runner'
   properties: { description: 'The ephemerid runner on a CUDA image' }
 }
 
-resource runnerEnvironmentVersion 'Microsoft.MachineLearningServices/workspaces/environments/versions@2024-04-01' = {
+resource runnerEnvironmentVersion 'Microsoft.MachineLearningServices/workspaces/environments/versions@2025-12-01' = {
   parent: runnerEnvironment
   name: '1'
   properties: {
@@ -103,7 +174,7 @@ resource runnerEnvironmentVersion 'Microsoft.MachineLearningServices/workspaces/
 }
 
 // The runs container as a datastore (identity-based, no key): EPHEMERID_AML_DATASTORE.
-resource runsDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2024-04-01' = {
+resource runsDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2025-12-01' = {
   parent: workspace
   name: 'ephemerid_runs'
   properties: {

@@ -126,3 +126,4 @@ resource vmSelfDelete 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 }
 
 output subnetId string = vnet.properties.subnets[0].id
+output vnetId string = vnet.id
