@@ -8,8 +8,47 @@ targetScope = 'subscription'
 @description('azd environment name; names and tags every resource.')
 param environmentName string
 
+// Flex Consumption (the function app's plan) runs in these regions only: any other is refused
+// before anything is created. Source: the regions Azure's own Flex Consumption azd template allows
+// (Azure-Samples/functions-quickstart-python-http-azd, infra/main.bicep, read 2026-12-02), less its
+// canary region; `az functionapp list-flexconsumption-locations` prints the live list. Keep
+// docs/deploy.md's list equal to this one (tests/test_deploy_region.py checks both).
 @minLength(1)
-@description('Region of the function app, storage, Service Bus and monitoring.')
+@description('Region of the function app, storage, Service Bus and monitoring (one that runs Flex Consumption).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
+@metadata({ azd: { type: 'location' } })
 param location string
 
 @description('Regions (or region:zone) where job VMs may run, in order of preference. Empty: the location.')
