@@ -13,7 +13,7 @@
 //
 // API version 2025-12-01 throughout: a stable version whose workspace type has
 // systemDatastoresAuthMode (Azure's REST spec and azure-ai-ml's own REST models for 2025-12-01 have
-// it; 2024-10-01 does not). tests/test_deploy_modules.py pins it and checks the property names.
+// it; 2024-10-01 does not). tests/test_deploy_aml.py pins it and checks the property names.
 param location string
 param tags object
 param token string
