@@ -498,6 +498,8 @@ def test_a_create_that_keeps_failing_transiently_moves_on_after_a_bounded_number
     assert job.state is JobState.RUNNING, job.reason
     assert [v.location for v in sim.created] == ["eastus"] * 4 + ["westus2"]
     assert [v.location for v in sim.inventory()] == ["westus2"]
+    methods = [r.method for r in sim.requests if r.method in ("PUT", "DELETE")]
+    assert methods[-3:] == ["PUT", "DELETE", "PUT"]  # the failed eastus VM went before westus2
 
 
 def test_a_409_on_deleting_a_refused_vm_is_retried_and_placement_goes_on(

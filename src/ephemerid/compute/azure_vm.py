@@ -249,6 +249,7 @@ class AzureVmCompute:
                     ) from exc
                 last = f"transient, tried {RETRIES + 1} times: {describe(exc)}"
                 log.warning("azure-vm: job %s: creating %s: %s", job.id, placement, describe(exc))
+        self._clear(name)  # a failed try can leave the VM behind, and the next place is elsewhere
         return None, last
 
     def _create(self, job: JobRecord, name: str, placement: Placement) -> Any:

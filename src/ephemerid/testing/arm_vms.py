@@ -6,7 +6,8 @@ group, and the long-running operations those start. ``Refusal`` scripts capacity
 refusals, and failures of the create's long-running operation (``on="operation"``); ``SimVm`` is
 a VM as the simulator holds it (``power`` overrides the power state its provisioning state
 implies, as ``fail_provisioning`` does). A PUT whose body the SDK's ``VirtualMachine`` model does
-not accept key for key is refused (ephemerid.testing.vm_model). ``_stale`` GETs answer 404 for a
+not accept key for key is refused (ephemerid.testing.vm_model), and so is one that would move
+an existing VM to another region (``InvalidResourceLocation``). ``_stale`` GETs answer 404 for a
 VM that exists, as a read of ARM's eventually consistent store can just after a create.
 
 Each VM also has its own instance metadata service at ``imds_url(name)`` (on Azure it is
@@ -296,6 +297,13 @@ class VmRoutes:
             message = f"The request content was invalid: {'; '.join(problems)}"
             return 400, arm_error("InvalidRequestContent", message), {}
         vm = self._vms.get(key)
+        if vm is not None and vm.location.lower() != str(region).lower():
+            message = (
+                f"The resource '{name}' already exists in location '{vm.location}' in resource "
+                f"group '{group}'. A resource with the same name cannot be created in location "
+                f"'{region}'. Please select a new resource name."
+            )
+            return 400, arm_error("InvalidResourceLocation", message), {}
         if vm is not None and vm.state == "Deleting":
             message = (
                 f"Operation 'PUT' is not allowed on VM '{name}' since it is marked for deletion."
