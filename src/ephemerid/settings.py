@@ -169,6 +169,8 @@ class AzureVmSettings(_Settings):
     max_wait_s: Seconds = Field(3600.0, alias="EPHEMERID_CAPACITY_MAX_WAIT_S")
     backoff_s: Seconds = Field(30.0, alias="EPHEMERID_CAPACITY_BACKOFF_S")
     arm_retry_s: Seconds = Field(2.0, alias="EPHEMERID_ARM_RETRY_S")
+    # a VM younger than this that a GET says is not there may be a stale read: not yet gone
+    read_settle_s: Seconds = Field(120.0, alias="EPHEMERID_ARM_READ_SETTLE_S")
 
     @field_validator("regions", mode="before")
     @classmethod

@@ -64,6 +64,7 @@ def azure_env(home: Path, sim: ArmSimulator, **more: str) -> dict[str, str]:
         "EPHEMERID_SCHEDULED_EVENTS_URL": sim.scheduled_events_url,
         "EPHEMERID_CAPACITY_BACKOFF_S": "0.05",
         "EPHEMERID_ARM_RETRY_S": "0.01",
+        "EPHEMERID_ARM_READ_SETTLE_S": "0",  # a 404 needs only the GETs in a row to be believed
         "EPHEMERID_HEARTBEAT_S": "0.5",
         "EPHEMERID_GRACE_S": "2",
         "EPHEMERID_PROVISION_TIMEOUT_S": "20",
