@@ -86,6 +86,7 @@ class SimVm:
     op: str = ""
     evict_at: float | None = None
     event: dict[str, Any] | None = None
+    reboots: int = 0  # how many times the platform rebooted it (the VM player plays each)
     vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
@@ -143,6 +144,48 @@ class VmRoutes:
     _refusals: list[Refusal]
 
     vm_tokens: dict[str, tuple[str, str]]  # a token of a VM's identity -> (its group, its name)
+    events_asked: list[float]  # when each Scheduled Events call came (time.time())
+    _events_warm_up_s: float
+    _events_on_at: float
+    _lock: Any
+
+    def _tick(self) -> None:
+        raise NotImplementedError
+
+    # -- what the platform does to a VM, on request ----------------------------------------
+
+    def evict(self, name: str) -> None:
+        """Evict spot VM ``name`` now, with no Preempt event first: Azure's are best effort."""
+        with self._lock:
+            vm = next((v for v in self._vms.values() if v.name == name), None)
+            if vm is None or not vm.spot:
+                raise ValueError(f"only an existing spot VM can be evicted, not '{name}'")
+            vm.evict_at = time.monotonic()
+            self._tick()
+
+    def slow_events(self, first_answer_s: float) -> None:
+        """Scheduled Events answers its next first call only ``first_answer_s`` later (on Azure,
+        the first call turns the service on, up to two minutes); every call until then waits."""
+        with self._lock:
+            self._events_warm_up_s, self._events_on_at = first_answer_s, 0.0
+
+    def reboot(self, name: str) -> None:
+        """Reboot VM ``name`` as a platform maintenance or a redeploy does: every process on it
+        ends, and it boots again from its OS disk (``VmPlayer`` plays that, as systemd would)."""
+        with self._lock:
+            vm = next((v for v in self._vms.values() if v.name == name), None)
+            if vm is None or vm.state != "Succeeded":
+                raise ValueError(f"only a running VM can be rebooted, not '{name}'")
+            vm.reboots += 1
+
+    def _events_wait(self) -> float:
+        """How long this Scheduled Events call waits for the service to be on (0 once it is)."""
+        with self._lock:
+            self.events_asked.append(time.time())
+            now = time.monotonic()
+            if self._events_warm_up_s and not self._events_on_at:
+                self._events_on_at = now + self._events_warm_up_s
+            return max(self._events_on_at - now, 0.0)
 
     @property
     def endpoint(self) -> str:
