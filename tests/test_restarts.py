@@ -107,6 +107,6 @@ def test_a_runner_started_again_more_often_than_allowed_fails_the_job_saying_so(
         done = service.complete(job.id)
 
     assert done.state is JobState.FAILED
-    assert "the runner was started again 1 times on this compute" in done.reason
+    assert "the runner was started again 1 time(s) on this compute" in done.reason
     assert "EPHEMERID_RUNNER_RESTARTS" in done.reason
     assert gate.starts() == 1

@@ -89,8 +89,8 @@ class Starts:
         self._write({"starts": number})
         if number - 1 > restarts:
             raise GaveUp(
-                f"the runner was started again {number - 1} times on this compute (a reboot, a "
-                f"redeploy or a crash each time), more than the {restarts} its job allows "
+                f"the runner was started again {number - 1} time(s) on this compute (a reboot, "
+                f"a redeploy or a crash each time), more than the {restarts} its job allows "
                 "(EPHEMERID_RUNNER_RESTARTS): the job is not run again here; submit it again"
             )
         if number > 1:

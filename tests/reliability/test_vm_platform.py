@@ -155,6 +155,6 @@ def test_a_vm_rebooted_more_often_than_allowed_fails_its_job_with_the_reason(
         [done] = settle(service, [job_id], timeout=60)
 
     assert done.state is JobState.FAILED
-    assert "the runner was started again 1 times on this compute" in done.reason
+    assert "the runner was started again 1 time(s) on this compute" in done.reason
     assert "EPHEMERID_RUNNER_RESTARTS" in done.reason
     assert sim.inventory() == []

@@ -3,7 +3,9 @@
 ``VmRoutes`` is mixed into ``ArmSimulator`` (ephemerid.testing.arm), which owns the state, the
 lock and the faults; these are the answers to GET, PUT and DELETE of a VM, the list of a resource
 group, and the long-running operations those start. ``Refusal`` scripts capacity and quota
-refusals; ``SimVm`` is a VM as the simulator holds it.
+refusals; ``SimVm`` is a VM as the simulator holds it. What Azure's platform does to a VM, on
+request: ``evict`` (a spot VM gone with no Preempt event), ``slow_events`` (Scheduled Events slow
+to answer its first call) and ``reboot`` (played by the tests' VM player).
 
 Each VM also has its own instance metadata service at ``imds_url(name)`` (on Azure it is
 169.254.169.254 inside the VM): ``metadata/instance/compute`` (its resource id) and
