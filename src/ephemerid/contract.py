@@ -34,6 +34,8 @@ CONTRACT_VERSION = 1
 HEARTBEAT_S = 5.0
 GRACE_S = 10.0
 LOG_LIMIT_BYTES = 10 * 1024 * 1024
+CHECKPOINT_UPLOAD_S = 120.0  # how often the runner uploads the checkpoint's changed files
+RESTARTS = 2  # reruns of a job by a runner started again on the same compute (after a reboot)
 DISK_LIMIT_BYTES = 20 * 1024**3  # a local job's work folder (runner --disk-limit-bytes)
 # A result lists at most this many outputs (runs/<job>/outputs.json lists them all), so the job's
 # record stays small on every store whatever the job wrote.
@@ -115,6 +117,8 @@ class Launch(_Document):
     heartbeat_s: float = Field(HEARTBEAT_S, gt=0)
     grace_s: float = Field(GRACE_S, ge=0)
     log_limit_bytes: int = Field(LOG_LIMIT_BYTES, ge=0)
+    checkpoint_upload_s: float = Field(CHECKPOINT_UPLOAD_S, ge=0)  # 0: only when the run ends
+    restarts: int = Field(RESTARTS, ge=0)  # a runner started again after a reboot reruns it
     env: dict[str, str] = Field(default_factory=dict)  # the spec's own, for the entrypoint
     secret_params: list[str] = Field(default_factory=list)  # masked in the log
 

@@ -18,6 +18,10 @@ checkpoint, and writes ``result.json``.
 On a spot VM, ``--scheduled-events URL`` makes it watch the instance metadata service: on a
 ``Preempt`` event for this VM it SIGTERMs the entrypoint (which may write a checkpoint), uploads
 the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job again elsewhere.
+It warms Scheduled Events up as it starts (the first answer may take minutes). While the
+entrypoint runs, rank 0 uploads its checkpoint's changes every ``checkpoint_upload_s``
+(``ephemerid.checkpoint``: a spot VM may vanish with no notice). A runner started again on the
+same machine (after a reboot) reruns the job from that checkpoint or stands down (``restarts``).
 ``--stop-by TIME`` (azure-vm) stops the entrypoint by then even short of ``max_runtime`` (a VM
 that booted late), so the result is written before the VM's own deadline deletes it.
 
@@ -54,12 +58,18 @@ from ephemerid.artifacts import (
     put_bytes,
     upload_dir,
 )
+from ephemerid.checkpoint import CheckpointSync
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
 from ephemerid.errors import ContractError
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LOG_FLUSH_S, LogPump
+from ephemerid.restarts import Busy, GaveUp, Starts
 from ephemerid.track import summarize
 from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
+
+# What a runner stages in its work folder; a start after the first clears it all first.
+STAGED: tuple[str, ...] = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
+STAGED += ("params.json", names.METRICS_FILE)
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,12 @@ class Runner:
         log_key = names.run_key(job_id, names.log_file(self.rank.rank))
         self.mask = sandbox.Mask.of_env(os.environ)
         self.pump = LogPump(store, log_key, LOG_LIMIT_BYTES, self.mask)  # limit: see the launch
-        self._stop = threading.Event()
+        self.starts = Starts(self.work)
+        self.checkpoints = CheckpointSync(
+            store, self.work / "checkpoint", names.run_key(job_id, names.CHECKPOINT_DIR)
+        )
+        self._stop, self._ran = threading.Event(), threading.Event()
+        self.owner = True  # whether this start runs the job (and so writes its result)
 
     def say(self, message: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -120,7 +135,12 @@ class Runner:
     def run(self) -> Result:
         result = Result(job_id=self.job_id, status=RunStatus.FAILED)  # until the run says otherwise
         try:
+            if self.events is not None and not self.events.warm_up():  # it may take minutes
+                self.say("Scheduled Events has not answered yet: it goes on while the job stages")
             launch = self._read_launch()
+            self.owner = self._take_over(launch)
+            if not self.owner:
+                return result
             if self.isolation is not None:
                 self.say(self.isolation.describe())
             if self.rank.leader:
@@ -133,7 +153,7 @@ class Runner:
                 self.say("outputs and checkpoint not uploaded: the job passed its disk limit")
             elif self.rank.leader:
                 self._upload(result)
-        except ContractError as exc:  # another release wrote the launch: refuse, and say so
+        except (ContractError, GaveUp) as exc:  # another release's launch, or too many restarts
             result.status, result.reason = RunStatus.FAILED, str(exc)
             self.say(result.reason)
         except Exception as exc:  # anything the runner hits ends as a failed result, not a hang
@@ -144,10 +164,27 @@ class Runner:
             self.pump.close()
             result.finished_at = result.finished_at or _now()
             result.reason = self.mask(result.reason)
-            if self.rank.leader:  # the other ranks' ends are the launcher's to report
+            if self.rank.leader and self.owner:  # other ranks: the launcher reports their ends
                 key = names.run_key(self.job_id, names.RESULT_FILE)
                 put_bytes(self.store, key, result.dumps())
+            self.starts.release()  # only now: the next start finds the result written
         return result
+
+    def _take_over(self, launch: Launch) -> bool:
+        """Whether this start runs the job: not when another runner holds the work folder, nor
+        when the result is written; a start after the first reruns it (ephemerid.restarts)."""
+        try:
+            self.starts.lock()
+        except Busy as exc:
+            self.say(f"{exc}: the job runs there, and never twice at once")
+            return False
+        if self.rank.leader and self.store.stat(names.run_key(self.job_id, names.RESULT_FILE)):
+            self.say("this job's result is written already: this start leaves it as it is")
+            return False
+        start = self.starts.claim(launch.restarts, STAGED)
+        for note in start.notes():
+            self.say(note)
+        return True
 
     def _read_launch(self) -> Launch:
         key = names.run_key(self.job_id, names.JOB_FILE)
@@ -160,8 +197,7 @@ class Runner:
         return launch
 
     def _stage(self, launch: Launch) -> tuple[Path, dict[str, str]]:
-        folders = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
-        dirs = {n: self.work / n for n in folders}
+        dirs = {n: self.work / n for n in STAGED if "." not in n}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         where = f" (rank {self.rank.rank} of {self.rank.world})" if self.rank.world > 1 else ""
@@ -173,6 +209,7 @@ class Runner:
         if launch.model:
             download(self.store, launch.model, dirs["model"])
         download(self.store, names.run_key(self.job_id, names.CHECKPOINT_DIR), dirs["checkpoint"])
+        self.checkpoints.staged()
         params = self.work / "params.json"
         params.write_text(json.dumps(launch.params))
         entry = dirs["code"] / launch.entrypoint
@@ -223,12 +260,18 @@ class Runner:
             group=self.user.pw_gid if self.user else None,
             extra_groups=[] if self.user else None,
         )
+        self.starts.entrypoint(proc.pid)  # its process group: a next start ends what is left
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
+        every = launch.checkpoint_upload_s
+        if self.rank.leader and every > 0:
+            args = (every, self._ran, self.say)
+            threading.Thread(target=self.checkpoints.every, args=args, daemon=True).start()
         stop = watch(proc, limit, *self._watchers())
         if stop is not None:
             self.say(stop.note)
             stop_group(proc, launch.grace_s)
+        self._ran.set()
         if self.isolation is not None and (left := self.isolation.end_leftovers(launch.grace_s)):
             self.say(f"stopped {left} process(es) the entrypoint left running")
         reader.join(timeout=10)
@@ -281,8 +324,8 @@ class Runner:
         manifest = Outputs(job_id=self.job_id, outputs=keys, total_bytes=size)
         put_bytes(self.store, names.run_key(self.job_id, names.OUTPUTS_FILE), manifest.dumps())
         result.summarize(manifest)
-        kept = names.run_key(self.job_id, names.CHECKPOINT_DIR)
-        upload_dir(self.store, self.work / "checkpoint", kept, skip=self._not_uploaded)
+        self.checkpoints.skip = self._not_uploaded
+        self.checkpoints.sync()  # what changed since the last periodic upload
         metrics = self.work / names.METRICS_FILE
         if metrics.is_file():
             with metrics.open("rb") as stream:
@@ -346,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         isolation=isolation,
         run_as=args.run_as,
     )
-    return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
+    succeeded = runner.run().status is RunStatus.SUCCEEDED
+    return 0 if succeeded or not runner.owner else 1  # standing down is no failure to restart
 
 
 if __name__ == "__main__":

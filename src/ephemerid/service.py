@@ -295,6 +295,16 @@ class Service(Reads):
         self.dispatch_waiting()
         return job
 
+    def lost(self, job_id: str) -> JobRecord:
+        """Its compute is gone and no result written. A spot VM gone so was evicted with no notice
+        (Azure's Preempt events are best effort): resume from the last checkpoint; else fail."""
+        job = self.store.get(job_id)
+        if self.has_result(job_id):  # written after all, just before the compute went
+            return self.complete(job_id)
+        if job.spot and job.state is JobState.RUNNING:
+            return self._evicted(job)
+        return self.end(job_id, JobState.FAILED, "compute exited without writing a result")
+
     def _evicted(self, job: JobRecord) -> JobRecord:
         """The platform took the compute back: release it, then run the job again on new compute.
 
@@ -310,11 +320,12 @@ class Service(Reads):
             if job.compute_state is not ComputeState.RELEASED:
                 return job  # the teardown is owed: the reaper comes back to this result
             job, _ = self._transition(job.id, transitions.requeued)
-        if job.state is JobState.ACCEPTED:
-            result = names.run_key(job.id, names.RESULT_FILE)
+        result = names.run_key(job.id, names.RESULT_FILE)
+        if job.state is JobState.ACCEPTED and self.artifacts.stat(result):  # none: no notice
             aside = names.run_key(job.id, f"evicted-{job.evictions}.json")
             put_bytes(self.artifacts, aside, get_bytes(self.artifacts, result))
             self.artifacts.delete(result)
+        if job.state is JobState.ACCEPTED:
             return self.start(job.id)
         return job
 

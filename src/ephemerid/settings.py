@@ -29,7 +29,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ephemerid.contract import DISK_LIMIT_BYTES, GRACE_S, HEARTBEAT_S, LOG_LIMIT_BYTES
+from ephemerid.contract import (
+    CHECKPOINT_UPLOAD_S,
+    DISK_LIMIT_BYTES,
+    GRACE_S,
+    HEARTBEAT_S,
+    LOG_LIMIT_BYTES,
+    RESTARTS,
+)
 from ephemerid.errors import BadInput
 from ephemerid.names import JOBS_QUEUE
 
@@ -48,6 +55,20 @@ Interval = Annotated[float, Field(gt=0, allow_inf_nan=False, description="second
 Count = Annotated[int, Field(ge=0, description="a whole number, 0 or more")]
 Bytes = Annotated[int, Field(ge=1, description="a whole number of bytes, 1 or more")]
 Flag = Annotated[bool, BeforeValidator(_strip), Field(description="true or false")]
+
+
+def _off_or_a_second(value: float) -> float:
+    if 0 < value < 1:
+        raise ValueError("must be 0 (only when the run ends) or from 1 to 86400 seconds")
+    return value
+
+
+CheckpointInterval = Annotated[
+    float,
+    Field(ge=0, le=86400, allow_inf_nan=False, description="seconds, 0 (off) or 1 to 86400"),
+    AfterValidator(_off_or_a_second),
+]
+Restarts = Annotated[int, Field(ge=0, le=10, description="a whole number from 0 to 10")]
 
 
 def _no_query(value: str) -> str:
@@ -260,6 +281,12 @@ class Settings(_Settings):
     log_limit_bytes: Bytes = Field(LOG_LIMIT_BYTES, alias="EPHEMERID_LOG_LIMIT_BYTES")
     code_limit_bytes: Bytes = Field(50 * 1024 * 1024, alias="EPHEMERID_CODE_LIMIT_BYTES")
     eviction_retries: Count = Field(3, alias="EPHEMERID_EVICTION_RETRIES")
+    # how often the runner uploads what changed in the job's checkpoint folder (0: only at its end)
+    checkpoint_upload_s: CheckpointInterval = Field(
+        CHECKPOINT_UPLOAD_S, alias="EPHEMERID_CHECKPOINT_UPLOAD_S"
+    )
+    # how many times a runner started again on the same compute (a reboot) reruns the job
+    runner_restarts: Restarts = Field(RESTARTS, alias="EPHEMERID_RUNNER_RESTARTS")
     price_table: Path | None = Field(None, alias="EPHEMERID_PRICE_TABLE")
     storage: StorageSettings = StorageSettings.model_validate({})  # frozen: one for every Settings
     azure_vm: AzureVmSettings | None = None

@@ -69,6 +69,8 @@ class Staging:
             heartbeat_s=self.settings.heartbeat_s,
             grace_s=self.settings.grace_s,
             log_limit_bytes=self.settings.log_limit_bytes,
+            checkpoint_upload_s=self.settings.checkpoint_upload_s,
+            restarts=self.settings.runner_restarts,
             env=spec.env,
             secret_params=spec.secret_params,
         )

@@ -29,7 +29,16 @@ import pytest
 import yaml
 
 from compute.cloud import ephemerid, record, settle
-from compute.vms import IDENTITY, SUBNET, VmPlayer, azure_env, boot_files
+from compute.vms import (
+    IDENTITY,
+    SUBNET,
+    VmPlayer,
+    azure_env,
+    boot_files,
+    starts_at_boot,
+    unit_sections,
+    written_files,
+)
 from drive import (
     DONE_COMPUTE,
     Gate,
@@ -43,8 +52,8 @@ from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import get_bytes
 from ephemerid.compute import ComputeStatus, Handle
-from ephemerid.compute.azure_vm import ENV_FILE, TAG_DEADLINE, TAG_JOB
-from ephemerid.compute.vm_body import DEADLINE_ENV_FILE, IMDS_FILE
+from ephemerid.compute.azure_vm import ENV_FILE, TAG_DEADLINE, TAG_JOB, UNIT_FILE
+from ephemerid.compute.vm_body import DEADLINE_ENV_FILE, FIREWALL_UNIT_FILE, IMDS_FILE
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
@@ -220,9 +229,11 @@ def test_the_vms_user_code_runs_as_a_user_kept_from_the_runners_files_and_from_i
     first = lines.index(make_user)
     assert lines[first : first + 3] == [
         make_user,
-        f"/usr/sbin/iptables -A OUTPUT {rule}",
+        "systemctl enable --now ephemerid-firewall.service",  # the rule, at every boot too
         "chmod 0700 /etc/ephemerid",
     ]
+    firewall = unit_sections(written_files(vm)[FIREWALL_UNIT_FILE])
+    assert firewall["Service"]["ExecStart"] == [f"/usr/sbin/iptables -A OUTPUT {rule}"]
     assert "sudo" not in vm.custom_data() and "usermod" not in vm.custom_data()
     assert modes[ENV_FILE] == modes[DEADLINE_ENV_FILE] == modes[IMDS_FILE] == "0600"
     install = next(i for i, line in enumerate(lines) if " install " in line)
@@ -232,6 +243,33 @@ def test_the_vms_user_code_runs_as_a_user_kept_from_the_runners_files_and_from_i
     [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert exec_start.endswith("--run-as ephemerid-job")
     assert "User=" not in unit  # the runner itself stays root: it reads IMDS and uploads
+
+
+def test_the_runners_unit_starts_at_every_boot_and_restarts_on_failure_a_bounded_number_of_times(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    azure.submit(vm_spec(code_dir))
+    [vm] = sim.inventory()
+
+    files = written_files(vm)
+    runner = unit_sections(files[UNIT_FILE])
+    firewall = unit_sections(files[FIREWALL_UNIT_FILE])
+    lines = [" ".join(c) for c in yaml.safe_load(vm.custom_data())["runcmd"]]
+
+    assert runner["Install"]["WantedBy"] == ["multi-user.target"]
+    assert "systemctl enable ephemerid-runner.service" in lines
+    assert lines.index("systemctl enable ephemerid-runner.service") < lines.index(
+        "systemctl start --no-block ephemerid-runner.service"
+    )
+    assert runner["Service"]["Restart"] == ["on-failure"]
+    assert int(runner["Service"]["RestartSec"][0]) > 0
+    assert 0 < int(runner["Unit"]["StartLimitBurst"][0]) <= 10
+    assert int(runner["Unit"]["StartLimitIntervalSec"][0]) > 0
+    assert "ephemerid-firewall.service" in runner["Unit"]["Requires"][0]
+    assert "ephemerid-firewall.service" in runner["Unit"]["After"][0]
+    assert firewall["Install"]["WantedBy"] == ["multi-user.target"]
+    assert firewall["Service"]["Type"] == ["oneshot"]
+    assert starts_at_boot(vm)
 
 
 def test_without_a_configured_key_the_vm_gets_an_ssh_key_nobody_holds(

@@ -101,6 +101,8 @@ class ArmSimulator(VmRoutes):
         self._held = 0
         self._release = threading.Event()
         self._incarnation = 1
+        self.events_asked: list[float] = []  # when each Scheduled Events call came (time.time())
+        self._events_warm_up_s, self._events_on_at = 0.0, 0.0
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -201,6 +203,7 @@ class ArmSimulator(VmRoutes):
         parsed = urlparse(url)
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if parsed.path.rstrip("/").lower() == EVENTS_PATH:
+            time.sleep(self._events_wait())
             return self._events(headers)
         if parsed.path.startswith(IMDS_PREFIX):
             with self._lock:

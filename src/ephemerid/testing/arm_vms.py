@@ -8,7 +8,9 @@ a VM as the simulator holds it (``power`` overrides the power state its provisio
 implies, as ``fail_provisioning`` does). A PUT whose body the SDK's ``VirtualMachine`` model does
 not accept key for key is refused (ephemerid.testing.vm_model), and so is one that would move
 an existing VM to another region (``InvalidResourceLocation``). ``_stale`` GETs answer 404 for a
-VM that exists, as a read of ARM's eventually consistent store can just after a create.
+VM that exists, as a read of ARM's eventually consistent store can just after a create. What
+Azure's platform does to a VM on request (``preempt``, ``evict``, ``reboot``, ``slow_events``,
+``stale_reads``, ``fail_provisioning``) is in ephemerid.testing.arm_platform.
 
 Each VM also has its own instance metadata service at ``imds_url(name)`` (on Azure it is
 169.254.169.254 inside the VM): ``metadata/instance/compute`` (its resource id) and
@@ -24,9 +26,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import formatdate
 from typing import Any
 
+from ephemerid.testing.arm_platform import PlatformActions
 from ephemerid.testing.vm_model import body_problems
 
 Reply = tuple[int, Any, dict[str, str]]
@@ -111,6 +113,7 @@ class SimVm:
     evict_at: float | None = None
     event: dict[str, Any] | None = None
     power: str | None = None  # the power state, when not the one ``state`` implies
+    reboots: int = 0  # how many times the platform rebooted it (the VM player plays each)
     vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time_created: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
@@ -156,7 +159,7 @@ class _Op:
     status: str = ""  # set when the operation ends early (Canceled)
 
 
-class VmRoutes:
+class VmRoutes(PlatformActions):
     """The Microsoft.Compute answers; called by ``ArmSimulator._route`` under its lock."""
 
     lro: str
@@ -172,44 +175,6 @@ class VmRoutes:
     vm_tokens: dict[str, tuple[str, str]]  # a token of a VM's identity -> (its group, its name)
     _lock: Any
     _incarnation: int
-
-    def preempt(self, name: str, *, evict_after_s: float = 30.0) -> dict[str, Any]:
-        """Post a Preempt event for spot VM ``name``; the platform deletes it after the notice."""
-        with self._lock:
-            vm = next((v for v in self._vms.values() if v.name == name), None)
-            if vm is None or not vm.spot:
-                raise ValueError(f"only an existing spot VM can be preempted, not '{name}'")
-            vm.evict_at = time.monotonic() + evict_after_s
-            vm.event = {
-                "EventId": str(uuid.uuid4()),
-                "EventType": "Preempt",
-                "ResourceType": "VirtualMachine",
-                "Resources": [name],
-                "EventStatus": "Scheduled",
-                "NotBefore": formatdate(time.time() + evict_after_s, usegmt=True),
-                "Description": "Spot VM is being evicted",
-                "EventSource": "Platform",
-                "DurationInSeconds": -1,
-            }
-            self._incarnation += 1
-            return dict(vm.event)
-
-    def stale_reads(self, count: int, *, name: str | None = None) -> None:
-        """Answer the next ``count`` GETs of VM ``name`` (None: of any VM) 404 although the VM
-        exists: ARM's reads are eventually consistent, and one just after a create can miss it."""
-        with self._lock:
-            self._stale[name] = self._stale.get(name, 0) + count
-
-    def fail_provisioning(self, name: str, *, power: str = "running", code: str = "") -> None:
-        """Set VM ``name``'s provisioningState to Failed (with error ``code``, e.g. an extension
-        that failed) while its power state is ``power``: Azure documents Failed as a state a
-        running VM can be in, and recover from."""
-        with self._lock:
-            vm = next((v for v in self._vms.values() if v.name == name), None)
-            if vm is None:
-                raise ValueError(f"no VM '{name}' to fail")
-            vm.state, vm.power = "Failed", power
-            vm.error = {"code": code or "VMExtensionProvisioningError", "message": "simulated"}
 
     @property
     def endpoint(self) -> str:
