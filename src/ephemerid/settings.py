@@ -259,6 +259,10 @@ class Settings(_Settings):
     code_limit_bytes: Bytes = Field(50 * 1024 * 1024, alias="EPHEMERID_CODE_LIMIT_BYTES")
     eviction_retries: Count = Field(3, alias="EPHEMERID_EVICTION_RETRIES")
     price_table: Path | None = Field(None, alias="EPHEMERID_PRICE_TABLE")
+    # the local agent (ephemerid.agent): it exits once nothing is open for this long, and makes
+    # a slow pass (reaper, bucket listing) this often besides watching the bucket
+    agent_idle_s: Seconds = Field(60.0, alias="EPHEMERID_AGENT_IDLE_S")
+    agent_poll_s: Interval = Field(5.0, alias="EPHEMERID_AGENT_POLL_S")
     storage: StorageSettings = StorageSettings.model_validate({})  # frozen: one for every Settings
     azure_vm: AzureVmSettings | None = None
     azure_ml: AzureMlSettings | None = None
