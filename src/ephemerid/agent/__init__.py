@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 
-from ephemerid.agent.control import AgentFailed, ensure_running, stop
+from ephemerid.agent.control import AgentFailed, agent_env, ensure_running, stop
 from ephemerid.agent.lock import AgentInfo, AgentLock, AgentRunning
 from ephemerid.agent.loop import Agent
 from ephemerid.record import utcnow
@@ -31,6 +31,7 @@ __all__ = [
     "AgentInfo",
     "AgentLock",
     "AgentRunning",
+    "agent_env",
     "ensure_running",
     "serve",
     "stop",
