@@ -26,7 +26,7 @@ from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.spec import load_spec, validate_spec
-from ephemerid.testing.settle import settle
+from ephemerid.testing.settle import settle, settled
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 DETACHED = 130  # Ctrl-C while following: the job goes on, the command stops
@@ -186,8 +186,8 @@ def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
         if show_logs:
             offset = _print_log(service, job.id, offset)
         ticks += 1
-        if ticks % 10 == 1 and not drive:  # every 3 s: is the agent still there?
-            drive = not _keep_agent(service)
+        if ticks % 10 == 1 and not drive and not settled(service.get(job.id)):
+            drive = not _keep_agent(service)  # every 3 s: is the agent still there?
         if drive:
             reap(service)
 
