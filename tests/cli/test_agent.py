@@ -250,3 +250,30 @@ def test_a_schedule_with_seconds_fires_at_its_second(
     assert datetime.fromisoformat(listed[0]["next"]).second == at.second
     assert fired.key == f"cron:every-minute@{at.replace(microsecond=0).isoformat()}"
     assert fired.created_at < at.replace(second=59, microsecond=0)  # not the next minute's tick
+
+
+def test_eph_dev_stops_the_agent_and_drives_the_home_itself(
+    eph: Eph, env: dict[str, str], home: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "ephemerid.yaml").write_text("rules: []\n")
+    agent = as_json(eph("agent", "--detach", "--json"))
+    command = [str(EPH), "dev", "--json", "--port", "0"]
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as dev:
+        try:
+            assert dev.stdout is not None
+            for line in dev.stdout:  # the wiring is printed once the host holds the home
+                if line.rstrip() == "}":
+                    break
+            during = as_json(eph("agent", "status", "--json"))
+            refused = eph("agent", "stop")
+        finally:
+            dev.send_signal(signal.SIGINT)
+            dev.communicate(timeout=30)
+    after = as_json(eph("agent", "status", "--json"))
+
+    assert not alive(agent["pid"])
+    assert (during["running"], during["kind"], during["pid"]) == (True, "dev", dev.pid)
+    assert refused.returncode == 1 and "eph dev" in refused.stderr
+    assert after["running"] is False

@@ -29,6 +29,7 @@ from ephemerid.errors import EphemeridError, Unavailable
 from ephemerid.settings import Settings
 
 START_TIMEOUT_S = 60.0
+LOG_KEPT = 1024 * 1024
 PASSED = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "SHELL"}
     | {"PYTHONPATH", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV", "CONDA_PREFIX"}
@@ -61,6 +62,9 @@ def ensure_running(settings: Settings, timeout: float = START_TIMEOUT_S) -> Agen
 
 
 def _start(settings: Settings, lock: AgentLock, timeout: float) -> AgentInfo:
+    with contextlib.suppress(OSError):  # one earlier log is kept, of at most LOG_KEPT bytes
+        if lock.log_path.stat().st_size > LOG_KEPT:
+            lock.log_path.replace(lock.log_path.with_suffix(".log.1"))
     with lock.log_path.open("ab") as log:
         starter = subprocess.Popen(
             [sys.executable, "-m", "ephemerid.agent", "--detach"],

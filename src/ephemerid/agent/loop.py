@@ -224,6 +224,7 @@ def _watch(root: Path, put: Callable[[str], None], stopping: threading.Event) ->
         log.warning("watchfiles is missing: the agent polls every EPHEMERID_AGENT_POLL_S")
         return
     result_name = names.RESULT_FILE
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # not a line per change
 
     def wanted(change: watchfiles.Change, path: str) -> bool:
         name = Path(path).name
