@@ -88,7 +88,7 @@ def submit(
     owner = f"cli:{getpass.getuser()}"  # the machine's own user: unscoped, as admin
     submitted = service.submit(spec, key=key, source="cli", owner=owner, admin=True)
     job = submitted.job
-    if job.open:  # the agent completes it, whether this command follows it or not
+    if detach and job.open:  # the agent completes it (while following: _follow starts it)
         _keep_agent(service)
     if not json_:
         verb = "submitted" if submitted.created else "already submitted (same key)"
