@@ -192,7 +192,8 @@ def run_jobs(
             "code": str(code),
             "entrypoint": "job.py",
             "params": {"seconds": seconds},
-            "compute": {"backend": backend, "skus": ["Standard_NC4as_T4_v3"], "max_runtime": 600},
+            "compute": {"backend": backend, "max_runtime": 600}
+            | ({} if backend == "local" else {"skus": ["Standard_NC4as_T4_v3"]}),
         }
     )
     keys = [f"bench:{backend}:{i}:{time.time_ns()}" for i in range(jobs)]
