@@ -71,3 +71,23 @@ def test_concurrent_starts_start_one_agent(settings: Settings, home: Path) -> No
     assert {info.pid for info in infos} == {holder.pid}
     assert [done.returncode for done in raw] == [0, 0]
     assert wait_for(lambda: agents_in(home) == [holder.pid], "one agent left") is True
+
+
+def test_the_started_agent_inherits_no_secret_of_the_starting_shell(
+    settings: Settings, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_API_TOKEN", "s3cret-value")
+    monkeypatch.setenv("EPHEMERID_AGENT_POLL_S", "7")
+
+    info = ensure_running(settings)
+    environ = dict(
+        item.split(b"=", 1)
+        for item in Path(f"/proc/{info.pid}/environ").read_bytes().split(b"\0")
+        if b"=" in item
+    )
+
+    assert b"MY_API_TOKEN" not in environ
+    assert b"s3cret-value" not in b"".join(environ.values())
+    assert environ[b"EPHEMERID_AGENT_POLL_S"] == b"7"  # the settings travel
+    assert environ[b"EPHEMERID_HOME"] == str(home).encode()
+    assert Path(os.readlink(f"/proc/{info.pid}/cwd")) == home
