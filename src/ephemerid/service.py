@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class Service(Reads):
         namespace: str | None = None,
         owner: str = "",
         admin: bool = False,
+        python: str | None = None,
     ) -> Submitted:
         """Accept ``spec`` once per idempotency key; refuse bad input before renting anything.
 
@@ -133,6 +135,7 @@ class Service(Reads):
             source=source,
             owner=owner,
             backend=backend,
+            python=python or sys.executable,
             model_version=plan.model.ref if plan.model else "",
         )
         job, created = self.store.create_if_absent(record)

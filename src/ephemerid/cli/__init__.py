@@ -15,6 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from ephemerid import __version__
+from ephemerid import agent as local_agent
+from ephemerid.cli.agent import agent_app, schedules
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
@@ -24,18 +26,14 @@ from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.spec import load_spec, validate_spec
-from ephemerid.testing.settle import settle
+from ephemerid.testing.settle import settle, settled
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 DETACHED = 130  # Ctrl-C while following: the job goes on, the command stops
 SCRIPT_ARGS: list[str] = []  # what followed `--` on the command line (main sets it)
 app.add_typer(models_app, name="models")
+app.add_typer(agent_app, name="agent")
 _service = service_for
-
-
-def _catch_up(service: Service) -> None:
-    """Locally nothing runs between commands: handle results and timers that came meanwhile."""
-    reap(service)
 
 
 @app.command()
@@ -90,6 +88,8 @@ def submit(
     owner = f"cli:{getpass.getuser()}"  # the machine's own user: unscoped, as admin
     submitted = service.submit(spec, key=key, source="cli", owner=owner, admin=True)
     job = submitted.job
+    if detach and job.open:  # the agent completes it (while following: _follow starts it)
+        _keep_agent(service)
     if not json_:
         verb = "submitted" if submitted.created else "already submitted (same key)"
         console.print(f"{verb}: [bold]{job.id}[/] {job.state.value} {job.reason}")
@@ -161,18 +161,38 @@ def _scalar(text: str) -> Any:
         return text
 
 
+def _keep_agent(service: Service) -> bool:
+    """Start the home's agent if none runs; whether one runs."""
+    try:
+        local_agent.ensure_running(service.settings)
+    except EphemeridError as exc:
+        console.print(f"[yellow]warning:[/] {exc}")
+        return False
+    return True
+
+
 def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
-    """Wait for the end (handling the result here) and stream the log while it runs."""
+    """Wait for the end, streaming the log meanwhile; the home's agent moves the job on.
+
+    An agent that is gone (crashed, stopped) is started again; where none can start, this
+    command drives the job itself.
+    """
     offset = 0
+    ticks = 0
+    drive = False
 
     def tick() -> None:
-        nonlocal offset
+        nonlocal offset, ticks, drive
         if show_logs:
             offset = _print_log(service, job.id, offset)
-        _catch_up(service)
+        ticks += 1
+        if ticks % 10 == 1 and not drive and not settled(service.get(job.id)):
+            drive = not _keep_agent(service)  # every 3 s: is the agent still there?
+        if drive:
+            reap(service)
 
     try:
-        [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3)
+        [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3, drive=False)
     except KeyboardInterrupt:
         console.print(
             f"\ndetached: {job.id} keeps running; `eph logs -f {job.id}` follows it, "
@@ -196,7 +216,6 @@ def _print_log(service: Service, job_id: str, offset: int, rank: int = 0) -> int
 def status(job_id: str, home: Home = None, json_: Json = False) -> None:
     """State, timings, compute and metrics of one job."""
     service = _service(home)
-    _catch_up(service)
     job = service.get(job_id)
     if json_:
         dump(job.to_json())
@@ -221,7 +240,6 @@ def list_jobs(
             f"--state: {exc}; use one of {', '.join(s.value for s in JobState)}"
         ) from exc
     service = _service(home)
-    _catch_up(service)
     jobs = service.list(states)[:limit]
     if json_:
         dump([j.to_json() for j in jobs])
@@ -296,6 +314,7 @@ def rejected(home: Home = None, json_: Json = False) -> None:
         console.print("no rejected requests")
 
 
+app.command()(schedules)
 app.command()(dev)
 app.command()(demo)
 

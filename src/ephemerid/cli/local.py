@@ -49,6 +49,7 @@ def dev(
     try:  # Ctrl-C at any moment stops it cleanly: the host and Azurite are closed on the way out
         with (
             storage_env(storage),
+            drives(state),
             DevHost(
                 app_path,
                 home=state,
@@ -62,6 +63,23 @@ def dev(
             host.run()
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+@contextlib.contextmanager
+def drives(home: Path) -> Iterator[None]:
+    """`eph dev` drives the home itself: a running agent is stopped, and the dev host holds the
+    agent's lock meanwhile, so no command starts one (one driver per home)."""
+    from ephemerid.agent import AgentInfo, AgentLock, stop
+    from ephemerid.record import utcnow
+
+    stopped = stop(home)
+    if stopped is not None:
+        console.print(f"stopped agent {stopped.pid}: the dev host drives {home} now")
+    info = AgentInfo(
+        pid=os.getpid(), home=str(home), since=utcnow().isoformat(timespec="seconds"), kind="dev"
+    )
+    with AgentLock(home).held(info):
+        yield
 
 
 def _print_call(call: Invocation) -> None:

@@ -63,6 +63,7 @@ def job_detail(console: Console, job: JobRecord) -> None:
     for name in (
         "source",
         "backend",
+        "python",
         "compute_state",
         "reason",
         "model_version",

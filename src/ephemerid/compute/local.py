@@ -109,7 +109,7 @@ class LocalCompute:
             if cgroup is not None:  # written before the runner starts: teardown finds it
                 (workdir / "cgroup").write_text(str(cgroup))
             gpu = self.gpus[slot] if slot < len(self.gpus) and job.spec.compute.gpus else ""
-            proc = self._start_runner(job.id, workdir, cgroup, gpu, fd)
+            proc = self._start_runner(job, workdir, cgroup, gpu, fd)
         finally:
             os.close(fd)  # the runner holds its own copy of the lock
         self._children[job.id] = proc
@@ -125,8 +125,9 @@ class LocalCompute:
         return Handle(self.name, job.id, data)
 
     def _start_runner(
-        self, job_id: str, workdir: Path, cgroup: Path | None, gpu: str, fd: int
+        self, job: JobRecord, workdir: Path, cgroup: Path | None, gpu: str, fd: int
     ) -> subprocess.Popen[bytes]:
+        """The runner, with the job's own interpreter (recorded at submit), whoever starts it."""
         env = {
             **os.environ,
             "CUDA_VISIBLE_DEVICES": gpu,
@@ -134,13 +135,13 @@ class LocalCompute:
             procs.ENV_MARK: str(workdir),
         }
         command = [
-            self.python,
+            job.python or self.python,
             "-m",
             "ephemerid.runner",
             "--artifacts",
             self.artifacts_uri,
             "--job",
-            job_id,
+            job.id,
             "--work-dir",
             str(workdir),
             "--disk-limit-bytes",
