@@ -81,7 +81,8 @@ def job_detail(console: Console, job: JobRecord) -> None:
         f"   idle paid {seconds(idle_s(job))}"
     )
     if job.sku:
-        console.print(f"  {'compute':<21} {job.sku} {'spot' if job.spot else 'on-demand'}")
+        rented = "" if job.backend == "local" else f" {'spot' if job.spot else 'on-demand'}"
+        console.print(f"  {'compute':<21} {job.sku}{rented}")
     if job.evictions:
         console.print(f"  {'evictions':<21} {job.evictions}")
     if job.cost_usd is not None:
