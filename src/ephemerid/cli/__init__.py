@@ -86,7 +86,7 @@ def submit(
     if SCRIPT_ARGS:
         data["args"] = list(SCRIPT_ARGS)
     spec = validate_spec(data, str(spec_file) if spec_file else "job from flags")
-    service = _service(home)
+    service = _service(home, create=True)
     owner = f"cli:{getpass.getuser()}"  # the machine's own user: unscoped, as admin
     submitted = service.submit(spec, key=key, source="cli", owner=owner, admin=True)
     job = submitted.job
