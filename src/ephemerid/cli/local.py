@@ -96,19 +96,21 @@ def _show_wiring(host: DevHost, as_json: bool) -> None:
 
 
 def demo(
-    home: Annotated[Path, typer.Option(help="Folder for the demo's bucket and state.")] = Path(
-        ".ephemerid-demo"
-    ),
+    home: Home = None,
     storage: Annotated[
         str, typer.Option(help="local (a folder and SQLite) or azurite (Blob and Table).")
     ] = "local",
     json_: Json = False,
 ) -> None:
-    """Drop a training file, train and register a model, drop a scoring file, score it."""
+    """Drop a training file, train and register a model, drop a scoring file, score it.
+
+    It works in the home (--home, EPHEMERID_HOME, else ./.ephemerid), so `eph list` then shows
+    its jobs; its copy of the examples goes in <home>/demo/.
+    """
     from ephemerid.cli.demo import run_demo
 
     with storage_env(storage):
-        ok = run_demo(home, console, json_)
+        ok = run_demo(Settings.from_env(home=home).home, console, json_)
     raise typer.Exit(0 if ok else 1)
 
 
