@@ -13,7 +13,7 @@ import typer
 
 from ephemerid import names
 from ephemerid.cli.options import Home, Json, console
-from ephemerid.cli.render import dump
+from ephemerid.cli.render import Listing, dump
 from ephemerid.errors import BadInput, require_extra
 from ephemerid.record import JobRecord
 from ephemerid.settings import Settings
@@ -82,11 +82,9 @@ def _show_wiring(host: DevHost, as_json: bool) -> None:
         dump({"functions": wiring_json(host.wiring), "url": host.url, "function_key": host.key})
         sys.stdout.flush()
     else:
-        from rich.table import Table
-
-        table = Table(title=f"dev host: {host.service.bucket_uri}")
-        for column in ("function", "trigger", "source", "detail"):
-            table.add_column(column, overflow="fold")
+        table = Listing(
+            f"dev host: {host.service.bucket_uri}", ("function", "trigger", "source", "detail")
+        )
         for wire in host.wiring:
             table.add_row(wire.function, wire.trigger, wire.source, wire.detail)
         console.print(table)

@@ -13,7 +13,16 @@ from ephemerid.errors import BadInput
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 
-console = Console(stderr=True)
+UNWRAPPED = 10_000  # the width of a console on no terminal: a line is as long as it is
+
+
+def _console() -> Console:
+    """stderr; on a file or a pipe no line is folded, so ids and URLs stay whole for grep."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=UNWRAPPED)
+
+
+console = _console()
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
 Home = Annotated[
