@@ -18,6 +18,7 @@ from ephemerid import __version__
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
+from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reaper import reap
@@ -298,6 +299,7 @@ def rejected(home: Home = None, json_: Json = False) -> None:
 
 app.command()(dev)
 app.command()(demo)
+app.command()(outputs)
 
 
 def _version(value: bool) -> None:
