@@ -29,8 +29,9 @@ def tree(root: Path, files: dict[str, str]) -> None:
         (root / name).write_text(text)
 
 
-def test_a_home_inside_the_code_folder_never_goes_into_its_snapshots(code_dir: Path) -> None:
+def test_homes_inside_the_code_folder_never_go_into_its_snapshots(code_dir: Path) -> None:
     write_script(code_dir, "print('hi')\n")
+    tree(code_dir, {"old-home/jobs.db": "", "old-home/bucket/runs/x.json": "{}"})  # another home
     settings = Settings.from_env({}, home=code_dir / ".ephemerid", grace_s=2.0)
 
     with cleaned_up(build_service(settings)) as service:

@@ -1,12 +1,13 @@
 """Which files of a local code folder go into its snapshot, and what to say when it is too big.
 
-Left out, always: ``.git``, ``__pycache__``, ``.venv``, ``node_modules``, ``.ipynb_checkpoints``
-and the folders passed as ``skip`` (ephemerid's own home and bucket, when they lie inside the
-code folder). Left out as asked: whatever a ``.gitignore`` or an ``.ephemeridignore`` excludes,
-in git's own pattern language (``pathspec``'s gitwildmatch). Each folder's ignore files apply
-below it, as git reads nested ``.gitignore`` files; within a folder the ``.ephemeridignore``
-comes after the ``.gitignore``, so its ``!pattern`` can take back what git ignores. As in git, a
-file inside an ignored folder cannot be taken back.
+Left out, always: ``.git``, ``__pycache__``, ``.venv``, ``node_modules``, ``.ipynb_checkpoints``,
+the folders passed as ``skip`` (ephemerid's own home and bucket, when they lie inside the code
+folder) and any other ephemerid home (a folder holding ``jobs.db`` and ``bucket/``). Left out
+as asked: whatever a ``.gitignore`` or an ``.ephemeridignore`` excludes, in git's own pattern
+language (``pathspec``'s gitwildmatch). Each folder's ignore files apply below it, as git reads
+nested ``.gitignore`` files; within a folder the ``.ephemeridignore`` comes after the
+``.gitignore``, so its ``!pattern`` can take back what git ignores. As in git, a file inside an
+ignored folder cannot be taken back.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def code_files(root: Path, skip: list[Path] | tuple[Path, ...] = ()) -> list[Pat
 
     def walk(folder: Path, rules: list[_Rules]) -> None:
         real = folder.resolve()
-        if real in seen or real in skipped:
+        if real in seen or real in skipped or (folder != root and _is_a_home(folder)):
             return
         seen.add(real)
         rules = rules + _rules_of(folder)
@@ -57,6 +58,11 @@ def code_files(root: Path, skip: list[Path] | tuple[Path, ...] = ()) -> list[Pat
 
     walk(root, [])
     return sorted(found)
+
+
+def _is_a_home(folder: Path) -> bool:
+    """An ephemerid home (another than the one in use, say): its job store and its bucket."""
+    return (folder / "jobs.db").is_file() and (folder / "bucket").is_dir()
 
 
 def _rules_of(folder: Path) -> list[_Rules]:
