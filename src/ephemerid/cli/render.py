@@ -1,8 +1,9 @@
 """How jobs look on a terminal and in --json.
 
 Every table goes through ``Listing``: one style, and its key column (a job id) is never cut:
-the other columns fold first, and a terminal too narrow even for that gets one block per row.
-Where stderr is no terminal the CLI's console does not wrap at all (``options.console``).
+the other columns wrap between words first, and a terminal too narrow even for that gets one
+block per row. Where stderr is no terminal the CLI's console does not wrap at all
+(``options.console``).
 """
 
 from __future__ import annotations
