@@ -322,3 +322,21 @@ def test_with_cpu_fallback_a_gpu_job_runs_on_the_cpu_and_its_handle_says_so(
     assert _env_seen(artifacts, "train-fallback")["CUDA_VISIBLE_DEVICES"] == ""
     assert handle.data["cpu_fallback"] is True
     assert handle.sku == "cpu (fallback: 2 GPU(s) asked, 0 found)"
+
+
+def test_a_gpu_job_waits_for_a_gpu_slot_rather_than_run_on_a_slot_without_one(
+    make: Make, artifacts: ArtifactStore, code_dir: Path, tmp_path: Path
+) -> None:
+    compute = make(gpus=["0"], slots=3)
+    gate = Gate(tmp_path / "gate")
+    write_script(code_dir, ENV_SCRIPT)
+    spec = spec_for(code_dir, params=gate.params, compute={"gpus": 1})
+    first = stage(artifacts, "train-gpu-a", code_dir, spec)
+    compute.provision(first)
+    wait_for((gate.path / first.id).exists, f"{first.id} to start")
+
+    with pytest.raises(CapacityUnavailable, match="all 1 GPU slots are busy"):
+        compute.provision(stage(artifacts, "train-gpu-b", code_dir, spec))
+    cpu_job = stage(artifacts, "train-cpu-c", code_dir, spec_for(code_dir, params=gate.params))
+    assert compute.provision(cpu_job).data["gpu"] == ""  # a CPU job still takes a free slot
+    gate.open()

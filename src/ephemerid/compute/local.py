@@ -13,8 +13,9 @@ slot. With GPUs visible, slot n is GPU n and the job sees only that GPU through
 (N: GPUs 0 to N-1), else ``CUDA_VISIBLE_DEVICES`` when set (its list; empty or -1: none), else
 the lines of ``nvidia-smi -L``. A job asking for more GPUs than that is refused with the count
 found, unless its spec sets ``compute.cpu_fallback: true``: then it runs on the CPU and its
-record says so (``sku``: ``cpu (fallback: ...)``). The runner stops a job whose work folder outgrows
-``disk_limit_bytes`` (``EPHEMERID_LOCAL_DISK_LIMIT_BYTES``).
+record says so (``sku``: ``cpu (fallback: ...)``); a GPU job takes only a slot that has a GPU.
+The runner stops a job whose work folder outgrows ``disk_limit_bytes``
+(``EPHEMERID_LOCAL_DISK_LIMIT_BYTES``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class LocalCompute:
         python: str = sys.executable,
         grace_s: float = 5.0,
         gpus: list[str] | None = None,
-        gpus_found: tuple[list[str], str] | None = None,
+        gpus_found_by: str = "as configured",
         disk_limit_bytes: int = DISK_LIMIT_BYTES,
     ) -> None:
         self.work_root = work_root.resolve()  # the marks are its paths: one spelling only
@@ -87,20 +88,22 @@ class LocalCompute:
         self.python = python
         self.grace_s = grace_s
         self.disk_limit_bytes = disk_limit_bytes
-        if gpus_found is None:
-            gpus_found = detect_gpus() if gpus is None else (gpus, "as configured")
-        self.gpus, self.gpus_found_by = gpus_found
+        if gpus is None:  # ``gpus_found_by``: how they were counted, for the refusal's message
+            gpus, gpus_found_by = detect_gpus()
+        self.gpus, self.gpus_found_by = gpus, gpus_found_by
         self.slots = slots or len(self.gpus) or 2
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         (self.work_root / "slots").mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> LocalCompute:
+        gpus, found_by = detect_gpus(settings.local_gpus)
         return cls(
             settings.home / "compute",
             artifacts.root_uri,
             slots=settings.local_slots,
-            gpus_found=detect_gpus(settings.local_gpus),
+            gpus=gpus,
+            gpus_found_by=found_by,
             grace_s=settings.grace_s,
             disk_limit_bytes=settings.local_disk_limit_bytes,
         )
@@ -133,7 +136,7 @@ class LocalCompute:
         if existing and self.poll(existing) is ComputeStatus.RUNNING:
             return existing
         wants_gpu = job.spec.compute.gpus > 0 and not self._on_cpu(job.spec)
-        slot, fd = self._take_slot(min(self.slots, len(self.gpus)) if wants_gpu else self.slots)
+        slot, fd = self._take_slot(gpu=wants_gpu)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             cgroup = procs.make_cgroup(str(workdir))
@@ -259,8 +262,9 @@ class LocalCompute:
             return Handle(self.name, workdir.name, {}) if workdir.is_dir() else None
         return Handle(self.name, workdir.name, data)
 
-    def _take_slot(self, slots: int) -> tuple[int, int]:
-        """The first free slot of the first ``slots`` (a GPU job: the slots that have a GPU)."""
+    def _take_slot(self, gpu: bool) -> tuple[int, int]:
+        """The first free slot (for a GPU job: of the slots that have a GPU) and its lock."""
+        slots = min(self.slots, len(self.gpus)) if gpu else self.slots
         for slot in range(slots):
             fd = os.open(self.work_root / "slots" / f"{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
             try:
@@ -269,7 +273,8 @@ class LocalCompute:
                 os.close(fd)
                 continue
             return slot, fd
-        raise CapacityUnavailable(f"local: all {slots} slots are busy; the job waits for one")
+        kind = "GPU slots" if gpu else "slots"
+        raise CapacityUnavailable(f"local: all {slots} {kind} are busy; the job waits for one")
 
 
 def _stat_fields(pid: int) -> list[str] | None:
