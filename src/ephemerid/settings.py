@@ -270,6 +270,10 @@ class Settings(_Settings):
     local_slots: int | None = Field(
         None, alias="EPHEMERID_LOCAL_SLOTS", ge=1, description="a whole number of slots, 1 or more"
     )
+    # how many GPUs local compute has (GPUs 0 to N-1; 0: none); unset, it looks for them
+    local_gpus: int | None = Field(
+        None, alias="EPHEMERID_LOCAL_GPUS", ge=0, description="a whole number of GPUs, 0 or more"
+    )
     # how much a local job's work folder (scratch and outputs) may hold before it is stopped
     local_disk_limit_bytes: Bytes = Field(
         DISK_LIMIT_BYTES, alias="EPHEMERID_LOCAL_DISK_LIMIT_BYTES"

@@ -20,6 +20,7 @@ from ephemerid.cli.agent import agent_app, schedules
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
+from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reaper import reap
@@ -84,7 +85,7 @@ def submit(
     if SCRIPT_ARGS:
         data["args"] = list(SCRIPT_ARGS)
     spec = validate_spec(data, str(spec_file) if spec_file else "job from flags")
-    service = _service(home)
+    service = _service(home, create=True)
     owner = f"cli:{getpass.getuser()}"  # the machine's own user: unscoped, as admin
     submitted = service.submit(spec, key=key, source="cli", owner=owner, admin=True)
     job = submitted.job
@@ -317,6 +318,7 @@ def rejected(home: Home = None, json_: Json = False) -> None:
 app.command()(schedules)
 app.command()(dev)
 app.command()(demo)
+app.command()(outputs)
 
 
 def _version(value: bool) -> None:

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from ephemerid import agent as local_agent
-from ephemerid.cli.options import Home, Json, console
-from ephemerid.cli.render import dump
+from ephemerid.cli.options import Home, Json, check_home, console
+from ephemerid.cli.render import Listing, dump
 from ephemerid.record import utcnow
 from ephemerid.rules import Rules
 from ephemerid.settings import Settings
@@ -56,6 +56,7 @@ def agent(
 def agent_status(home: Home = None, json_: Json = False) -> None:
     """Whether an agent runs for this home: pid, since when, and the jobs still open."""
     settings = Settings.from_env(home=home)
+    check_home(settings)
     info = local_agent.AgentLock(settings.home).holder()
     found: dict[str, Any] = {"running": info is not None, "home": str(settings.home)}
     if info is not None:
@@ -87,7 +88,7 @@ def agent_stop(home: Home = None, json_: Json = False) -> None:
 
 def schedules(home: Home = None, json_: Json = False) -> None:
     """Each schedule rule and when it fires next (UTC); the agent fires it, to the second."""
-    settings = Settings.from_env(home=home)
+    settings = Settings.from_env(home=home)  # reads the rules file only: no home needed yet
     path = settings.rules_path
     rules = Rules.load(path) if path.exists() else None
     now = utcnow()
@@ -101,16 +102,11 @@ def schedules(home: Home = None, json_: Json = False) -> None:
     if not times:
         console.print(f"no schedule rules in {path}")
         return
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=f"schedules in {path}", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("rule", "schedule", "next (UTC)", "in"):
-        table.add_column(column, no_wrap=True)
+    listing = Listing(f"schedules in {path}", ("rule", "schedule", "next (UTC)", "in"))
     for rule, when in times:
         wait = (when - now).total_seconds()
-        table.add_row(rule.name, str(rule.schedule), when.isoformat(), f"{wait:.0f}s")
-    console.print(table)
+        listing.add_row(rule.name, str(rule.schedule), when.isoformat(), f"{wait:.0f}s")
+    console.print(listing)
     info = local_agent.AgentLock(settings.home).holder()
     if info is None:
         console.print("no agent runs for this home: `eph agent --detach` starts one to fire them")

@@ -1,13 +1,24 @@
-"""How jobs look on a terminal and in --json."""
+"""How jobs look on a terminal and in --json.
+
+Every table goes through ``Listing``: one style, and its key column (a job id) is never cut:
+the other columns wrap between words first, and a terminal too narrow even for that gets one
+block per row. Where stderr is no terminal the CLI's console does not wrap at all
+(``options.console``).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from ephemerid.record import ComputeState, JobRecord, JobState
 
@@ -31,14 +42,60 @@ def idle_s(job: JobRecord) -> float | None:
     return max(job.held_s - (job.runtime_s or 0.0), 0.0)
 
 
+@dataclass
+class Listing:
+    """Rows under a header, in the CLI's one table style; column ``key`` is never cut.
+
+    The other columns wrap between words when the width is short; where even that cannot fit,
+    each row becomes a block: its key on a line of its own, the rest on the lines below.
+    """
+
+    title: str
+    columns: Sequence[str]
+    rows: list[list[str]] = field(default_factory=list)
+    key: int = 0
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(list(cells))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Any]:
+        widths = [
+            max(_longest_word(cell) for cell in [column, *(row[n] for row in self.rows)])
+            for n, column in enumerate(self.columns)
+        ]
+        widths[self.key] = max(_plain(r[self.key]).cell_len for r in [self.columns, *self.rows])
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for n, column in enumerate(self.columns):
+            table.add_column(column, no_wrap=n == self.key, min_width=widths[n], overflow="fold")
+        for row in self.rows:
+            table.add_row(*row)
+        if Measurement.get(console, options.update_width(10**6), table).minimum > options.max_width:
+            yield from self._blocks()
+        else:
+            yield table
+
+    def _blocks(self) -> Iterator[RenderableType]:
+        yield Text(self.title, style="italic")
+        for row in self.rows:
+            yield Text.from_markup(f"[bold]{row[self.key]}[/]", overflow="fold")
+            cells = enumerate(zip(self.columns, row, strict=True))
+            rest = [f"{column} {cell}" for n, (column, cell) in cells if n != self.key]
+            yield Padding(Text.from_markup("  ".join(rest), overflow="fold"), (0, 0, 0, 2))
+
+
+def _plain(cell: str) -> Text:
+    return Text.from_markup(cell)
+
+
+def _longest_word(cell: str) -> int:
+    return max((len(word) for word in _plain(cell).plain.split()), default=0)
+
+
 def jobs_table(
     jobs: list[JobRecord], title: str = "jobs", outputs: dict[str, str] | None = None
-) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)  # fits 80 columns
-    for column in ("job", "kind", "state", "runtime", "held", "idle", "compute"):
-        table.add_column(column, no_wrap=True)
-    if outputs:
-        table.add_column("outputs")
+) -> Listing:
+    columns = ["job", "kind", "state", "runtime", "held", "idle", "compute"]
+    listing = Listing(title, [*columns, "outputs"] if outputs else columns)
     for job in jobs:
         state = f"[{STATE_STYLE.get(job.state, 'cyan')}]{job.state.value}[/]"
         row = [
@@ -52,8 +109,8 @@ def jobs_table(
         ]
         if outputs:
             row.append(outputs.get(job.id, "-"))
-        table.add_row(*row)
-    return table
+        listing.add_row(*row)
+    return listing
 
 
 def job_detail(console: Console, job: JobRecord) -> None:
@@ -82,7 +139,8 @@ def job_detail(console: Console, job: JobRecord) -> None:
         f"   idle paid {seconds(idle_s(job))}"
     )
     if job.sku:
-        console.print(f"  {'compute':<21} {job.sku} {'spot' if job.spot else 'on-demand'}")
+        rented = "" if job.backend == "local" else f" {'spot' if job.spot else 'on-demand'}"
+        console.print(f"  {'compute':<21} {job.sku}{rented}")
     if job.evictions:
         console.print(f"  {'evictions':<21} {job.evictions}")
     if job.cost_usd is not None:
