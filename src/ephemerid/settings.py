@@ -215,6 +215,8 @@ class AzureMlSettings(_Settings):
     idle_s: Seconds = Field(120.0, alias="EPHEMERID_AML_IDLE_S")
     # a job whose result is written ends by itself: wait, then cancel
     finish_wait_s: Seconds = Field(30.0, alias="EPHEMERID_AML_FINISH_WAIT_S")
+    # how long a teardown reads a cancelled job before it leaves the confirmation to the reaper
+    cancel_wait_s: Seconds = Field(5.0, alias="EPHEMERID_AML_CANCEL_WAIT_S")
     arm_retry_s: Seconds = Field(2.0, alias="EPHEMERID_ARM_RETRY_S")
 
     @field_validator("environment")

@@ -50,6 +50,7 @@ def aml_env(home: Path, sim: ArmSimulator, **more: str) -> dict[str, str]:
         "EPHEMERID_GRACE_S": "2",
         "EPHEMERID_PROVISION_TIMEOUT_S": "20",
         "EPHEMERID_AML_FINISH_WAIT_S": "10",
+        "EPHEMERID_AML_CANCEL_WAIT_S": "1",
         **more,
     }
 

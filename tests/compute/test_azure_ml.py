@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,16 @@ def test_a_job_runs_on_the_cluster_its_result_completes_it_and_the_bill_counts_t
     assert done.outputs == [f"runs/{job.id}/outputs/model.txt"]
     [aml_job] = sim.ml.created
     assert player.played() == [aml_job.name] == [f"eph-{job.id}-0"]
-    assert status(sim, aml_job.name) == "Completed"
+    assert aml_job.history == [
+        "NotStarted",
+        "Starting",
+        "Preparing",
+        "Queued",
+        "Running",
+        "Finalizing",
+        "Completed",
+    ]
+    assert "POST" not in [r.method for r in sim.requests]  # Finalizing is not done: no cancel
     assert (done.sku, done.spot, done.price_per_hour) == ("Standard_NC4as_T4_v3", False, T4_PRICE)
     assert done.billed_tail_s == 120.0
     assert done.held_s is not None and done.compute_requested_at and done.released_at
@@ -300,22 +309,35 @@ def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(
     assert [j.name for j in sim.ml.created] == [job.handle["aml_job"]]
 
 
+def beat(service: Service, job_id: str, at: datetime | None = None) -> None:
+    """The job's runner heartbeats (at ``at``, now by default)."""
+    body = json.dumps({"at": (at or utcnow()).isoformat()}).encode()
+    put_bytes(service.artifacts, names.run_key(job_id, names.HEARTBEAT_FILE), body)
+
+
 def test_poll_maps_azure_ml_statuses_to_starting_running_and_gone(
     azure: Service, sim: ArmSimulator, code_dir: Path
 ) -> None:
-    sim.ml.queue_s = 0.4
+    sim.ml.queue_s, sim.ml.finalizing_s = 0.4, 0.4
     backend = azure.backends["azure-ml"]
-    handle = backend.provision(record(ml_spec(code_dir)))
+    job = record(ml_spec(code_dir))
+    handle = backend.provision(job)
     name = handle.data["aml_job"]
 
     queued = backend.poll(handle)
     started(sim, name)
+    before_the_runner = backend.poll(handle)
+    beat(azure, job.id)
     running = backend.poll(handle)
     sim.ml.finish(name, ok=False, message="node lost")
+    finalizing = backend.poll(handle)
+    wait_for(lambda: status(sim, name) == "Failed", f"Azure ML job {name} to fail")
     gone = backend.poll(handle)
 
-    assert (queued, running, gone) == (
+    assert (queued, before_the_runner, running, finalizing, gone) == (
         ComputeStatus.STARTING,
+        ComputeStatus.STARTING,
+        ComputeStatus.RUNNING,
         ComputeStatus.RUNNING,
         ComputeStatus.GONE,
     )
@@ -346,6 +368,12 @@ def test_every_azure_ml_status_means_compute_starting_held_or_gone(
     status: str, compute: ComputeStatus
 ) -> None:
     assert status_of(status) is compute
+
+
+@pytest.mark.parametrize("status", ["Running", "NotResponding"])
+def test_a_running_job_whose_runner_has_not_beaten_yet_is_still_starting(status: str) -> None:
+    assert status_of(status, runner_started=False) is ComputeStatus.STARTING
+    assert status_of("Finalizing", runner_started=False) is ComputeStatus.RUNNING
 
 
 def test_a_job_queued_while_the_cluster_is_full_is_not_failed_for_a_missing_heartbeat(
@@ -397,6 +425,90 @@ def test_an_azure_ml_job_that_fails_without_a_result_fails_the_job(
 
     assert done.state is JobState.FAILED
     assert "compute exited without writing a result" in done.reason
+
+
+# -- what Azure ML does that a quick simulator would not ----------------------------------------
+
+
+def test_a_cancel_does_not_wait_on_azure_mls_retry_after_and_the_reaper_confirms_the_release(
+    azure: Service, sim: ArmSimulator, player: AmlPlayer, code_dir: Path, tmp_path: Path
+) -> None:
+    # the cancel's operation asks to be read again in an hour, and the cancel takes its time
+    sim.ml.cancel_retry_after_s, sim.ml.cancel_s = 3600, 3600
+    gate = Gate(tmp_path / "gate")
+    job = azure.submit(held_spec(code_dir, gate)).job
+    name = job.handle["aml_job"]
+    pid = gate.pid()
+    answered: dict[str, JobRecord] = {}
+
+    caller = threading.Thread(target=lambda: answered.update(job=azure.cancel(job.id)))
+    caller.start()
+    caller.join(timeout=60)
+
+    assert "job" in answered, "the cancel held its caller on Azure ML's long-running operation"
+    assert answered["job"].state is JobState.CANCELLED
+    assert answered["job"].compute_state is ComputeState.LIVE  # owed: not confirmed yet
+    assert status(sim, name) == "CancelRequested"
+    wait_gone([pid])
+    sim.ml.end_cancels()
+    [done] = settle(azure, [job.id])
+    assert done.compute_state is ComputeState.RELEASED
+    assert [r.method for r in sim.requests].count("POST") == 1  # one cancel, confirmed by reads
+
+
+def test_a_job_whose_image_build_outlasts_the_heartbeat_timeout_is_not_failed_before_it_beats(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.ml.preparing_s = 3600  # Azure ML builds the environment's image
+    with ephemerid(env, EPHEMERID_HEARTBEAT_TIMEOUT_S="1") as azure:
+        job = azure.submit(ml_spec(code_dir)).job
+        name = job.handle["aml_job"]
+        wait_for(lambda: status(sim, name) == "Preparing", f"Azure ML job {name} to prepare")
+        later = utcnow() + timedelta(seconds=30)  # the build took 30 heartbeat timeouts
+        assert reap(azure, later) == []
+        sim.ml.preparing_s = 0.0
+        started(sim, name)  # its container starts: the runner has not beaten yet
+
+        assert reap(azure, later) == []
+        assert azure.store.get(job.id).state is JobState.RUNNING
+        beat(azure, job.id, later)
+        assert reap(azure, later + timedelta(seconds=0.5)) == []
+        [lost] = reap(azure, later + timedelta(seconds=5))  # now its runner went quiet
+        assert "lost heartbeat" in lost
+    assert sim.ml.created[0].history[:5] == [
+        "NotStarted",
+        "Starting",
+        "Preparing",
+        "Queued",
+        "Running",
+    ]
+
+
+def test_a_job_azure_ml_stops_hearing_from_runs_on_while_its_runner_beats(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    with ephemerid(env, EPHEMERID_HEARTBEAT_TIMEOUT_S="1") as azure:
+        job = azure.submit(ml_spec(code_dir)).job
+        name = job.handle["aml_job"]
+        started(sim, name)
+        now = utcnow()
+        beat(azure, job.id, now)
+        sim.ml.not_responding(name)
+        assert status(sim, name) == "NotResponding"
+
+        for seconds in (10, 20, 30):  # NotResponding for half a minute, the runner beating
+            beat(azure, job.id, now + timedelta(seconds=seconds))
+            assert reap(azure, now + timedelta(seconds=seconds + 0.5)) == []
+        assert azure.store.get(job.id).state is JobState.RUNNING
+        sim.ml.not_responding(name, lost=False)
+        assert status(sim, name) == "Running"
+        sim.ml.not_responding(name)
+        [lost] = reap(azure, now + timedelta(seconds=40))  # and now the runner is quiet too
+
+        assert "lost heartbeat: none for over 1s" in lost
+        done = azure.store.get(job.id)
+        assert done.state is JobState.FAILED and done.compute_state is ComputeState.RELEASED
+        assert status(sim, name) == "Canceled"
 
 
 # -- refusals -------------------------------------------------------------------------------

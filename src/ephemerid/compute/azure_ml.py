@@ -41,7 +41,6 @@ from ephemerid.azure.compute import (
     check_env,
     compute_name,
     deadline_margin_s,
-    retry_delays,
     runner_env,
 )
 from ephemerid.azure.errors import describe, error_tree, transient
@@ -62,14 +61,23 @@ COMMAND = (
 )
 STARTING = frozenset({"NotStarted", "Starting", "Provisioning", "Preparing", "Queued"})
 FINISHED = frozenset({"Completed", "Failed", "Canceled"})
-# Every other status (Running, Finalizing, CancelRequested, NotResponding, Paused, Unknown) is
-# compute still held: RUNNING, and the job's own heartbeat decides whether it is lost.
+# Azure ML runs the command in these; the runner is up once it has beaten (at its start).
+RUNNING = frozenset({"Running", "NotResponding"})
+# Every other status (Finalizing, CancelRequested, Paused, Unknown) is compute still held: the
+# job's own heartbeat decides whether it is lost. NotResponding (Azure ML has not heard from the
+# node lately) is not a failure by itself: the bound is the runner's heartbeat timeout.
 
 
-def status_of(aml_status: str) -> ComputeStatus:
+def status_of(aml_status: str, runner_started: bool = True) -> ComputeStatus:
+    """The compute's status; ``runner_started``: the job's runner has written a heartbeat.
+
+    A job that Azure ML reports ``Running`` before its runner's first beat is still starting:
+    its image build and queueing may have outlasted the heartbeat timeout, and the container's
+    start comes before the runner's. Bounded by ``max_runtime`` and Azure ML's own timeout.
+    """
     if aml_status in FINISHED:
         return ComputeStatus.GONE
-    if aml_status in STARTING:
+    if aml_status in STARTING or (aml_status in RUNNING and not runner_started):
         return ComputeStatus.STARTING
     return ComputeStatus.RUNNING
 
@@ -196,7 +204,8 @@ class AzureMlCompute:
         except AzureError as exc:  # unknown is not gone: the heartbeat decides
             log.warning("azure-ml: cannot read job %s now: %s", name, describe(exc))
             return ComputeStatus.RUNNING
-        return status_of(status)
+        beat = names.run_key(handle.job_id, names.HEARTBEAT_FILE)
+        return status_of(status, status not in RUNNING or self.artifacts.stat(beat) is not None)
 
     def teardown(self, handle: Handle) -> bool:
         """Cancel the job's Azure ML job(s) and confirm each is terminal."""
@@ -226,35 +235,45 @@ class AzureMlCompute:
         """Cancel ``name`` unless it is finished; True once Azure ML reports it terminal.
 
         ``ending``: its runner is done, so Azure ML is about to end it; wait for that first.
+        The cancel's operation answers Retry-After of 10 s or more: it is never waited on. The
+        POST is sent, the job is read for ``cancel_wait_s``, and a cancel not confirmed by then
+        is left owed: the next teardown (the reaper's) reads it again and sends no second POST.
         """
         from azure.core.exceptions import AzureError
 
-        deadline = time.monotonic() + (self.config.finish_wait_s if ending else 0.0)
-        while time.monotonic() < deadline:
+        if ending and self._ends_by_itself(name):
+            return True
+        try:
+            job = self._find(name)
+            if job is None or _status(job) in FINISHED:
+                return True
+            if _status(job) != "CancelRequested":
+                self.jobs.begin_cancel(name, polling=False)  # the POST; no poller, no thread
+        except AzureError as exc:
+            if not transient(exc) and not self._ended(name):  # it may have just ended
+                why = describe(exc)
+                raise ComputeError(f"azure-ml: cancelling job {name} failed: {why}") from exc
+            log.warning("azure-ml: cancelling job %s: %s; tried again later", name, describe(exc))
+        except ComputeError as exc:  # reading it failed: the next teardown reads it again
+            log.warning("azure-ml: job %s not confirmed ended (%s); teardown stays owed", name, exc)
+            return False
+        return self._confirmed(name, self.config.cancel_wait_s)
+
+    def _ends_by_itself(self, name: str) -> bool:
+        return self._confirmed(name, self.config.finish_wait_s, quiet=True)
+
+    def _confirmed(self, name: str, wait_s: float, quiet: bool = False) -> bool:
+        """Whether ``name`` is terminal within ``wait_s``, read every ``arm_retry_s`` (<= 1 s)."""
+        deadline = time.monotonic() + wait_s
+        while True:
             with contextlib.suppress(ComputeError):
                 if self._ended(name):
                     return True
+            if time.monotonic() >= deadline:
+                if not quiet:
+                    log.info("azure-ml: job %s is still ending; teardown stays owed", name)
+                return False
             self._sleep(min(max(self.config.arm_retry_s, 0.05), 1.0))
-        last = "not tried"
-        for delay in retry_delays(self.config.arm_retry_s):
-            self._sleep(delay)
-            try:
-                if self._ended(name):
-                    return True
-                self.jobs.begin_cancel(name).result(timeout=self.timeout_s)
-                if self._ended(name):
-                    return True
-                last = "it is not finished after its cancel"
-            except AzureError as exc:
-                if not transient(exc) and not self._ended(name):  # it may have just ended
-                    raise ComputeError(
-                        f"azure-ml: cancelling job {name} failed: {describe(exc)}"
-                    ) from exc
-                last = describe(exc)
-            except ComputeError as exc:  # reading it failed
-                last = str(exc)
-        log.warning("azure-ml: job %s not confirmed ended (%s); teardown stays owed", name, last)
-        return False
 
     def _ended(self, name: str) -> bool:
         job = self._find(name)

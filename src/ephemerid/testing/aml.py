@@ -9,13 +9,18 @@ source (``JobOperations``) and checked against it: each verb makes exactly one o
 - ``get``: GET ``…/jobs/{name}``, the job with ``properties.status``; 404 ``ResourceNotFound``.
 - ``list``: GET ``…/jobs`` with ``listViewType`` and ``tag`` (jobs having that tag key), paged
   with ``nextLink``.
-- ``begin_cancel``: POST ``…/jobs/{name}/cancel``, 202 with a ``Location`` that answers 202
-  until the job is ``Canceled``, then 200.
+- ``begin_cancel``: POST ``…/jobs/{name}/cancel``, 202 with a ``Location`` and a
+  ``Retry-After`` of ``cancel_retry_after_s`` (10 s, as Azure ML answers: at least 10) that
+  answers 202 until the job is ``Canceled``, then 200.
 
-A job waits ``Queued`` for ``queue_s``, and longer while its cluster has too few free nodes (the
-engine's queueing), then is ``Running``: that is when the test plays its nodes
-(``tests/compute/aml.py`` runs the command, one process per rank) and reports the end with
-``finish``. A cancel makes it ``CancelRequested``, then ``Canceled`` after ``cancel_s``.
+A job walks Azure ML's statuses in their documented order: ``NotStarted``, ``Starting``,
+``Preparing`` (the image build; ``preparing_s`` of it), ``Queued`` (until ``queue_s`` has passed
+since the PUT, and longer while its cluster has too few free nodes: the engine's queueing),
+``Running``: that is when the test plays its nodes (``tests/compute/aml.py`` runs the command,
+one process per rank) and reports the end with ``finish``, after which it is ``Finalizing`` for
+``finalizing_s`` before ``Completed`` or ``Failed``. ``not_responding`` turns a running job
+``NotResponding`` (Azure ML has not heard from its node) and back. A cancel makes it
+``CancelRequested``, then ``Canceled`` after ``cancel_s`` (or at ``end_cancels``).
 Scripted: workspaces and their clusters, quota refusals shaped like Azure ML's
 ``JobNodeCountExceedsCoreQuota``, and a caller without the role (403).
 
@@ -37,6 +42,8 @@ from typing import Any
 
 Reply = tuple[int, Any, dict[str, str]]
 TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
+# the statuses in which a job's nodes are allocated to it
+HOLDING_NODES = frozenset({"Running", "NotResponding", "Finalizing", "CancelRequested"})
 PROVIDER = "microsoft.machinelearningservices"
 
 
@@ -64,6 +71,9 @@ class SimJob:
     body: dict[str, Any]
     created: float
     status: str = "NotStarted"
+    entered: float = 0.0  # monotonic time it entered ``status``
+    outcome: str = ""  # what ``Finalizing`` ends in: Completed or Failed
+    history: list[str] = field(default_factory=lambda: ["NotStarted"])  # every status, in order
     error: dict[str, Any] | None = None
     cancel_at: float | None = None
     ended_at: float | None = None  # wall time (time.time()) it became terminal
@@ -105,10 +115,15 @@ class AmlJobs:
         *,
         queue_s: float = 0.05,
         cancel_s: float = 0.05,
+        cancel_retry_after_s: int = 10,
+        preparing_s: float = 0.0,
+        finalizing_s: float = 0.05,
     ) -> None:
         self._endpoint = endpoint  # the simulator's base URL, known once it listens
         self.subscription, self._lock = subscription, lock
         self.queue_s, self.cancel_s = queue_s, cancel_s
+        self.cancel_retry_after_s = cancel_retry_after_s
+        self.preparing_s, self.finalizing_s = preparing_s, finalizing_s
         self.created: list[SimJob] = []  # every job a PUT created, in order
         self.forbidden = False
         self._quota_refusals: int | None = 0  # None: every PUT is refused
@@ -133,14 +148,31 @@ class AmlJobs:
         self._quota_refusals = times
 
     def finish(self, name: str, ok: bool, message: str = "") -> None:
-        """The job's nodes are done: ``Completed``, or ``Failed`` with ``message``."""
+        """The job's nodes are done: ``Finalizing``, then ``Completed`` or ``Failed``."""
         job = self.job(name)
         with self._lock:
-            if job is None or job.status in TERMINAL:
+            if job is None or job.status in (*TERMINAL, "Finalizing", "CancelRequested"):
                 return
-            job.status, job.ended_at = ("Completed" if ok else "Failed"), time.time()
+            job.outcome = "Completed" if ok else "Failed"
+            self._move(job, "Finalizing")
             if not ok:
                 job.error = {"code": "UserError", "message": message or "a process failed"}
+
+    def not_responding(self, name: str, lost: bool = True) -> None:
+        """Azure ML stops hearing from the job's node (``NotResponding``), or hears it again."""
+        job = self.job(name)
+        with self._lock:
+            before, after = ("Running", "NotResponding") if lost else ("NotResponding", "Running")
+            if job is not None and job.status == before:
+                self._move(job, after)
+
+    def end_cancels(self) -> None:
+        """Every cancel asked for is done now: those jobs are ``Canceled``."""
+        with self._lock:
+            for job in self._jobs.values():
+                if job.status == "CancelRequested":
+                    job.cancel_at = time.monotonic()
+            self.tick()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -158,23 +190,38 @@ class AmlJobs:
             for (g, w, _), j in self._jobs.items()
             if (g, w) == (group, workspace)
             and j.cluster.lower() == cluster
-            and j.status in ("Running", "CancelRequested")
+            and j.status in HOLDING_NODES
         )
 
     def tick(self) -> None:
+        """Move each job one step on, where its time in its status is up."""
         now = time.monotonic()
         for (group, ws, _), job in self._jobs.items():
+            since = now - job.entered
             if job.status == "CancelRequested" and job.cancel_at and now >= job.cancel_at:
-                job.status, job.ended_at = "Canceled", time.time()
-            elif job.status == "NotStarted" and now >= job.created + self.queue_s / 2:
-                job.status = "Queued"
+                self._move(job, "Canceled")
+            elif job.status == "NotStarted" and now >= job.created + self.queue_s / 4:
+                self._move(job, "Starting")
+            elif job.status == "Starting" and now >= job.created + self.queue_s / 2:
+                self._move(job, "Preparing")
+            elif job.status == "Preparing" and since >= self.preparing_s:
+                self._move(job, "Queued")
             elif job.status == "Queued" and now >= job.created + self.queue_s:
                 cluster = self._workspaces[(group, ws)].clusters[job.cluster.lower()]
                 if (
                     self.busy_nodes(group, ws, cluster.name.lower()) + job.nodes
                     <= cluster.max_nodes
                 ):
-                    job.status = "Running"
+                    self._move(job, "Running")
+            elif job.status == "Finalizing" and since >= self.finalizing_s:
+                self._move(job, job.outcome or "Completed")
+
+    @staticmethod
+    def _move(job: SimJob, status: str) -> None:
+        job.status, job.entered = status, time.monotonic()
+        job.history.append(status)
+        if status in TERMINAL:
+            job.ended_at = time.time()
 
     # -- answering -------------------------------------------------------------------------
 
@@ -268,7 +315,8 @@ class AmlJobs:
                 "subscription admin to increase the family quota"
             )
             return 400, _error("UserError", message, "JobNodeCountExceedsCoreQuota"), {}
-        job = SimJob(key[0], key[1], key[2], body, created=time.monotonic())
+        now = time.monotonic()
+        job = SimJob(key[0], key[1], key[2], body, created=now, entered=now)
         self._jobs[key] = job
         self.created.append(job)
         return 201, self._view(job), {}
@@ -298,7 +346,8 @@ class AmlJobs:
             message = f"Job {job.name} is {job.status} and cannot be canceled"
             return 400, _error("UserError", message), {}
         if job.status != "CancelRequested":
-            job.status, job.cancel_at = "CancelRequested", time.monotonic() + self.cancel_s
+            self._move(job, "CancelRequested")
+            job.cancel_at = time.monotonic() + self.cancel_s
         op = f"jc:{uuid.uuid4().hex}"
         self._cancels[op] = job
         return 202, None, self._location(job, op)
@@ -309,7 +358,7 @@ class AmlJobs:
             f"{self._endpoint()}/subscriptions/{self.subscription}/providers/Microsoft.MachineLearningServices/"
             f"locations/{location}/mfeOperationResults/{op}?api-version=2023-04-01-preview"
         )
-        return {"Location": url, "Retry-After": "0"}
+        return {"Location": url, "Retry-After": str(self.cancel_retry_after_s)}
 
     def _cancel_status(self, op: str) -> Reply:
         job = self._cancels.get(op)
