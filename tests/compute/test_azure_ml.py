@@ -26,7 +26,7 @@ from typing import Any
 import isodate
 import pytest
 
-from compute.aml import CLUSTER, ENVIRONMENT, GROUP, WORKSPACE, AmlPlayer, aml_env
+from compute.aml import CLUSTER, ENVIRONMENT, GROUP, WORKSPACE, AmlPlayer, aml_env, register
 from compute.cloud import ephemerid, record, settle
 from conftest import EXAMPLES
 from drive import (
@@ -44,6 +44,7 @@ from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import open_artifacts, put_bytes
 from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute.aml_environment import RunnerEnvironment
 from ephemerid.compute.azure_ml import COMMAND, TAG_JOB, status_of
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
@@ -102,7 +103,8 @@ def submit_once(env: dict[str, str], spec: JobSpec) -> JobRecord:
 
 
 def puts(sim: ArmSimulator) -> list[Any]:
-    return [r for r in sim.requests if r.method == "PUT"]
+    """The job submissions (not the environment's registration)."""
+    return [r for r in sim.requests if r.method == "PUT" and "/jobs/" in r.path]
 
 
 def status(sim: ArmSimulator, name: str) -> str:
@@ -169,7 +171,10 @@ def test_the_submitted_job_is_a_fixed_command_on_the_cluster_with_nothing_from_t
     assert props["jobType"] == "Command"
     assert props["command"] == COMMAND
     assert props["computeId"].endswith(f"/workspaces/{WORKSPACE}/computes/{CLUSTER}")
-    assert props["environmentId"].endswith("/environments/ephemerid-runner/versions/1")
+    runner = RunnerEnvironment.load()
+    assert props["environmentId"].endswith(
+        f"/environments/ephemerid-runner/versions/{runner.version}"
+    )
     assert props["environmentVariables"] == {
         "EPHEMERID_ARTIFACTS": azure.artifacts.root_uri,
         "EPHEMERID_JOB": job.id,
@@ -300,6 +305,7 @@ def test_a_retried_provision_finds_the_job_it_submitted_instead_of_submitting_an
 def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(
     azure: Service, sim: ArmSimulator, code_dir: Path
 ) -> None:
+    register(sim, RunnerEnvironment.load())  # an earlier provision registered it
     sim.fail_next("lost", method="PUT")  # the job is made, the connection reset before the answer
 
     job = azure.submit(ml_spec(code_dir)).job
@@ -608,9 +614,10 @@ def test_azure_ml_is_configured_only_when_its_settings_are_and_never_half(
     assert Settings.from_env({"EPHEMERID_HOME": str(tmp_path)}).azure_ml is None
     configured = Settings.from_env({**env, "EPHEMERID_AML_IDLE_S": "300"}).azure_ml
     assert configured is not None and configured.idle_s == 300.0
-    assert configured.environment == ENVIRONMENT
-    half = {k: v for k, v in env.items() if k != "EPHEMERID_AML_ENVIRONMENT"}
-    with pytest.raises(BadInput, match="half configured: set EPHEMERID_AML_ENVIRONMENT"):
+    assert configured.environment == ""  # ephemerid's own runner environment
+    assert Settings.from_env({**env, "EPHEMERID_AML_ENVIRONMENT": ENVIRONMENT}).azure_ml
+    half = {k: v for k, v in env.items() if k != "EPHEMERID_AML_CLUSTER"}
+    with pytest.raises(BadInput, match="half configured: set EPHEMERID_AML_CLUSTER"):
         Settings.from_env(half)
     with pytest.raises(BadInput, match="EPHEMERID_AML_LOW_PRIORITY='maybe' is not true or false"):
         Settings.from_env({**env, "EPHEMERID_AML_LOW_PRIORITY": "maybe"})

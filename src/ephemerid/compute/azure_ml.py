@@ -5,8 +5,10 @@ from the job id (``eph-<job>-<attempt>``) so a retried provision finds the job i
 submitted instead of a second. The cluster (made by infra/ with ``min_instances=0``) is the
 engine's: it scales nodes up for the job, queues jobs while it is full, and scales back to zero
 ``idle_s`` after the last one, which the job's bill counts as its tail. The job runs the same
-runner as every backend, in a registered environment whose image has ephemerid installed; its
-command line is fixed text, and the job id and bucket URI reach it as environment values,
+runner as every backend, in ``EPHEMERID_AML_ENVIRONMENT`` or, by default, ephemerid's own runner
+environment, registered on the first provision under a version that is its content's digest
+(``compute/aml_environment.py``: versions cannot change on Azure ML); its command line is fixed
+text, and the job id and bucket URI reach it as environment values,
 checked against a strict pattern. The job's run folder and outputs are declared as
 ``uri_folder`` on the ``runs`` datastore (direct: nothing is mounted, the runner moves the
 files), and the job carries Azure ML's own timeout, max runtime plus margins: the compute's
@@ -43,8 +45,9 @@ from ephemerid.azure.compute import (
     deadline_margin_s,
     runner_env,
 )
-from ephemerid.azure.errors import describe, error_tree, transient
-from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.azure.errors import describe, transient
+from ephemerid.compute import ComputeStatus, Handle, aml_job
+from ephemerid.compute.aml_environment import RunnerEnvironment, ensure_registered
 from ephemerid.compute.prices import PriceTable
 from ephemerid.errors import BadInput, ComputeError, SpecError
 from ephemerid.record import JobRecord
@@ -53,34 +56,7 @@ from ephemerid.spec import JobSpec, Spot
 
 log = logging.getLogger("ephemerid")
 __all__ = ["COMMAND", "TAG_JOB", "AzureMlCompute", "connect", "status_of"]
-
-# The whole command Azure ML runs in the job's shell: no value from the job is in it.
-COMMAND = (
-    'python -m ephemerid.runner --artifacts "$EPHEMERID_ARTIFACTS" --job "$EPHEMERID_JOB" '
-    "--work-dir ephemerid-work"
-)
-STARTING = frozenset({"NotStarted", "Starting", "Provisioning", "Preparing", "Queued"})
-FINISHED = frozenset({"Completed", "Failed", "Canceled"})
-# Azure ML runs the command in these; the runner is up once it has beaten (at its start).
-RUNNING = frozenset({"Running", "NotResponding"})
-# Every other status (Finalizing, CancelRequested, Paused, Unknown) is compute still held: the
-# job's own heartbeat decides whether it is lost. NotResponding (Azure ML has not heard from the
-# node lately) is not a failure by itself: the bound is the runner's heartbeat timeout.
-
-
-def status_of(aml_status: str, runner_started: bool = True) -> ComputeStatus:
-    """The compute's status; ``runner_started``: the job's runner has written a heartbeat.
-
-    A job that Azure ML reports ``Running`` before its runner's first beat is still starting:
-    its image build and queueing may have outlasted the heartbeat timeout, and the container's
-    start comes before the runner's. Bounded by ``max_runtime`` and Azure ML's own timeout.
-    """
-    if aml_status in FINISHED:
-        return ComputeStatus.GONE
-    if aml_status in STARTING or (aml_status in RUNNING and not runner_started):
-        return ComputeStatus.STARTING
-    return ComputeStatus.RUNNING
-
+COMMAND, status_of = aml_job.COMMAND, aml_job.status_of
 
 # The SDK warns once per schema it calls experimental when it first builds a job (six lines on
 # every cold start); its per-call activity log does not propagate. ephemerid logs what it did.
@@ -111,6 +87,7 @@ class AzureMlCompute:
         prices: PriceTable | None = None,
         timeout_s: float = 600.0,
         deadline_margin_s: float = 900.0,
+        runner: RunnerEnvironment | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._connect: Callable[[], Any] = connect
@@ -121,6 +98,9 @@ class AzureMlCompute:
         self.prices = prices or PriceTable.load()
         self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
         self._sleep = sleep
+        self.runner = runner or RunnerEnvironment.load()
+        self._registering = threading.Lock()
+        self._registered: str | None = None  # the runner environment's reference, once known
         self._where = f"workspace '{config.workspace}' (resource group '{config.resource_group}')"
         if self.artifacts_uri.startswith("az://") and not config.blob_service_uri:
             raise BadInput(
@@ -137,11 +117,22 @@ class AzureMlCompute:
                 self._client = self._connect()
             return self._client.jobs
 
+    @property
+    def environments(self) -> Any:
+        self.jobs  # noqa: B018 - makes the client
+        return self._client.environments
+
     @classmethod
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> AzureMlCompute:
         if settings.azure_ml is None:
             raise BadInput("the azure-ml backend is not configured: see docs/azure-ml.md")
         config = settings.azure_ml
+        if config.environment and (config.conda_file or config.image):
+            raise BadInput(
+                "EPHEMERID_AML_CONDA_FILE and EPHEMERID_AML_IMAGE define ephemerid's own runner "
+                f"environment, and EPHEMERID_AML_ENVIRONMENT={config.environment!r} names "
+                "another: unset one or the other"
+            )
         return cls(
             lambda: connect(config),
             config,
@@ -149,6 +140,7 @@ class AzureMlCompute:
             prices=PriceTable.load(settings.price_table),
             timeout_s=settings.provision_timeout_s,
             deadline_margin_s=deadline_margin_s(settings),
+            runner=RunnerEnvironment.load(config.conda_file, config.image),
         )
 
     # -- the verbs ---------------------------------------------------------------------------
@@ -188,7 +180,7 @@ class AzureMlCompute:
             if found is None:
                 raise self._refused(job, name, exc) from exc
             created = found
-        log.info("azure-ml: job %s submitted as %s (%s)", job.id, name, _status(created))
+        log.info("azure-ml: job %s submitted as %s (%s)", job.id, name, aml_job.status(created))
         return self._handle(job.id, created)
 
     def poll(self, handle: Handle) -> ComputeStatus:
@@ -198,14 +190,15 @@ class AzureMlCompute:
         if not name:
             return ComputeStatus.GONE
         try:
-            status = _status(self.jobs.get(name))
+            status = aml_job.status(self.jobs.get(name))
         except ResourceNotFoundError:
             return ComputeStatus.GONE
         except AzureError as exc:  # unknown is not gone: the heartbeat decides
             log.warning("azure-ml: cannot read job %s now: %s", name, describe(exc))
             return ComputeStatus.RUNNING
         beat = names.run_key(handle.job_id, names.HEARTBEAT_FILE)
-        return status_of(status, status not in RUNNING or self.artifacts.stat(beat) is not None)
+        started = status not in aml_job.RUNNING or self.artifacts.stat(beat) is not None
+        return aml_job.status_of(status, started)
 
     def teardown(self, handle: Handle) -> bool:
         """Cancel the job's Azure ML job(s) and confirm each is terminal."""
@@ -229,7 +222,7 @@ class AzureMlCompute:
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
-            raise self._refused(None, name, exc, verb="reading") from exc
+            raise self._refused(None, name, exc, verb="reading job") from exc
 
     def _cancel(self, name: str, ending: bool) -> bool:
         """Cancel ``name`` unless it is finished; True once Azure ML reports it terminal.
@@ -245,9 +238,9 @@ class AzureMlCompute:
             return True
         try:
             job = self._find(name)
-            if job is None or _status(job) in FINISHED:
+            if job is None or aml_job.status(job) in aml_job.FINISHED:
                 return True
-            if _status(job) != "CancelRequested":
+            if aml_job.status(job) != "CancelRequested":
                 self.jobs.begin_cancel(name, polling=False)  # the POST; no poller, no thread
         except AzureError as exc:
             if not transient(exc) and not self._ended(name):  # it may have just ended
@@ -277,7 +270,7 @@ class AzureMlCompute:
 
     def _ended(self, name: str) -> bool:
         job = self._find(name)
-        return job is None or _status(job) in FINISHED
+        return job is None or aml_job.status(job) in aml_job.FINISHED
 
     def _owned(self) -> list[Any]:
         from azure.core.exceptions import AzureError
@@ -288,7 +281,11 @@ class AzureMlCompute:
             raise ComputeError(
                 f"azure-ml: cannot list the jobs of {self._where}: {describe(exc)}"
             ) from exc
-        return [j for j in jobs if j and (j.tags or {}).get(TAG_JOB) and _status(j) not in FINISHED]
+        return [
+            j
+            for j in jobs
+            if j and (j.tags or {}).get(TAG_JOB) and aml_job.status(j) not in aml_job.FINISHED
+        ]
 
     def _names_of(self, job_id: str) -> list[str]:
         return [str(j.name) for j in self._owned() if j.tags[TAG_JOB] == job_id]
@@ -296,33 +293,31 @@ class AzureMlCompute:
     # -- what is sent ------------------------------------------------------------------------
 
     def _command(self, job: JobRecord, name: str) -> Any:
-        from azure.ai.ml import Input, Output, PyTorchDistribution, command
-        from azure.ai.ml.entities import ManagedIdentityConfiguration
-
-        request = job.spec.compute
-        folder = f"azureml://datastores/{self.config.datastore}/paths/{job.id}/"
-        distribution = None
-        if request.nodes > 1:
-            distribution = PyTorchDistribution(process_count_per_instance=max(request.gpus, 1))
-        identity = None
-        if self.config.identity_client_id:
-            identity = ManagedIdentityConfiguration(client_id=self.config.identity_client_id)
-        return command(
-            name=name,
-            display_name=job.spec.name or job.id,
-            experiment_name=self.config.experiment,
-            command=COMMAND,
-            environment=self.config.environment,
-            compute=self.config.cluster,
-            instance_count=request.nodes,
-            distribution=distribution,
-            environment_variables=self._runner_env(job.id),
-            inputs={"job": Input(type="uri_folder", path=folder, mode="direct")},
-            outputs={"outputs": Output(type="uri_folder", path=f"{folder}outputs/", mode="direct")},
-            tags={TAG_JOB: job.id},
-            timeout=int(request.max_runtime + self.deadline_margin_s),
-            identity=identity,
+        return aml_job.command_job(
+            job,
+            name,
+            self.config,
+            environment=self._environment(),
+            env=self._runner_env(job.id),
+            timeout_s=int(job.spec.compute.max_runtime + self.deadline_margin_s),
         )
+
+    def _environment(self) -> str:
+        """The job's environment: the setting's, or the runner's, registered once per version."""
+        if self.config.environment:
+            return self.config.environment
+        with self._registering:
+            if self._registered is None:
+                from azure.core.exceptions import AzureError
+
+                where = self._where
+                try:
+                    self._registered = ensure_registered(self.environments, self.runner, where)
+                except AzureError as exc:
+                    ref = f"{self.runner.name}:{self.runner.version}"
+                    raise self._refused(None, ref, exc, verb="registering environment") from exc
+                log.info("azure-ml: the runner's environment is %s", self._registered)
+            return self._registered
 
     def _runner_env(self, job_id: str) -> dict[str, str]:
         config = self.config
@@ -354,41 +349,6 @@ class AzureMlCompute:
         }
 
     def _refused(
-        self, job: JobRecord | None, name: str, exc: Exception, verb: str = "submitting"
+        self, job: JobRecord | None, name: str, exc: Exception, verb: str = "submitting job"
     ) -> ComputeError:
-        """The SDK's error as a sentence that says what to change."""
-        from azure.core.exceptions import ClientAuthenticationError
-
-        text = describe(exc)
-        status = getattr(exc, "status_code", None)
-        codes = " ".join(f"{e.get('code')} {e.get('message')}" for e in error_tree(exc)).lower()
-        cluster = f"cluster '{self.config.cluster}'"
-        if job is not None and "quota" in codes + text.lower():
-            nodes = job.spec.compute.nodes
-            return ComputeError(
-                f"azure-ml: no quota for {nodes} {self.config.node_sku} node(s) on {cluster}: "
-                f"{text}. Ask for more vCPU quota for that family in the workspace's region, "
-                "or use fewer compute.nodes"
-            )
-        if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-            return ComputeError(
-                f"azure-ml: not allowed to use {self._where}: {text}. The function app's "
-                "identity needs the AzureML Data Scientist role on the workspace"
-            )
-        if status == 404:
-            return ComputeError(
-                f"azure-ml: {self._where} was not found: {text}. Check "
-                "EPHEMERID_AML_WORKSPACE and EPHEMERID_AML_RESOURCE_GROUP"
-            )
-        if "computenotfound" in codes or ("compute" in codes and "not find" in codes):
-            return ComputeError(
-                f"azure-ml: {cluster} is not in {self._where}: {text}. Create it "
-                "(infra/modules/aml.bicep) or set EPHEMERID_AML_CLUSTER"
-            )
-        return ComputeError(f"azure-ml: {verb} job {name} on {cluster} failed: {text}")
-
-
-def _status(aml_job: Any) -> str:
-    """The job's status as Azure ML spells it (the SDK gives a str enum or a plain str)."""
-    status = getattr(aml_job, "status", None)
-    return str(getattr(status, "value", status) or "")
+        return aml_job.refused(self.config, job, name, exc, self._where, verb)

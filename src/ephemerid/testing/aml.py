@@ -24,8 +24,11 @@ one process per rank) and reports the end with ``finish``, after which it is ``F
 Scripted: workspaces and their clusters, quota refusals shaped like Azure ML's
 ``JobNodeCountExceedsCoreQuota``, and a caller without the role (403).
 
+Environment versions (``environments.get`` and ``create_or_update``) are
+``ephemerid.testing.aml_environments``'s: immutable, as on Azure ML.
+
 Not simulated: the studio, run history, metrics and log streaming (``jobs.stream``), code or
-data upload and asset registration (the backend registers nothing), environment image builds,
+data upload and other asset registration, environment image builds,
 the cluster scaling its nodes (``min_instances=0``, the idle scale-down), node preemption, and
 mounting the ``uri_folder`` inputs and outputs. docs/azure-ml.md says the same.
 """
@@ -39,6 +42,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from ephemerid.testing.aml_environments import AmlEnvironments
 
 Reply = tuple[int, Any, dict[str, str]]
 TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
@@ -103,6 +108,7 @@ class SimJob:
 @dataclass
 class _Workspace:
     location: str
+    environments: AmlEnvironments
     clusters: dict[str, Cluster] = field(default_factory=dict)
 
 
@@ -136,9 +142,16 @@ class AmlJobs:
     def workspace(
         self, group: str, name: str, *clusters: Cluster, location: str = "eastus"
     ) -> None:
-        self._workspaces[(group.lower(), name.lower())] = _Workspace(
-            location, {c.name.lower(): c for c in clusters}
+        key = (group.lower(), name.lower())
+        old = self._workspaces.get(key)
+        environments = old.environments if old else AmlEnvironments(self.subscription, *key)
+        self._workspaces[key] = _Workspace(
+            location, environments, {c.name.lower(): c for c in clusters}
         )
+
+    def environments(self, group: str, name: str) -> AmlEnvironments:
+        """The workspace's environment versions (``register`` one as infra would)."""
+        return self._workspaces[(group.lower(), name.lower())].environments
 
     def has_workspace(self, group: str, name: str) -> bool:
         return (group.lower(), name.lower()) in self._workspaces
@@ -260,6 +273,10 @@ class AmlJobs:
                 return self._put(key, raw)
             if method == "GET":
                 return self._get(key)
+        versions = len(rest) == 4 and rest[0] == "environments" and rest[2] == "versions"
+        if versions and method in ("GET", "PUT"):
+            environments = self._workspaces[(group, ws)].environments
+            return environments.route(method, parts[7], parts[9], raw)
         if len(rest) == 3 and rest[0] == "jobs" and rest[2] == "cancel" and method == "POST":
             return self._cancel((group, ws, parts[7]))
         return 400, _error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
@@ -294,6 +311,9 @@ class AmlJobs:
                 return 400, _error("UserError", message), {}
             return 200, self._view(job), {}
         workspace = self._workspaces[key[:2]]
+        if workspace.environments.has(str(env)) is False:
+            message = f"Environment '{env}' was not found in workspace '{key[1]}': register it"
+            return 400, _error("UserError", message, "EnvironmentNotFound"), {}
         cluster = workspace.clusters.get(str(compute).rstrip("/").split("/")[-1].lower())
         if cluster is None:
             message = f"Could not find compute target '{compute}' in workspace '{key[1]}'"
