@@ -112,15 +112,17 @@ class AzureMlCompute:
     def jobs(self) -> Any:
         """``MLClient.jobs``, the client made on first use: importing azure.ai.ml takes 0.7 s,
         which a function instance that never touches Azure ML should not pay at cold start."""
-        with self._connecting:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client.jobs
+        return self._ml().jobs
 
     @property
     def environments(self) -> Any:
-        self.jobs  # noqa: B018 - makes the client
-        return self._client.environments
+        return self._ml().environments
+
+    def _ml(self) -> Any:
+        with self._connecting:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
 
     @classmethod
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> AzureMlCompute:
@@ -161,9 +163,12 @@ class AzureMlCompute:
             )
 
     def close(self) -> None:
-        """``MLClient`` has no close: drop it, and the next call makes a new one."""
+        """``MLClient`` has no close: drop it, and the next call makes a new one (and looks up
+        the runner's environment again)."""
         with self._connecting:
             self._client = None
+        with self._registering:
+            self._registered = None
 
     def provision(self, job: JobRecord) -> Handle:
         from azure.core.exceptions import AzureError
