@@ -125,6 +125,8 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
             return [_end(service, job, JobState.FAILED, "provisioning did not finish in time")]
         return []
     status = service.poll(job)
+    if status is ComputeStatus.UNPLACED:
+        return [f"{job.id}: its compute could not be placed -> {service.unplaced(job).state.value}"]
     if status is ComputeStatus.GONE:
         return [_end(service, job, JobState.FAILED, "compute exited without writing a result")]
     live = job.live_at or job.updated_at

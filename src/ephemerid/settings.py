@@ -222,6 +222,9 @@ class AzureMlSettings(_Settings):
     finish_wait_s: Seconds = Field(30.0, alias="EPHEMERID_AML_FINISH_WAIT_S")
     # how long a teardown reads a cancelled job before it leaves the confirmation to the reaper
     cancel_wait_s: Seconds = Field(5.0, alias="EPHEMERID_AML_CANCEL_WAIT_S")
+    # a job Azure ML failed for want of quota is submitted again after a backoff, this long
+    max_wait_s: Seconds = Field(3600.0, alias="EPHEMERID_CAPACITY_MAX_WAIT_S")
+    backoff_s: Seconds = Field(30.0, alias="EPHEMERID_CAPACITY_BACKOFF_S")
     arm_retry_s: Seconds = Field(2.0, alias="EPHEMERID_ARM_RETRY_S")
 
     @field_validator("environment")

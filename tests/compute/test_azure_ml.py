@@ -54,6 +54,7 @@ from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
 from ephemerid.testing.aml import Cluster
 from ephemerid.testing.arm import ArmSimulator
+from ephemerid.testing.settle import settle as settle_jobs
 
 T4_PRICE = 0.526  # the shipped price table's Standard_NC4as_T4_v3, the cluster's default SKU
 
@@ -515,6 +516,48 @@ def test_a_job_azure_ml_stops_hearing_from_runs_on_while_its_runner_beats(
         done = azure.store.get(job.id)
         assert done.state is JobState.FAILED and done.compute_state is ComputeState.RELEASED
         assert status(sim, name) == "Canceled"
+
+
+def test_a_quota_failure_after_the_submission_waits_and_submits_again_instead_of_failing(
+    env: dict[str, str], sim: ArmSimulator, player: AmlPlayer, code_dir: Path
+) -> None:
+    sim.ml.fail_for_quota(1)  # the PUT is accepted; then the cluster cannot get its nodes
+    with ephemerid(env, EPHEMERID_CAPACITY_BACKOFF_S="0.2") as azure:
+        job = azure.submit(ml_spec(code_dir)).job
+        first = job.handle["aml_job"]
+        wait_for(lambda: status(sim, first) == "Failed", f"Azure ML job {first} to fail")
+
+        [done] = settle(azure, [job.id])
+
+    assert done.state is JobState.SUCCEEDED, done.reason
+    assert [j.name for j in sim.ml.created] == [first, f"{first}-q1"]
+    assert player.played() == [f"{first}-q1"]
+    assert [c["why"] for c in done.earlier_compute] == ["not placed"]
+    assert done.handle["aml_job"] == f"{first}-q1"
+
+
+def test_a_quota_that_never_comes_fails_the_job_after_the_wait_saying_what_to_do(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.ml.fail_for_quota(None)
+    settings = {"EPHEMERID_CAPACITY_BACKOFF_S": "0.2", "EPHEMERID_CAPACITY_MAX_WAIT_S": "1"}
+    with ephemerid(env, **settings) as azure:
+        job = azure.submit(ml_spec(code_dir, nodes=2)).job
+        waits = []
+
+        def note() -> None:
+            waits.append(azure.store.get(job.id).state)
+
+        [done] = settle_jobs(azure, [job.id], timeout=60, on_tick=lambda: (reap(azure), note()))
+
+    assert JobState.WAITING_FOR_CAPACITY in waits
+    assert done.state is JobState.FAILED
+    assert (
+        "no quota for 2 Standard_NC4as_T4_v3 node(s) on cluster 'gpu' after waiting" in done.reason
+    )
+    assert "EPHEMERID_CAPACITY_MAX_WAIT_S=1" in done.reason
+    assert "vCPU quota is exhausted" in done.reason  # Azure ML's own reason
+    assert len(sim.ml.created) >= 2
 
 
 # -- refusals -------------------------------------------------------------------------------

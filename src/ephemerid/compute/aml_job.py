@@ -10,8 +10,8 @@ from typing import Any
 from ephemerid.azure.compute import TAG_JOB
 from ephemerid.azure.errors import describe, error_tree
 from ephemerid.compute import ComputeStatus
-from ephemerid.errors import ComputeError
-from ephemerid.record import JobRecord
+from ephemerid.errors import CapacityUnavailable, ComputeError
+from ephemerid.record import JobRecord, utcnow
 from ephemerid.settings import AzureMlSettings
 
 # The whole command Azure ML runs in the job's shell: no value from the job is in it.
@@ -119,6 +119,48 @@ def refused(
             "(infra/modules/aml.bicep) or set EPHEMERID_AML_CLUSTER"
         )
     return ComputeError(f"azure-ml: {verb} {name} on {cluster} failed: {text}")
+
+
+def quota_failure(details: Any) -> str:
+    """The message of run history's error (``RunDetails.error``) when it is about quota, else ''.
+
+    Read as the PUT's refusals are: "quota" in any code or message of the error's tree.
+    """
+    root = getattr(getattr(details, "error", None), "error", None)
+    if root is None:
+        return ""
+    words, stack = [], [root]
+    while stack:
+        error = stack.pop()
+        words += [str(getattr(error, "code", "") or ""), str(getattr(error, "message", "") or "")]
+        stack += list(getattr(error, "details", None) or [])
+        inner = getattr(error, "inner_error", None)
+        while inner is not None:
+            words.append(str(getattr(inner, "code", "") or ""))
+            inner = getattr(inner, "inner_error", None)
+    return str(root.message or root.code) if "quota" in " ".join(words).lower() else ""
+
+
+def wait_for_quota(config: AzureMlSettings, job: JobRecord, tries: int, why: str) -> None:
+    """Wait (CapacityUnavailable) until the backoff after the ``tries``-th quota failure is
+    over, then return; past ``max_wait_s`` of waiting, fail the job saying what to do."""
+    waited = (utcnow() - job.waiting_since).total_seconds() if job.waiting_since else 0.0
+    cluster = f"{job.spec.compute.nodes} {config.node_sku} node(s) on cluster "
+    cluster += f"'{config.cluster}'"
+    if waited >= config.max_wait_s:
+        raise ComputeError(
+            f"azure-ml: no quota for {cluster} after waiting {waited:.0f}s "
+            f"(EPHEMERID_CAPACITY_MAX_WAIT_S={config.max_wait_s:.0f}): {why}. Ask for "
+            "more vCPU quota for that family in the workspace's region, or use fewer "
+            "compute.nodes"
+        )
+    if job.next_try_at is None or job.next_try_at > utcnow():
+        retry = min(config.backoff_s * 2 ** (tries - 1), 600.0)
+        raise CapacityUnavailable(
+            f"azure-ml: Azure ML failed it for want of quota for {cluster} ({why}); "
+            f"submitting it again in {retry:.0f}s (waited {waited:.0f}s)",
+            retry_after_s=retry,
+        )
 
 
 def status(aml_job: Any) -> str:

@@ -55,6 +55,7 @@ from ephemerid.settings import AzureMlSettings, Settings
 from ephemerid.spec import JobSpec, Spot
 
 log = logging.getLogger("ephemerid")
+MAX_PLACEMENTS = 100  # Azure ML jobs per attempt: the first and those after quota failures
 __all__ = ["COMMAND", "TAG_JOB", "AzureMlCompute", "connect", "status_of"]
 COMMAND, status_of = aml_job.COMMAND, aml_job.status_of
 
@@ -171,13 +172,24 @@ class AzureMlCompute:
             self._registered = None
 
     def provision(self, job: JobRecord) -> Handle:
+        """Submit the job's Azure ML job, or find the one submitted; one that Azure ML failed
+        for want of quota is submitted again, as ``<name>-q<n>``, after a backoff."""
         from azure.core.exceptions import AzureError
 
-        name = compute_name(self.name, "an Azure ML job", job.id, job.evictions)
-        found = self._find(name)
-        if found is not None:
-            log.info("azure-ml: job %s already has Azure ML job %s: using it", job.id, name)
-            return self._handle(job.id, found)
+        base = compute_name(self.name, "an Azure ML job", job.id, job.evictions)
+        for tries in range(MAX_PLACEMENTS):
+            name = f"{base}-q{tries}" if tries else base
+            found = self._find(name)
+            if found is None:
+                break
+            why = aml_job.status(found) == "Failed" and self._quota_failure(name)
+            if not why:
+                log.info("azure-ml: job %s already has Azure ML job %s: using it", job.id, name)
+                return self._handle(job.id, found)
+        else:
+            raise ComputeError(f"azure-ml: job {job.id} was placed {MAX_PLACEMENTS} times")
+        if tries:
+            aml_job.wait_for_quota(self.config, job, tries, str(why))
         try:
             created = self.jobs.create_or_update(self._command(job, name))
         except AzureError as exc:
@@ -196,6 +208,8 @@ class AzureMlCompute:
             return ComputeStatus.GONE
         try:
             status = aml_job.status(self.jobs.get(name))
+            if status == "Failed" and self._quota_failure(name):
+                return ComputeStatus.UNPLACED
         except ResourceNotFoundError:
             return ComputeStatus.GONE
         except AzureError as exc:  # unknown is not gone: the heartbeat decides
@@ -228,6 +242,18 @@ class AzureMlCompute:
             return None
         except AzureError as exc:
             raise self._refused(None, name, exc, verb="reading job") from exc
+
+    def _quota_failure(self, name: str) -> str:
+        """Azure ML's error when it failed ``name`` for want of quota, else ''. The job resource
+        carries no error: run history has it, read through the SDK's own run-history client
+        (``JobOperations._runs_operations``, not public: if it is gone, every failure is the
+        job's, as before)."""
+        try:
+            details = self.jobs._runs_operations.get_run_details(name)
+        except Exception as exc:  # unreadable: not known to be quota
+            log.warning("azure-ml: cannot read why job %s failed: %s", name, exc)
+            return ""
+        return aml_job.quota_failure(details)
 
     def _cancel(self, name: str, ending: bool) -> bool:
         """Cancel ``name`` unless it is finished; True once Azure ML reports it terminal.

@@ -13,24 +13,19 @@ source (``JobOperations``) and checked against it: each verb makes exactly one o
   ``Retry-After`` of ``cancel_retry_after_s`` (10 s, as Azure ML answers: at least 10) that
   answers 202 until the job is ``Canceled``, then 200.
 
-A job walks Azure ML's statuses in their documented order: ``NotStarted``, ``Starting``,
-``Preparing`` (the image build; ``preparing_s`` of it), ``Queued`` (until ``queue_s`` has passed
-since the PUT, and longer while its cluster has too few free nodes: the engine's queueing),
-``Running``: that is when the test plays its nodes (``tests/compute/aml.py`` runs the command,
-one process per rank) and reports the end with ``finish``, after which it is ``Finalizing`` for
-``finalizing_s`` before ``Completed`` or ``Failed``. ``not_responding`` turns a running job
-``NotResponding`` (Azure ML has not heard from its node) and back. A cancel makes it
-``CancelRequested``, then ``Canceled`` after ``cancel_s`` (or at ``end_cancels``).
-Scripted: workspaces and their clusters, quota refusals shaped like Azure ML's
-``JobNodeCountExceedsCoreQuota``, and a caller without the role (403).
+A job walks Azure ML's documented statuses: ``NotStarted``, ``Starting``, ``Preparing`` (the
+image build, ``preparing_s``), ``Queued`` (for ``queue_s`` from the PUT, longer while its cluster
+has too few free nodes), ``Running`` (the test plays its nodes: ``tests/compute/aml.py``, and
+reports the end with ``finish``), ``Finalizing`` (``finalizing_s``), ``Completed`` or ``Failed``.
+``not_responding`` turns a running job ``NotResponding`` and back; a cancel makes it
+``CancelRequested``, then ``Canceled`` after ``cancel_s`` (or at ``end_cancels``). Scripted:
+workspaces and clusters, quota refusals of the PUT (Azure ML's ``JobNodeCountExceedsCoreQuota``)
+and quota failures after it (``fail_for_quota``: the error in run history, ``aml_runs``), and a
+caller without the role (403). Environment versions are ``aml_environments``': immutable.
 
-Environment versions (``environments.get`` and ``create_or_update``) are
-``ephemerid.testing.aml_environments``'s: immutable, as on Azure ML.
-
-Not simulated: the studio, run history, metrics and log streaming (``jobs.stream``), code or
-data upload and other asset registration, environment image builds,
-the cluster scaling its nodes (``min_instances=0``, the idle scale-down), node preemption, and
-mounting the ``uri_folder`` inputs and outputs. docs/azure-ml.md says the same.
+Not simulated: the studio, metrics and log streaming (``jobs.stream``), code or data upload
+and other assets, image builds, the cluster's scaling (``min_instances=0``, the idle
+scale-down), node preemption, and mounting the ``uri_folder`` data. docs/azure-ml.md says so.
 """
 
 from __future__ import annotations
@@ -43,20 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ephemerid.testing import aml_runs
 from ephemerid.testing.aml_environments import AmlEnvironments
+from ephemerid.testing.aml_runs import error as _error
 
 Reply = tuple[int, Any, dict[str, str]]
 TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
 # the statuses in which a job's nodes are allocated to it
 HOLDING_NODES = frozenset({"Running", "NotResponding", "Finalizing", "CancelRequested"})
 PROVIDER = "microsoft.machinelearningservices"
-
-
-def _error(code: str, message: str, inner: str = "") -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if inner:
-        error["details"] = [{"code": inner, "message": message}]
-    return {"error": error}
 
 
 @dataclass
@@ -133,6 +123,7 @@ class AmlJobs:
         self.created: list[SimJob] = []  # every job a PUT created, in order
         self.forbidden = False
         self._quota_refusals: int | None = 0  # None: every PUT is refused
+        self._quota_failures: int | None = 0  # None: every job fails when it would run
         self._workspaces: dict[tuple[str, str], _Workspace] = {}
         self._jobs: dict[tuple[str, str, str], SimJob] = {}
         self._cancels: dict[str, SimJob] = {}
@@ -159,6 +150,10 @@ class AmlJobs:
     def refuse_quota(self, times: int | None = None) -> None:
         """Refuse the next ``times`` job submissions (every one: None) for want of vCPU quota."""
         self._quota_refusals = times
+
+    def fail_for_quota(self, times: int | None = 1) -> None:
+        """Fail the next ``times`` queued jobs (None: all) for want of quota (in run history)."""
+        self._quota_failures = times
 
     def finish(self, name: str, ok: bool, message: str = "") -> None:
         """The job's nodes are done: ``Finalizing``, then ``Completed`` or ``Failed``."""
@@ -221,7 +216,12 @@ class AmlJobs:
                 self._move(job, "Queued")
             elif job.status == "Queued" and now >= job.created + self.queue_s:
                 cluster = self._workspaces[(group, ws)].clusters[job.cluster.lower()]
-                if (
+                if self._quota_failures is None or self._quota_failures > 0:
+                    if self._quota_failures is not None:
+                        self._quota_failures -= 1
+                    job.error = aml_runs.quota_error(cluster.name, cluster.vm_size, job.nodes)
+                    self._move(job, "Failed")
+                elif (
                     self.busy_nodes(group, ws, cluster.name.lower()) + job.nodes
                     <= cluster.max_nodes
                 ):
@@ -244,10 +244,12 @@ class AmlJobs:
         lower = [p.lower() for p in parts]
         if lower[:1] == ["providers"] and len(parts) == 6 and lower[4] == "mfeoperationresults":
             return self._cancel_status(parts[5])
+        not_simulated = f"{method} {path} is not simulated"
+        unsupported: Reply = (400, _error("UnsupportedBySimulator", not_simulated), {})
         if lower[:1] != ["resourcegroups"] or lower[2:5] != ["providers", PROVIDER, "workspaces"]:
-            return 400, _error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
+            return unsupported
         if len(parts) < 6:
-            return 400, _error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
+            return unsupported
         group, ws = lower[1], lower[5]
         if (group, ws) not in self._workspaces:
             message = (
@@ -265,6 +267,9 @@ class AmlJobs:
             )
             return 403, _error("AuthorizationFailed", message), {}
         rest = lower[6:]
+        if rest == [] and method == "GET":
+            location = self._workspaces[(group, ws)].location
+            return 200, aml_runs.workspace(self._endpoint(), self.subscription, parts, location), {}
         if rest == ["jobs"] and method == "GET":
             return self._list(group, ws, path, query)
         if len(rest) == 2 and rest[0] == "jobs":
@@ -279,7 +284,13 @@ class AmlJobs:
             return environments.route(method, parts[7], parts[9], raw)
         if len(rest) == 3 and rest[0] == "jobs" and rest[2] == "cancel" and method == "POST":
             return self._cancel((group, ws, parts[7]))
-        return 400, _error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
+        return unsupported
+
+    def discovery(self) -> Reply:
+        return aml_runs.discovery(self._endpoint())
+
+    def history(self, method: str, path: str) -> Reply:
+        return aml_runs.history(self._jobs, method, path)
 
     def _view(self, job: SimJob) -> dict[str, Any]:
         props = json.loads(json.dumps(job.props))
