@@ -49,7 +49,7 @@ from ephemerid.azure.errors import describe, transient
 from ephemerid.compute import ComputeStatus, Handle, aml_job
 from ephemerid.compute.aml_environment import RunnerEnvironment, ensure_registered
 from ephemerid.compute.prices import PriceTable
-from ephemerid.errors import BadInput, ComputeError, SpecError
+from ephemerid.errors import BadInput, CapacityUnavailable, ComputeError, SpecError, Unavailable
 from ephemerid.record import JobRecord
 from ephemerid.settings import AzureMlSettings, Settings
 from ephemerid.spec import JobSpec, Spot
@@ -182,7 +182,10 @@ class AzureMlCompute:
             found = self._find(name)
             if found is None:
                 break
-            why = aml_job.status(found) == "Failed" and self._quota_failure(name)
+            try:
+                why = aml_job.status(found) == "Failed" and self._quota_failure(name)
+            except Unavailable as exc:  # not known yet whether it was quota: ask again later
+                raise CapacityUnavailable(str(exc), retry_after_s=self.config.backoff_s) from exc
             if not why:
                 log.info("azure-ml: job %s already has Azure ML job %s: using it", job.id, name)
                 return self._handle(job.id, found)
@@ -247,11 +250,19 @@ class AzureMlCompute:
         """Azure ML's error when it failed ``name`` for want of quota, else ''. The job resource
         carries no error: run history has it, read through the SDK's own run-history client
         (``JobOperations._runs_operations``, not public: if it is gone, every failure is the
-        job's, as before)."""
+        job's, as before). Unavailable when run history cannot be read now."""
+        from azure.core.exceptions import AzureError
+
         try:
             details = self.jobs._runs_operations.get_run_details(name)
-        except Exception as exc:  # unreadable: not known to be quota
+        except AttributeError as exc:  # this SDK has no run-history client there
             log.warning("azure-ml: cannot read why job %s failed: %s", name, exc)
+            return ""
+        except AzureError as exc:
+            if transient(exc):
+                why = f"azure-ml: run history of {name} cannot be read now: {describe(exc)}"
+                raise Unavailable(why) from exc
+            log.warning("azure-ml: cannot read why job %s failed: %s", name, describe(exc))
             return ""
         return aml_job.quota_failure(details)
 
