@@ -23,7 +23,9 @@ returns True only once Azure ML says it is terminal (a job whose ``result.json``
 ending by itself: it gets ``finish_wait_s`` to do so, so that Azure ML records it Completed,
 before it is cancelled); ``list_owned`` is every unfinished job of
 the workspace tagged ``ephemerid-job``. SDK errors become ``ComputeError``s that say what to
-change: quota, a missing workspace or cluster, a missing role.
+change: quota, a missing workspace or cluster, a missing role. A job Azure ML fails for want of
+quota after accepting it (its error read from run history) is ``UNPLACED``: placed again after a
+backoff, as ``<name>-q<n>``, until ``max_wait_s``.
 """
 
 from __future__ import annotations
