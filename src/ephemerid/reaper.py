@@ -126,6 +126,8 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
             return [_end(service, job, JobState.FAILED, "provisioning did not finish in time")]
         return []
     status = service.poll(job)
+    if status is ComputeStatus.UNPLACED:
+        return [f"{job.id}: its compute could not be placed -> {service.unplaced(job).state.value}"]
     if status is ComputeStatus.GONE:  # a spot VM gone so was evicted: see Service.lost
         after = service.lost(job.id)
         return [f"{job.id}: compute gone without a result -> {after.state.value} ({after.reason})"]

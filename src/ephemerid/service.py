@@ -263,13 +263,21 @@ class Service(Reads):
                 break
         return started
 
+    def unplaced(self, job: JobRecord) -> JobRecord:
+        """Its compute was given up before it ran (``ComputeStatus.UNPLACED``): place it again."""
+        job = self.release(job)
+        if job.compute_state is ComputeState.RELEASED:
+            job, _ = self._transition(job.id, transitions.unplaced)
+        return self.start(job.id) if job.state is JobState.ACCEPTED else job
+
     def adopt(self, job: JobRecord) -> JobRecord:
         """A provisioning job whose provision outlived its caller (killed mid-PUT): if its backend
         holds live compute for it after all, record that handle and run on (RUNNING) instead of
         throwing the work away. The job unchanged when there is none."""
         backend = self.backends[job.backend]
         owned = [h for h in backend.list_owned() if h.job_id == job.id]
-        found = next((h for h in owned if backend.poll(h) is not ComputeStatus.GONE), None)
+        held = (ComputeStatus.STARTING, ComputeStatus.RUNNING)
+        found = next((h for h in owned if backend.poll(h) in held), None)
         return job if found is None else self._transition(job.id, transitions.adopted(found))[0]
 
     # -- completion and cancel ---------------------------------------------------------------

@@ -217,7 +217,9 @@ class AzureMlSettings(_Settings):
     ``cluster`` is an AmlCompute cluster made with ``min_instances=0``: ``node_sku``,
     ``low_priority`` and ``idle_s`` (its ``idle_time_before_scale_down``) describe it for the
     bill. ``environment`` is a registered Azure ML environment whose image has ephemerid
-    installed (``name:version``, ``name@latest`` or an ARM id). ``datastore`` is the workspace
+    installed (``name:version``, ``name@latest`` or an ARM id); empty, ephemerid registers its
+    own (``ephemerid-runner``, versioned by its content: ``conda_file`` and ``image`` replace
+    its definition). ``datastore`` is the workspace
     datastore on the ``runs`` container: the job's folder and outputs are declared on it as
     ``uri_folder``, so Azure ML shows what each job read and wrote.
     """
@@ -226,7 +228,10 @@ class AzureMlSettings(_Settings):
     resource_group: str = Field(alias="EPHEMERID_AML_RESOURCE_GROUP")
     workspace: str = Field(alias="EPHEMERID_AML_WORKSPACE")
     cluster: str = Field(alias="EPHEMERID_AML_CLUSTER")
-    environment: str = Field(alias="EPHEMERID_AML_ENVIRONMENT")
+    # empty: ephemerid's own runner environment, versioned by its content and registered by it
+    environment: str = Field("", alias="EPHEMERID_AML_ENVIRONMENT")
+    conda_file: str = Field("", alias="EPHEMERID_AML_CONDA_FILE")
+    image: str = Field("", alias="EPHEMERID_AML_IMAGE")
     identity_client_id: str = Field("", alias="EPHEMERID_AML_IDENTITY_CLIENT_ID")
     node_sku: str = Field("Standard_NC4as_T4_v3", alias="EPHEMERID_AML_SKU")
     low_priority: Flag = Field(False, alias="EPHEMERID_AML_LOW_PRIORITY")
@@ -238,12 +243,17 @@ class AzureMlSettings(_Settings):
     idle_s: Seconds = Field(120.0, alias="EPHEMERID_AML_IDLE_S")
     # a job whose result is written ends by itself: wait, then cancel
     finish_wait_s: Seconds = Field(30.0, alias="EPHEMERID_AML_FINISH_WAIT_S")
+    # how long a teardown reads a cancelled job before it leaves the confirmation to the reaper
+    cancel_wait_s: Seconds = Field(5.0, alias="EPHEMERID_AML_CANCEL_WAIT_S")
+    # a job Azure ML failed for want of quota is submitted again after a backoff, this long
+    max_wait_s: Seconds = Field(3600.0, alias="EPHEMERID_CAPACITY_MAX_WAIT_S")
+    backoff_s: Seconds = Field(30.0, alias="EPHEMERID_CAPACITY_BACKOFF_S")
     arm_retry_s: Seconds = Field(2.0, alias="EPHEMERID_ARM_RETRY_S")
 
     @field_validator("environment")
     @classmethod
     def _registered_environment(cls, value: str) -> str:
-        if not _AML_ENVIRONMENT.match(value.removeprefix("azureml:")):
+        if value and not _AML_ENVIRONMENT.match(value.removeprefix("azureml:")):
             raise ValueError(
                 "names no environment: write azureml:name:version, name@latest or the "
                 "environment version's ARM id"

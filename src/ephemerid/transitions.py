@@ -113,6 +113,26 @@ def requeued(job: JobRecord) -> dict[str, Any] | None:
     }
 
 
+def unplaced(job: JobRecord) -> dict[str, Any] | None:
+    """Compute the platform gave up before the job ran (a quota failure), released: the job
+    goes back to ACCEPTED to be placed again, still waiting since it first waited."""
+    if job.state.terminal or job.compute_state is not ComputeState.RELEASED:
+        return None
+    return {
+        "state": JobState.ACCEPTED,
+        "reason": "the platform could not place its compute (capacity or quota): placing it again",
+        "compute_state": ComputeState.NONE,
+        "handle": {},
+        "earlier_compute": [*job.earlier_compute, job.rental("not placed")],
+        "compute_requested_at": None,
+        "live_at": None,
+        "released_at": None,
+        "waiting_since": job.waiting_since or utcnow(),
+        "price_per_hour": None,
+        "billed_tail_s": 0.0,
+    }
+
+
 def adopted(handle: Handle) -> Change:
     """``live(handle)``, for a job still provisioning only (a provision that did finish wins):
     the compute a provision made after its caller died, found again by the job id."""

@@ -81,6 +81,20 @@ def compute_client(subscription_id: str, endpoint: str = "", **options: Any) -> 
         options.setdefault("retry_policy", capped_retry(**options))
         return ComputeManagementClient(_default_credential(), subscription_id, **options)
     check_loopback(endpoint)
+    credential = StaticToken()
+    options = {**SIMULATOR_PACE, **options}
+    options.setdefault("retry_policy", capped_retry(**options))
+    return ComputeManagementClient(
+        credential,
+        subscription_id,
+        base_url=endpoint,
+        authentication_policy=_loopback_authentication(credential),
+        **options,
+    )
+
+
+def _loopback_authentication(credential: Any) -> Any:
+    """ARM's bearer-token policy, allowing plain http to loopback hosts (the simulator) only."""
     from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 
     class LoopbackAuthentication(ARMChallengeAuthenticationPolicy):
@@ -89,16 +103,7 @@ def compute_client(subscription_id: str, endpoint: str = "", **options: Any) -> 
                 request.context["enforce_https"] = False
             super().on_request(request)
 
-    credential = StaticToken()
-    options = {**SIMULATOR_PACE, **options}
-    options.setdefault("retry_policy", capped_retry(**options))
-    return ComputeManagementClient(
-        credential,
-        subscription_id,
-        base_url=endpoint,
-        authentication_policy=LoopbackAuthentication(credential, ARM_SCOPE),
-        **options,
-    )
+    return LoopbackAuthentication(credential, ARM_SCOPE)
 
 
 def capped_retry(cap_s: float = RETRY_AFTER_CAP_S, **options: Any) -> Any:
@@ -146,9 +151,13 @@ def ml_client(
     }
     pace = {k: v for k, v in SIMULATOR_PACE.items() if k != "retry_backoff_max"}
     before = os.environ.get("AZUREML_CURRENT_CLOUD")
+    credential = StaticToken()
+    # the workspace and run-history clients take this policy too: their calls carry no option
+    # that allows the simulator's plain http otherwise
+    pace["authentication_policy"] = _loopback_authentication(credential)
     try:
         return MLClient(
-            StaticToken(),
+            credential,
             subscription_id,
             resource_group,
             workspace,

@@ -259,9 +259,13 @@ class ArmSimulator(VmRoutes):
     def _route(
         self, method: str, path: str, query: dict[str, str], headers: Any, raw: bytes
     ) -> Reply:
+        if path.startswith("/discovery/"):  # Azure ML's per-workspace service URLs: no token
+            return self.ml.discovery()
         caller = self._caller(headers)
         if caller is None:
             return 401, _error("AuthenticationFailed", "no valid bearer token"), {}
+        if path.startswith("/history/"):  # Azure ML's run history: no api-version
+            return self.ml.history(method, path)
         if "api-version" not in query:
             return 400, _error("MissingApiVersionParameter", "api-version is required"), {}
         parts = [p.lower() for p in path.strip("/").split("/")]
