@@ -15,11 +15,13 @@ from typing import Annotated, Any
 import typer
 
 from ephemerid import __version__
+from ephemerid.cli.follow import Follow, JsonLines, TextView, View
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.errors import BadInput, EphemeridError
+from ephemerid.reads import live_json
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
@@ -94,11 +96,11 @@ def submit(
         verb = "submitted" if submitted.created else "already submitted (same key)"
         console.print(f"{verb}: [bold]{job.id}[/] {job.state.value} {job.reason}")
     if not detach:
-        job = _follow(service, job, show_logs=not json_)
+        job = _follow(service, job, TextView(console, show_logs=not json_))
     if json_:
         dump(job.to_json())
     elif not detach:
-        job_detail(console, job)
+        job_detail(console, job, service.progress(job))
     raise typer.Exit(1 if job.state.terminal and job.state is not JobState.SUCCEEDED else 0)
 
 
@@ -161,26 +163,26 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
-    """Wait for the end (handling the result here) and stream the log while it runs."""
-    offset = 0
+def _follow(service: Service, job: JobRecord, view: View) -> JobRecord:
+    """Wait for the end (handling the result here), showing the log and progress as they grow."""
+    following = Follow(service, job, view)
 
     def tick() -> None:
-        nonlocal offset
-        if show_logs:
-            offset = _print_log(service, job.id, offset)
+        following.tick()
         _catch_up(service)
 
     try:
         [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3)
+        following.end(job)
     except KeyboardInterrupt:
+        following.close()
         console.print(
             f"\ndetached: {job.id} keeps running; `eph logs -f {job.id}` follows it, "
             f"`eph cancel {job.id}` stops it"
         )
         raise typer.Exit(DETACHED) from None
-    if show_logs:
-        _print_log(service, job.id, offset)
+    finally:
+        following.close()
     return job
 
 
@@ -194,14 +196,15 @@ def _print_log(service: Service, job_id: str, offset: int, rank: int = 0) -> int
 
 @app.command()
 def status(job_id: str, home: Home = None, json_: Json = False) -> None:
-    """State, timings, compute and metrics of one job."""
+    """State, timings, compute and metrics of one job (so far, while it runs)."""
     service = _service(home)
     _catch_up(service)
     job = service.get(job_id)
+    progress = service.progress(job)
     if json_:
-        dump(job.to_json())
+        dump(live_json(job, progress))
     else:
-        job_detail(console, job)
+        job_detail(console, job, progress)
 
 
 @app.command("list")
@@ -241,7 +244,10 @@ def logs(
     home: Home = None,
     json_: Json = False,
 ) -> None:
-    """The job's output (stdout and stderr of the entrypoint, and the runner's notes)."""
+    """The job's output (stdout and stderr of the entrypoint, and the runner's notes).
+
+    With --follow --json: one JSON object per line (log, metric, state, and a last end).
+    """
     if follow and rank:
         raise BadInput("--follow streams rank 0's log: drop --rank, or --follow")
     service = _service(home)
@@ -252,11 +258,11 @@ def logs(
             f"--rank {rank}: job {job.id} ran as {ranks} process(es), ranks 0 to {ranks - 1}, "
             f"and has no log for rank {rank}"
         )
-    if json_:
+    if follow:
+        _follow(service, job, JsonLines() if json_ else TextView(console))
+    elif json_:
         text = service.read_log(job.id, 0, rank).decode("utf-8", "replace")
         dump({"job": job.id, "state": job.state.value, "rank": rank, "log": text})
-    elif follow:
-        _follow(service, job, show_logs=True)
     else:
         _print_log(service, job.id, 0, rank)
 
