@@ -128,7 +128,8 @@ class Reads:
 
     def progress(self, job: JobRecord) -> Progress:
         """What ``job``'s runner has reported: when its code started, each metric's last value."""
-        beat = self.heartbeat(job.id)
+        ended = job.state.terminal and job.started_at is not None
+        beat = None if ended else self.heartbeat(job.id)  # an ended job's record says it all
         started = job.started_at or reported_start(job, beat)
         latest = Latest()
         latest.feed(self.read_metrics(job.id))

@@ -196,7 +196,7 @@ def _print_log(service: Service, job_id: str, offset: int, rank: int = 0) -> int
 
 @app.command()
 def status(job_id: str, home: Home = None, json_: Json = False) -> None:
-    """State, timings, compute and metrics of one job (so far, while it runs)."""
+    """State, timings, compute and metrics of one job."""
     service = _service(home)
     _catch_up(service)
     job = service.get(job_id)

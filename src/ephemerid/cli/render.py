@@ -89,7 +89,7 @@ def job_detail(console: Console, job: JobRecord, progress: Progress | None = Non
     if job.cost_usd is not None:
         held = job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
         console.print(f"  {'cost':<21} ${job.cost_usd:.4f}{' so far' if held else ''}")
-    metrics = progress.metrics or {}
+    metrics = progress.metrics  # with steps; the record's summary wins once the job has ended
     for name, value in sorted((job.metrics or {n: m.value for n, m in metrics.items()}).items()):
         shown = metrics.get(name)
         step = f" (step {shown.step})" if shown and shown.step is not None else ""
