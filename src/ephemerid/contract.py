@@ -150,6 +150,33 @@ class Result(_Document):
         self.output_count, self.output_bytes = len(manifest.outputs), manifest.total_bytes
 
 
+class Heartbeat(BaseModel):
+    """``runs/<job>/heartbeat.json``: rank 0's beat, every ``heartbeat_s`` and at once when the
+    entrypoint starts. ``started_at`` is when the user's code started (None until it has), so a
+    running or cancelled job shows its user time before any result exists.
+
+    Liveness, not an order: it has no version, and its reader keeps what it can use (a beat it
+    cannot read counts as none), so beats of every runner of this contract stay readable.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    at: AwareDatetime
+    pid: int | None = None
+    started_at: AwareDatetime | None = None
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Heartbeat | None:
+        """The beat in ``data``; None when it is not one."""
+        try:
+            return cls.model_validate_json(data)
+        except ValueError:  # pydantic's ValidationError is one
+            return None
+
+
 class Outputs(_Document):
     """``runs/<job>/outputs.json``: every output the run uploaded, written before the result."""
 

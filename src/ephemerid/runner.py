@@ -3,10 +3,11 @@
 ``python -m ephemerid.runner --artifacts URI --job ID --work-dir DIR`` fetches
 ``runs/<job>/job.json``, stages code, inputs, model and checkpoint, runs the entrypoint with no
 shell (params reach it as a JSON file, never as shell text), streams its output to the job's log
-while it runs, heartbeats, enforces ``max_runtime`` (SIGTERM, grace, SIGKILL), uploads outputs,
-and writes ``runs/<job>/result.json`` last: that file is the completion event. Both files are the
-runner contract (``ephemerid.contract``): a launch of a contract version this runner does not speak
-ends as a failed result naming both versions, and a non-zero exit.
+while it runs, and its metrics (``ephemerid.track``) as they are logged, heartbeats (a beat as
+the entrypoint starts says when it did), enforces ``max_runtime`` (SIGTERM, grace, SIGKILL),
+uploads outputs, and writes ``runs/<job>/result.json`` last: that file is the completion event.
+Both files are the runner contract (``ephemerid.contract``): a launch of a contract version this
+runner does not speak ends as a failed result naming both versions, and a non-zero exit.
 
 Launched once per process of a distributed job (torchrun, or Azure ML's PyTorch distribution:
 ``RANK`` and ``WORLD_SIZE`` in the environment), every rank stages its own copy in
@@ -36,6 +37,7 @@ reads its own environment and uploads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -59,12 +61,11 @@ from ephemerid.artifacts import (
     upload_dir,
 )
 from ephemerid.checkpoint import CheckpointSync
-from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
+from ephemerid.contract import LOG_LIMIT_BYTES, Heartbeat, Launch, Outputs, Result, RunStatus
 from ephemerid.errors import ContractError
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
-from ephemerid.joblog import LOG_FLUSH_S, LogPump
+from ephemerid.joblog import LOG_FLUSH_S, LogPump, MetricsPump
 from ephemerid.restarts import Busy, GaveUp, Starts
-from ephemerid.track import summarize
 from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
 
 # What a runner stages in its work folder; a start after the first clears it all first.
@@ -124,6 +125,12 @@ class Runner:
         self.checkpoints = CheckpointSync(
             store, self.work / "checkpoint", names.run_key(job_id, names.CHECKPOINT_DIR)
         )
+        metrics_key = names.run_key(job_id, names.METRICS_FILE)
+        self.metrics = MetricsPump(
+            store, metrics_key, self.work / names.METRICS_FILE, LOG_LIMIT_BYTES, self.mask
+        )
+        self.started_at: datetime | None = None  # when the entrypoint started
+        self._beat_lock = threading.Lock()
         self._stop, self._ran = threading.Event(), threading.Event()
         self.owner = True  # whether this start runs the job (and so writes its result)
 
@@ -161,6 +168,8 @@ class Runner:
             self.say(result.reason)
         finally:
             self._stop.set()
+            if self.rank.leader:  # the metrics the code logged, kept whatever else went wrong
+                self._last_metrics(result)
             self.pump.close()
             result.finished_at = result.finished_at or _now()
             result.reason = self.mask(result.reason)
@@ -189,11 +198,11 @@ class Runner:
     def _read_launch(self) -> Launch:
         key = names.run_key(self.job_id, names.JOB_FILE)
         launch = Launch.loads(get_bytes(self.store, key), where=key)
-        self.pump.limit = launch.log_limit_bytes
+        self.pump.limit = self.metrics.limit = launch.log_limit_bytes
         if launch.secret_params:  # the script may print them: the log never shows them
             values = [launch.params[n] for n in launch.secret_params if n in launch.params]
             secrets = [v if isinstance(v, str) else json.dumps(v) for v in values]
-            self.mask = self.pump.mask = self.mask.with_secrets(secrets)
+            self.mask = self.pump.mask = self.metrics.mask = self.mask.with_secrets(secrets)
         return launch
 
     def _stage(self, launch: Launch) -> tuple[Path, dict[str, str]]:
@@ -246,7 +255,7 @@ class Runner:
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
         command = [sys.executable, "-u", str(entry), *launch.args]
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
-        result.started_at = _now()
+        result.started_at = started = _now()
         mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
         proc = subprocess.Popen(
             command,
@@ -261,6 +270,8 @@ class Runner:
             extra_groups=[] if self.user else None,
         )
         self.starts.entrypoint(proc.pid)  # its process group: a next start ends what is left
+        if self.rank.leader:
+            self._started(started)
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
         every = launch.checkpoint_upload_s
@@ -326,12 +337,20 @@ class Runner:
         result.summarize(manifest)
         self.checkpoints.skip = self._not_uploaded
         self.checkpoints.sync()  # what changed since the last periodic upload
-        metrics = self.work / names.METRICS_FILE
-        if metrics.is_file():
-            with metrics.open("rb") as stream:
-                self.store.write(names.run_key(self.job_id, names.METRICS_FILE), stream)
-            result.metrics = summarize(metrics.read_text(errors="replace").splitlines())
         self.say(f"uploaded {len(keys)} output file(s)")
+
+    def _last_metrics(self, result: Result) -> None:
+        """Append the metrics logged since the last pump; the result keeps each one's last value."""
+        try:
+            self.metrics.pump()
+        except Exception as exc:  # the result is still written, without the newest metrics
+            self.say(f"metrics not all uploaded: {exc}")
+        result.metrics = self.metrics.latest.values()
+        if self.metrics.dropped:
+            self.say(
+                f"metrics truncated at {self.metrics.limit} bytes; "
+                f"{self.metrics.dropped} more bytes were not kept"
+            )
 
     def _not_uploaded(self, name: str, why: str) -> None:
         self.say(f"not uploaded: {name}: {why}")
@@ -342,16 +361,31 @@ class Runner:
             self.pump.flush()
 
     def _heartbeat(self, launch: Launch) -> None:
-        """Beat every ``heartbeat_s``, and flush the log often so `eph logs -f` stays live."""
-        key = names.run_key(self.job_id, names.HEARTBEAT_FILE)
+        """Beat every ``heartbeat_s``, and flush the log and the metrics often, so `eph logs -f`
+        and `eph status` stay live."""
         interval = launch.heartbeat_s
         next_beat = 0.0
         while not self._stop.wait(LOG_FLUSH_S if next_beat else 0):
             self.pump.flush()
+            with contextlib.suppress(Exception):  # the next round appends what this one could not
+                self.metrics.pump()
             if time.monotonic() >= next_beat:
-                beat = {"at": _now().isoformat(), "pid": os.getpid()}
-                put_bytes(self.store, key, json.dumps(beat).encode())
+                self._beat()
                 next_beat = time.monotonic() + interval
+
+    def _started(self, at: datetime) -> None:
+        """Say at once that the user's code runs: its time is the user's, not idle compute."""
+        try:
+            self._beat(started=at)
+        except Exception as exc:  # the next beat says it: the entrypoint runs on
+            self.say(f"could not report the start yet: {exc}")
+
+    def _beat(self, started: datetime | None = None) -> None:
+        """Write the heartbeat now; ``started``: the entrypoint has just started, at that time."""
+        with self._beat_lock:
+            self.started_at = started or self.started_at
+            beat = Heartbeat(at=_now(), pid=os.getpid(), started_at=self.started_at)
+            put_bytes(self.store, names.run_key(self.job_id, names.HEARTBEAT_FILE), beat.dumps())
 
 
 def _now() -> datetime:

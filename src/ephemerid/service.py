@@ -361,7 +361,7 @@ class Service(Reads):
         the compute is torn down first, which may free what the write needed, then the write
         is tried once more; if that fails too, Unavailable says the compute is given back.
         """
-        change = transitions.ended(state, reason)
+        change = transitions.ended(state, reason, *self.reported(self.store.get(job_id)))
         try:
             job, _ = self._transition(job_id, change)
         except (NotFound, Conflict):

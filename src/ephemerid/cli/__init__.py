@@ -17,12 +17,14 @@ import typer
 from ephemerid import __version__
 from ephemerid import agent as local_agent
 from ephemerid.cli.agent import agent_app, schedules
+from ephemerid.cli.follow import Follow, JsonLines, TextView, View
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.errors import BadInput, EphemeridError
+from ephemerid.reads import live_json
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
@@ -95,11 +97,11 @@ def submit(
         verb = "submitted" if submitted.created else "already submitted (same key)"
         console.print(f"{verb}: [bold]{job.id}[/] {job.state.value} {job.reason}")
     if not detach:
-        job = _follow(service, job, show_logs=not json_)
+        job = _follow(service, job, TextView(console, show_logs=not json_))
     if json_:
         dump(job.to_json())
     elif not detach:
-        job_detail(console, job)
+        job_detail(console, job, service.progress(job))
     raise typer.Exit(1 if job.state.terminal and job.state is not JobState.SUCCEEDED else 0)
 
 
@@ -172,20 +174,18 @@ def _keep_agent(service: Service) -> bool:
     return True
 
 
-def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
-    """Wait for the end, streaming the log meanwhile; the home's agent moves the job on.
-
-    An agent that is gone (crashed, stopped) is started again; where none can start, this
-    command drives the job itself.
+def _follow(service: Service, job: JobRecord, view: View) -> JobRecord:
+    """Wait for the end, showing the log and progress as they grow; the home's agent moves the
+    job on. An agent that is gone (crashed, stopped) is started again; where none can start,
+    this command drives the job itself.
     """
-    offset = 0
+    following = Follow(service, job, view)
     ticks = 0
     drive = False
 
     def tick() -> None:
-        nonlocal offset, ticks, drive
-        if show_logs:
-            offset = _print_log(service, job.id, offset)
+        nonlocal ticks, drive
+        following.tick()
         ticks += 1
         if ticks % 10 == 1 and not drive and not settled(service.get(job.id)):
             drive = not _keep_agent(service)  # every 3 s: is the agent still there?
@@ -194,14 +194,16 @@ def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
 
     try:
         [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3, drive=False)
+        following.end(job)
     except KeyboardInterrupt:
+        following.close()
         console.print(
             f"\ndetached: {job.id} keeps running; `eph logs -f {job.id}` follows it, "
             f"`eph cancel {job.id}` stops it"
         )
         raise typer.Exit(DETACHED) from None
-    if show_logs:
-        _print_log(service, job.id, offset)
+    finally:
+        following.close()
     return job
 
 
@@ -218,10 +220,11 @@ def status(job_id: str, home: Home = None, json_: Json = False) -> None:
     """State, timings, compute and metrics of one job."""
     service = _service(home)
     job = service.get(job_id)
+    progress = service.progress(job)
     if json_:
-        dump(job.to_json())
+        dump(live_json(job, progress))
     else:
-        job_detail(console, job)
+        job_detail(console, job, progress)
 
 
 @app.command("list")
@@ -260,7 +263,10 @@ def logs(
     home: Home = None,
     json_: Json = False,
 ) -> None:
-    """The job's output (stdout and stderr of the entrypoint, and the runner's notes)."""
+    """The job's output (stdout and stderr of the entrypoint, and the runner's notes).
+
+    With --follow --json: one JSON object per line (log, metric, state, and a last end).
+    """
     if follow and rank:
         raise BadInput("--follow streams rank 0's log: drop --rank, or --follow")
     service = _service(home)
@@ -271,11 +277,11 @@ def logs(
             f"--rank {rank}: job {job.id} ran as {ranks} process(es), ranks 0 to {ranks - 1}, "
             f"and has no log for rank {rank}"
         )
-    if json_:
+    if follow:
+        _follow(service, job, JsonLines() if json_ else TextView(console))
+    elif json_:
         text = service.read_log(job.id, 0, rank).decode("utf-8", "replace")
         dump({"job": job.id, "state": job.state.value, "rank": rank, "log": text})
-    elif follow:
-        _follow(service, job, show_logs=True)
     else:
         _print_log(service, job.id, 0, rank)
 

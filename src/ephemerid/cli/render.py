@@ -20,7 +20,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ephemerid.record import ComputeState, JobRecord, JobState
+from ephemerid.reads import Progress
+from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 
 STATE_STYLE = {
     JobState.SUCCEEDED: "green",
@@ -113,8 +114,12 @@ def jobs_table(
     return listing
 
 
-def job_detail(console: Console, job: JobRecord) -> None:
+def job_detail(console: Console, job: JobRecord, progress: Progress | None = None) -> None:
+    """The job, with what its runner reported so far (``progress``) while it runs."""
+    progress = progress or Progress(job.started_at)
     data = job.to_json()
+    if progress.started_at:
+        data["started_at"] = progress.started_at.isoformat()
     style = STATE_STYLE.get(job.state, "cyan")
     console.print(f"[bold]{job.id}[/] [{style}]{job.state.value}[/] ({job.spec.kind.value})")
     for name in (
@@ -134,10 +139,7 @@ def job_detail(console: Console, job: JobRecord) -> None:
     ):
         if data.get(name) not in (None, "", []):
             console.print(f"  {name:<21} {data[name]}")
-    console.print(
-        f"  {'runtime':<21} {seconds(job.runtime_s)}   held {seconds(job.held_s)}"
-        f"   idle paid {seconds(idle_s(job))}"
-    )
+    _times(console, job, progress)
     if job.sku:
         rented = "" if job.backend == "local" else f" {'spot' if job.spot else 'on-demand'}"
         console.print(f"  {'compute':<21} {job.sku}{rented}")
@@ -146,13 +148,30 @@ def job_detail(console: Console, job: JobRecord) -> None:
     if job.cost_usd is not None:
         held = job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
         console.print(f"  {'cost':<21} ${job.cost_usd:.4f}{' so far' if held else ''}")
-    for name, value in sorted(job.metrics.items()):
-        console.print(f"  metric {name:<14} {value:g}")
+    metrics = progress.metrics  # with steps; the record's summary wins once the job has ended
+    for name, value in sorted((job.metrics or {n: m.value for n, m in metrics.items()}).items()):
+        shown = metrics.get(name)
+        step = f" (step {shown.step})" if shown and shown.step is not None else ""
+        console.print(f"  metric {name:<14} {value:g}{step}")
     if job.outputs:
         count = max(job.output_count, len(job.outputs))
         console.print(
             f"  outputs ({count}): {', '.join(job.outputs[:5])}" + (" ..." if count > 5 else "")
         )
+
+
+def _times(console: Console, job: JobRecord, progress: Progress) -> None:
+    """User time, compute held, and the difference: the idle paid for (so far, while held)."""
+    runtime, held, idle = job.runtime_s, job.held_s, idle_s(job)
+    so_far = ""
+    if held is None and job.compute_requested_at and not job.released_at:  # held now
+        runtime = progress.elapsed_s(job)
+        held = (utcnow() - job.compute_requested_at).total_seconds()
+        idle, so_far = max(held - (runtime or 0.0), 0.0), " so far"
+    console.print(
+        f"  {'runtime':<21} {seconds(runtime)}   held {seconds(held)}"
+        f"   idle paid {seconds(idle)}{so_far}"
+    )
 
 
 def dump(data: Any) -> None:
