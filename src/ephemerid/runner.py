@@ -37,7 +37,6 @@ reads its own environment and uploads.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -46,7 +45,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,10 +59,11 @@ from ephemerid.artifacts import (
     upload_dir,
 )
 from ephemerid.checkpoint import CheckpointSync
-from ephemerid.contract import LOG_LIMIT_BYTES, Heartbeat, Launch, Outputs, Result, RunStatus
+from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
 from ephemerid.errors import ContractError
+from ephemerid.heartbeat import Beats
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
-from ephemerid.joblog import LOG_FLUSH_S, LogPump, MetricsPump
+from ephemerid.joblog import LogPump, MetricsPump
 from ephemerid.restarts import Busy, GaveUp, Starts
 from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
 
@@ -129,9 +128,8 @@ class Runner:
         self.metrics = MetricsPump(
             store, metrics_key, self.work / names.METRICS_FILE, LOG_LIMIT_BYTES, self.mask
         )
-        self.started_at: datetime | None = None  # when the entrypoint started
-        self._beat_lock = threading.Lock()
         self._stop, self._ran = threading.Event(), threading.Event()
+        self.beats = Beats(store, job_id, self.pump, self.metrics, self._stop, self.say)
         self.owner = True  # whether this start runs the job (and so writes its result)
 
     def say(self, message: str) -> None:
@@ -151,9 +149,11 @@ class Runner:
             if self.isolation is not None:
                 self.say(self.isolation.describe())
             if self.rank.leader:
-                threading.Thread(target=self._heartbeat, args=(launch,), daemon=True).start()
+                beat = threading.Thread(target=self.beats.run, args=(launch.heartbeat_s,))
+                beat.daemon = True
+                beat.start()
             else:
-                threading.Thread(target=self._flush_often, daemon=True).start()
+                threading.Thread(target=self.beats.flush_often, daemon=True).start()
             entry, env = self._stage(launch)
             stop = self._execute(launch, entry, env, result)
             if stop is not None and not stop.upload:
@@ -271,7 +271,7 @@ class Runner:
         )
         self.starts.entrypoint(proc.pid)  # its process group: a next start ends what is left
         if self.rank.leader:
-            self._started(started)
+            self.beats.started(started)
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
         every = launch.checkpoint_upload_s
@@ -354,38 +354,6 @@ class Runner:
 
     def _not_uploaded(self, name: str, why: str) -> None:
         self.say(f"not uploaded: {name}: {why}")
-
-    def _flush_often(self) -> None:
-        """A rank other than 0 beats for nobody, but its log stays live too."""
-        while not self._stop.wait(LOG_FLUSH_S):
-            self.pump.flush()
-
-    def _heartbeat(self, launch: Launch) -> None:
-        """Beat every ``heartbeat_s``, and flush the log and the metrics often, so `eph logs -f`
-        and `eph status` stay live."""
-        interval = launch.heartbeat_s
-        next_beat = 0.0
-        while not self._stop.wait(LOG_FLUSH_S if next_beat else 0):
-            self.pump.flush()
-            with contextlib.suppress(Exception):  # the next round appends what this one could not
-                self.metrics.pump()
-            if time.monotonic() >= next_beat:
-                self._beat()
-                next_beat = time.monotonic() + interval
-
-    def _started(self, at: datetime) -> None:
-        """Say at once that the user's code runs: its time is the user's, not idle compute."""
-        try:
-            self._beat(started=at)
-        except Exception as exc:  # the next beat says it: the entrypoint runs on
-            self.say(f"could not report the start yet: {exc}")
-
-    def _beat(self, started: datetime | None = None) -> None:
-        """Write the heartbeat now; ``started``: the entrypoint has just started, at that time."""
-        with self._beat_lock:
-            self.started_at = started or self.started_at
-            beat = Heartbeat(at=_now(), pid=os.getpid(), started_at=self.started_at)
-            put_bytes(self.store, names.run_key(self.job_id, names.HEARTBEAT_FILE), beat.dumps())
 
 
 def _now() -> datetime:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ephemerid import names, sandbox, transitions
-from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
+from ephemerid.artifacts import ArtifactStore, get_bytes
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import (
@@ -36,6 +36,7 @@ from ephemerid.errors import (
 from ephemerid.models import ModelRegistry
 from ephemerid.reads import Reads
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
+from ephemerid.recovery import Recovery
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
 from ephemerid.staging import Staging
@@ -55,7 +56,7 @@ class Submitted:
     created: bool
 
 
-class Service(Reads):
+class Service(Reads, Recovery):
     def __init__(
         self,
         store: JobStore,
@@ -263,13 +264,6 @@ class Service(Reads):
                 break
         return started
 
-    def unplaced(self, job: JobRecord) -> JobRecord:
-        """Its compute was given up before it ran (``ComputeStatus.UNPLACED``): place it again."""
-        job = self.release(job)
-        if job.compute_state is ComputeState.RELEASED:
-            job, _ = self._transition(job.id, transitions.unplaced)
-        return self.start(job.id) if job.state is JobState.ACCEPTED else job
-
     def adopt(self, job: JobRecord) -> JobRecord:
         """A provisioning job whose provision outlived its caller (killed mid-PUT): if its backend
         holds live compute for it after all, record that handle and run on (RUNNING) instead of
@@ -304,40 +298,6 @@ class Service(Reads):
         job = self.release(job)
         job = self.register_model(job)
         self.dispatch_waiting()
-        return job
-
-    def lost(self, job_id: str) -> JobRecord:
-        """Its compute is gone and no result written. A spot VM gone so was evicted with no notice
-        (Azure's Preempt events are best effort): resume from the last checkpoint; else fail."""
-        job = self.store.get(job_id)
-        if self.has_result(job_id):  # written after all, just before the compute went
-            return self.complete(job_id)
-        if job.spot and job.state is JobState.RUNNING:
-            return self._evicted(job)
-        return self.end(job_id, JobState.FAILED, "compute exited without writing a result")
-
-    def _evicted(self, job: JobRecord) -> JobRecord:
-        """The platform took the compute back: release it, then run the job again on new compute.
-
-        The runner uploaded the checkpoint first, so the next run resumes from it. Each step is
-        safe to repeat: the result stays until the job is queued again, then moves aside.
-        """
-        retries = self.settings.eviction_retries
-        if job.state in (JobState.PROVISIONING, JobState.RUNNING) and job.evictions >= retries:
-            reason = f"evicted {job.evictions + 1} times; no retries left ({retries} allowed)"
-            return self.release(self._fail(job.id, reason))
-        if job.state in (JobState.PROVISIONING, JobState.RUNNING):
-            job = self.release(job)
-            if job.compute_state is not ComputeState.RELEASED:
-                return job  # the teardown is owed: the reaper comes back to this result
-            job, _ = self._transition(job.id, transitions.requeued)
-        result = names.run_key(job.id, names.RESULT_FILE)
-        if job.state is JobState.ACCEPTED and self.artifacts.stat(result):  # none: no notice
-            aside = names.run_key(job.id, f"evicted-{job.evictions}.json")
-            put_bytes(self.artifacts, aside, get_bytes(self.artifacts, result))
-            self.artifacts.delete(result)
-        if job.state is JobState.ACCEPTED:
-            return self.start(job.id)
         return job
 
     def register_model(self, job: JobRecord) -> JobRecord:
