@@ -202,3 +202,18 @@ def test_logs_follow_json_streams_one_object_per_line_and_ends_with_the_final_st
     assert end["exit_code"] == 0
     assert end["metrics"] == {"loss": 0.25}
     assert [o["type"] for o in objects].count("end") == 1
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_logs_follow_exits_1_when_the_job_it_follows_fails(
+    env: dict[str, str], code_dir: Path, as_json: bool
+) -> None:
+    write_script(code_dir, "raise SystemExit('no data')", name="fails.py")
+    done = eph(env, "submit", "--code", str(code_dir), "--entrypoint", "fails.py", "--detach")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stderr.split()[1]  # "submitted: <id> <state>"
+
+    followed = eph(env, "logs", "-f", job_id, *(["--json"] if as_json else []))
+
+    assert followed.returncode == 1, followed.stderr
+    assert "no data" in followed.stdout

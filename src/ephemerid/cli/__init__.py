@@ -102,7 +102,12 @@ def submit(
         dump(job.to_json())
     elif not detach:
         job_detail(console, job, service.progress(job))
-    raise typer.Exit(1 if job.state.terminal and job.state is not JobState.SUCCEEDED else 0)
+    raise typer.Exit(_exit_code(job))
+
+
+def _exit_code(job: JobRecord) -> int:
+    """1 for a job that ended other than SUCCEEDED (failed, timed out, cancelled), else 0."""
+    return 1 if job.state.terminal and job.state is not JobState.SUCCEEDED else 0
 
 
 def _spec_data(
@@ -278,7 +283,8 @@ def logs(
             f"and has no log for rank {rank}"
         )
     if follow:
-        _follow(service, job, JsonLines() if json_ else TextView(console))
+        job = _follow(service, job, JsonLines() if json_ else TextView(console))
+        raise typer.Exit(_exit_code(job))
     elif json_:
         text = service.read_log(job.id, 0, rank).decode("utf-8", "replace")
         dump({"job": job.id, "state": job.state.value, "rank": rank, "log": text})
