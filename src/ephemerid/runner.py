@@ -55,6 +55,8 @@ from ephemerid.artifacts import (
     upload_dir,
 )
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
+from ephemerid.envs.build import BuildFailed, Environments, Ready, package_path
+from ephemerid.envs.container import in_container
 from ephemerid.errors import ContractError
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LOG_FLUSH_S, LogPump
@@ -98,7 +100,10 @@ class Runner:
         disk_limit: int | None = None,
         isolation: procs.Isolation | None = None,
         run_as: str | None = None,
+        envs_root: Path | None = None,
     ) -> None:
+        self.envs_root = envs_root  # where environments are built and kept (else per job)
+        self.ready: Ready | None = None
         self.rank, self.stop_by = rank or Rank(), stop_by
         self.run_as = run_as  # its user is looked up when staging
         self.user: pwd.struct_passwd | None = None
@@ -128,11 +133,15 @@ class Runner:
             else:
                 threading.Thread(target=self._flush_often, daemon=True).start()
             entry, env = self._stage(launch)
+            self._environment(launch, env, result)
             stop = self._execute(launch, entry, env, result)
             if stop is not None and not stop.upload:
                 self.say("outputs and checkpoint not uploaded: the job passed its disk limit")
             elif self.rank.leader:
                 self._upload(result)
+        except BuildFailed as exc:  # the installer's output is in the log already
+            result.status, result.reason = RunStatus.FAILED, str(exc)
+            self.say("the job's environment could not be built: its code did not run")
         except ContractError as exc:  # another release wrote the launch: refuse, and say so
             result.status, result.reason = RunStatus.FAILED, str(exc)
             self.say(result.reason)
@@ -141,6 +150,8 @@ class Runner:
             self.say(result.reason)
         finally:
             self._stop.set()
+            if self.ready is not None:
+                self.ready.close()
             self.pump.close()
             result.finished_at = result.finished_at or _now()
             result.reason = self.mask(result.reason)
@@ -191,6 +202,31 @@ class Runner:
             self._hand_over([dirs[n] for n in ("output", "checkpoint", "home", "tmp")])
         return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)
 
+    def _environment(self, launch: Launch, env: dict[str, str], result: Result) -> None:
+        """Build the job's environment (or find it built): its time is the job's setup."""
+        plan = launch.environment
+        if plan is None or plan.image:
+            return
+        root = self.envs_root or self.work / "envs"
+        code = self.work / "code"
+        self.ready = ready = Environments(root).prepare(plan, code, self.work, self.pump.write)
+        how = "built" if ready.built else "cached"
+        self.say(f"environment {plan.id} ({how}) ready in {ready.seconds:.2f}s")
+        result.setup_s = ready.seconds
+        paths = [env.get("PYTHONPATH", ""), str(package_path(self.work))]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+
+    def _command(self, launch: Launch, entry: Path, env: dict[str, str]) -> list[str]:
+        """The user's code: in its environment's Python, its image, or the runner's own."""
+        python = str(self.ready.python) if self.ready else sys.executable
+        command = [python, "-u", str(entry), *launch.args]
+        image = launch.environment.image if launch.environment else ""
+        if not image:
+            return command
+        env["PYTHONPATH"] = str(package_path(self.work))
+        name = f"ephemerid-{self.job_id}-{self.rank.rank}"
+        return in_container(image, name, self.work, entry.parent, command[1:], env)
+
     def _hand_over(self, folders: list[Path]) -> None:
         """Give the job's user what it writes; the rest of the work folder stays the runner's."""
         try:
@@ -207,7 +243,7 @@ class Runner:
     ) -> Stop | None:
         max_runtime = launch.max_runtime_s
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
-        command = [sys.executable, "-u", str(entry), *launch.args]
+        command = self._command(launch, entry, env)
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = _now()
         mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
@@ -326,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk-limit-bytes", type=int, help="stop a job whose folder outgrows it")
     parser.add_argument("--cgroup", type=Path, help="the job's cgroup v2 folder, to join first")
     parser.add_argument("--run-as", help="the OS user the entrypoint runs as (azure-vm)")
+    parser.add_argument("--envs-dir", type=Path, help="where environments are built and kept")
     args = parser.parse_args(argv)
     sandbox.undumpable()  # the user's code, the same OS user, cannot read our environ
     isolation = procs.Isolation.setup(args.cgroup)  # before anything of the job starts
@@ -345,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         disk_limit=args.disk_limit_bytes,
         isolation=isolation,
         run_as=args.run_as,
+        envs_root=args.envs_dir,
     )
     return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
 

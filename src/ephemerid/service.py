@@ -134,6 +134,7 @@ class Service(Reads):
             owner=owner,
             backend=backend,
             model_version=plan.model.ref if plan.model else "",
+            environment=plan.environment.id if plan.environment else "",
         )
         job, created = self.store.create_if_absent(record)
         if not created:
