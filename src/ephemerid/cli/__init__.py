@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ephemerid import __version__
+from ephemerid.cli.envs import envs_app
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
@@ -30,6 +31,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 DETACHED = 130  # Ctrl-C while following: the job goes on, the command stops
 SCRIPT_ARGS: list[str] = []  # what followed `--` on the command line (main sets it)
 app.add_typer(models_app, name="models")
+app.add_typer(envs_app, name="envs")
 _service = service_for
 
 

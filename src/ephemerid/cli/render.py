@@ -80,6 +80,8 @@ def job_detail(console: Console, job: JobRecord) -> None:
         f"  {'runtime':<21} {seconds(job.runtime_s)}   held {seconds(job.held_s)}"
         f"   idle paid {seconds(idle_s(job))}"
     )
+    if job.environment:
+        console.print(f"  {'environment':<21} {job.environment}   setup {seconds(job.setup_s)}")
     if job.sku:
         console.print(f"  {'compute':<21} {job.sku} {'spot' if job.spot else 'on-demand'}")
     if job.evictions:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -141,7 +142,7 @@ class Environments:
             raise
         marker = {
             "id": plan.id,
-            "python": plan.python,
+            "python": _version_of(folder) or plan.python,
             "inherit": plan.inherit,
             "requirements": plan.requirements,
             "packages": plan.packages,
@@ -177,8 +178,11 @@ class Environments:
                 f"environment.python: Python {plan.python} is not on this machine (no "
                 f"python{plan.python} on PATH): install it, or remove environment.python"
             )
-        pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-        return [[base, "-m", "venv", *inherit, str(folder)], [*pip, "-r", str(requirements)]]
+        options = ["install", "--disable-pip-version-check", "--no-input", "-r", reqs]
+        if importlib.util.find_spec("pip") is not None:  # this pip installs there: no ensurepip
+            venv = [base, "-m", "venv", "--without-pip", *inherit, str(folder)]
+            return [venv, [sys.executable, "-m", "pip", "--python", python, *options]]
+        return [[base, "-m", "venv", *inherit, str(folder)], [python, "-m", "pip", *options]]
 
     def _env(self) -> dict[str, str]:
         env = {n: v for n, v in os.environ.items() if _passed(n)}
@@ -189,6 +193,17 @@ class Environments:
             PYTHONUNBUFFERED="1",
         )
         return env
+
+
+def _version_of(folder: Path) -> str:
+    """The Python version a built environment runs, from its ``pyvenv.cfg``."""
+    try:
+        lines = (folder / "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return ""
+    values = dict(line.partition("=")[::2] for line in lines)
+    found = {k.strip(): v.strip() for k, v in values.items()}
+    return found.get("version_info") or found.get("version") or ""
 
 
 def _passed(name: str) -> bool:
