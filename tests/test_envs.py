@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from ephemerid.envs.identity import identify
 from ephemerid.envs.spec import Environment
 from ephemerid.errors import SpecError
 from ephemerid.record import ComputeState, JobRecord, JobState
+from ephemerid.rules import Rules
 from ephemerid.service import Service
-from ephemerid.spec import validate_spec
+from ephemerid.spec import load_spec, validate_spec
 from ephemerid.testing.settle import settle
 from wheels import local_requirements, make_wheel
 
@@ -41,6 +43,7 @@ out = pathlib.Path(os.environ["EPHEMERID_OUTPUT_DIR"])
 track.log_metric("value", {PACKAGE}.VALUE)
 """
 EPH = Path(sys.executable).with_name("eph")
+AT = datetime(2026, 12, 2, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -343,3 +346,21 @@ def test_an_image_runs_from_a_docker_argument_list_with_variables_passed_by_name
     pairs = list(itertools.pairwise(argv))
     assert ("--env", "MY_TOKEN") in pairs and ("--env", "PATH") not in pairs
     assert ("--gpus", "device=1") in pairs
+
+
+# -- the examples ----------------------------------------------------------------------------
+
+
+def test_the_examples_declare_environments_that_pass_the_submit_checks() -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    rules = Rules.load(examples / "ephemerid.yaml")
+    [match] = rules.match_blob("incoming/sklearn/iris.csv", uri="u", etag="e", at=AT)
+    tabular = load_spec(examples / "tabular" / "train.yaml")
+
+    for code, env in [
+        (Path(match.spec.code), match.spec.environment),
+        (examples / "tabular", tabular.environment),
+    ]:
+        assert env is not None and env.requirements == "requirements.txt"
+        assert identity_of(code, requirements=env.requirements)
+    assert "scikit-learn" in (examples / "sklearn" / "requirements.txt").read_text()
