@@ -12,13 +12,14 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ephemerid.artifacts import get_bytes
+from ephemerid.cli.render import idle_s
 from ephemerid.contract import LaunchEnvironment
 from ephemerid.envs import cache
 from ephemerid.envs.build import MARKER, Environments
@@ -321,6 +322,10 @@ def test_eph_envs_lists_and_prunes_as_json(
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
+    status = subprocess.run(
+        [str(EPH), "status", job.id], capture_output=True, text=True, env={**env, "COLUMNS": "200"}
+    )
+    assert f"environment           {job.environment}   setup " in status.stderr + status.stdout
     [listed] = eph("list")
     assert listed["id"] == job.environment and listed["ready"] and not listed["in_use"]
     assert listed["requirements"] == "requirements.txt"
@@ -364,3 +369,21 @@ def test_the_examples_declare_environments_that_pass_the_submit_checks() -> None
         assert env is not None and env.requirements == "requirements.txt"
         assert identity_of(code, requirements=env.requirements)
     assert "scikit-learn" in (examples / "sklearn" / "requirements.txt").read_text()
+
+
+def test_the_setup_is_neither_runtime_nor_paid_idle() -> None:
+    start = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
+    job = JobRecord(
+        id="train-x",
+        key="k",
+        spec=validate_spec({"kind": "train", "code": ".", "entrypoint": "a.py"}),
+        source="test",
+        compute_requested_at=start,
+        started_at=start + timedelta(seconds=6),
+        finished_at=start + timedelta(seconds=9),
+        released_at=start + timedelta(seconds=10),
+        setup_s=5.0,
+    )
+
+    assert job.runtime_s == 3.0
+    assert idle_s(job) == 2.0

@@ -25,10 +25,11 @@ def seconds(value: float | None) -> str:
 
 
 def idle_s(job: JobRecord) -> float | None:
-    """Compute held but not running the user's code: the idle the user paid for."""
+    """Compute held but neither running the user's code nor building its environment (setup):
+    the idle the user paid for."""
     if job.held_s is None:
         return None
-    return max(job.held_s - (job.runtime_s or 0.0), 0.0)
+    return max(job.held_s - (job.runtime_s or 0.0) - (job.setup_s or 0.0), 0.0)
 
 
 def jobs_table(
