@@ -189,6 +189,7 @@ def test_a_job_without_an_environment_runs_with_the_runners_python(
         (["./wheels/missing.whl"], "not in the job's code folder"),
         (["-r other.txt"], "not a file in the job's code folder"),
         (["--user"], "option '--user' is not allowed"),
+        (["-e ./mypackage"], "editable install"),
     ],
 )
 def test_a_requirements_line_that_cannot_be_trusted_is_refused_at_submit(

@@ -44,11 +44,10 @@ PATH_OPTIONS = {  # options whose value is a path in the code folder
     "--requirement": "requirement",
     "-c": "requirement",
     "--constraint": "requirement",
-    "-e": "package",
-    "--editable": "package",
     "-f": "folder",
     "--find-links": "folder",
 }
+EDITABLE = frozenset({"-e", "--editable"})
 INDEX_OPTIONS = frozenset({"-i", "--index-url", "--extra-index-url", "--trusted-host", "--index"})
 _CREDENTIALS = re.compile(r"://[^/\s@]+@")
 _PACKAGE_FILE = (".whl", ".tar.gz", ".zip", ".tgz")
@@ -164,6 +163,12 @@ def _check_line(
             "(no index, and no credential for one, travels with a job): put the package's wheel "
             "in the code folder and name it, or use --find-links with a folder of wheels there"
         )
+    if option in EDITABLE:
+        raise SpecError(
+            f"{where}: '{option}' (an editable install) would point into one job's scratch "
+            "folder, which goes at its teardown, while the environment is shared: write the "
+            "path without -e (e.g. ./mypackage)"
+        )
     if option in ALLOWED_OPTIONS:
         if ALLOWED_OPTIONS[option] and not value:
             raise SpecError(f"{where}: '{option}' needs a value, e.g. {option} :all:")
@@ -177,9 +182,6 @@ def _check_line(
         )
     if not value:
         raise SpecError(f"{where}: '{option}' needs a path, e.g. {option} ./wheels")
-    if kind == "package":
-        _check_package(value, base, code, files, where)
-        return
     if "://" in value:
         raise SpecError(
             f"{where}: '{option} {value:.60}' is a URL; it must be a path in the code folder "
