@@ -6,12 +6,14 @@ Every package here is a wheel the test makes (``wheels.make_wheel``), installed 
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from ephemerid.artifacts import get_bytes
 from ephemerid.cli.render import idle_s
 from ephemerid.contract import LaunchEnvironment
 from ephemerid.envs import cache
-from ephemerid.envs.build import MARKER, Environments
+from ephemerid.envs.build import MARKER, Environments, Ready
 from ephemerid.envs.container import docker_command
 from ephemerid.envs.identity import identify
 from ephemerid.envs.spec import Environment
@@ -288,6 +290,29 @@ def test_without_uv_the_environment_is_built_with_venv_and_pip(
     assert out.stdout.strip() == "42"
     assert b"building environment" in lines[0] and b"with pip" in lines[0]
     assert json.loads((ready.python.parents[1] / MARKER).read_text())["installer"] == "pip"
+
+
+def test_concurrent_jobs_needing_one_environment_wait_for_one_build(
+    env_code: Path, tmp_path: Path
+) -> None:
+    plan = LaunchEnvironment(id="d" * 16, requirements="requirements.txt")
+    lines: list[bytes] = []
+    start = threading.Barrier(4)
+
+    def prepare(n: int) -> Ready:
+        start.wait(timeout=30)
+        work = tmp_path / f"job-{n}"
+        work.mkdir()
+        return Environments(tmp_path / "envs").prepare(plan, env_code, work, lines.append)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        ready = list(pool.map(prepare, range(4)))
+    for each in ready:
+        each.close()
+
+    assert sum(r.built for r in ready) == 1
+    assert sum(line.startswith(b"building environment") for line in lines) == 1
+    assert {r.python for r in ready} == {tmp_path / "envs" / plan.id / "bin" / "python"}
 
 
 def test_prune_removes_unused_environments_and_keeps_one_in_use(

@@ -2,11 +2,12 @@
 
 The runner calls ``Environments(root).prepare(...)`` before the user's code starts. A ready
 environment has its marker (``ephemerid-env.json``, written last); one without it is a build cut
-short, removed and made again. Each identity has a lock file (``<root>/.locks/<id>``): a job
-using an environment holds it shared for as long as its code runs, a build holds it exclusive.
-So concurrent jobs needing one environment wait for one build and never build it twice, and
-``prune`` (which also takes it exclusive, without waiting) never removes one in use. The kernel
-frees a lock when its holder dies: a killed job or build never leaves one held.
+short, removed and made again. Each identity has two lock files in ``<root>/.locks/``: ``<id>``,
+held shared by each job using the environment for as long as its code runs, and ``<id>.build``,
+held by the one job building it. So concurrent jobs needing one environment wait for one build
+and never build it twice, and ``prune`` (which takes ``<id>`` exclusive, without waiting) never
+removes one in use or being built. The kernel frees a lock when its holder dies: a killed job
+or build never leaves one held.
 
 The build runs with uv when it is installed (``uv venv`` then ``uv pip install``, with Python
 downloads off) and with ``python -m venv`` and pip otherwise; ``EPHEMERID_INSTALLER=pip`` picks
@@ -102,29 +103,42 @@ class Environments:
         self.uv = None if chosen == "pip" else find_uv()
 
     def prepare(self, plan: LaunchEnvironment, code: Path, work: Path, write: Write) -> Ready:
-        """The ready environment for ``plan``, built now if no job built it before."""
+        """The ready environment for ``plan``, built now if no job built it before.
+
+        Two locks per identity: the job holds the *use* lock shared from here until its code
+        ends (prune takes it exclusive, without waiting, so it never removes one in use), and a
+        builder takes the *build* lock exclusive. No job ever waits for another job's code.
+        """
         started = time.monotonic()
         folder = self.root / plan.id
         (self.root / LOCKS).mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path(self.root, plan.id), os.O_CREAT | os.O_RDWR, 0o600)
+        use = _open_lock(lock_path(self.root, plan.id))
         try:
+            fcntl.flock(use, fcntl.LOCK_SH)  # only a prune holds it exclusive, briefly
             built = False
-            for _ in range(3):  # a prune may take a just-built one between the two locks
-                if not _try_lock(fd, fcntl.LOCK_SH):
-                    write(f"waiting for another job's build of environment {plan.id}\n".encode())
-                    fcntl.flock(fd, fcntl.LOCK_SH)
-                if (folder / MARKER).is_file():
-                    (folder / USED).touch()
-                    return Ready(plan.id, python_of(folder), built, _since(started), fd)
-                fcntl.flock(fd, fcntl.LOCK_EX)  # the shared lock is let go while this waits
-                if not (folder / MARKER).is_file():
-                    self._build(plan, folder, code, work, write)
-                    built = True
+            if not (folder / MARKER).is_file():
+                built = self._build_once(plan, folder, code, work, write)
+            (folder / USED).touch()
         except BaseException:
-            os.close(fd)
+            os.close(use)
             raise
-        os.close(fd)
-        raise BuildFailed(f"environment {plan.id} was removed three times as it was built")
+        return Ready(plan.id, python_of(folder), built, _since(started), use)
+
+    def _build_once(
+        self, plan: LaunchEnvironment, folder: Path, code: Path, work: Path, write: Write
+    ) -> bool:
+        """Build it unless another job does (then wait for that build); whether this one did."""
+        build = _open_lock(lock_path(self.root, plan.id).with_suffix(".build"))
+        try:
+            if not _try_lock(build, fcntl.LOCK_EX):
+                write(f"waiting for another job's build of environment {plan.id}\n".encode())
+                fcntl.flock(build, fcntl.LOCK_EX)
+            if (folder / MARKER).is_file():
+                return False
+            self._build(plan, folder, code, work, write)
+            return True
+        finally:
+            os.close(build)
 
     def _build(
         self, plan: LaunchEnvironment, folder: Path, code: Path, work: Path, write: Write
@@ -235,6 +249,10 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], write: Write) -> No
             f"the environment could not be built: `{shown} ...` exited with code "
             f"{proc.returncode}; its last lines:\n{last}"
         )
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
 
 
 def _try_lock(fd: int, kind: int) -> bool:
