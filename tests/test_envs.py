@@ -7,6 +7,7 @@ Every package here is a wheel the test makes (``wheels.make_wheel``), installed 
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import importlib.util
 import itertools
 import json
@@ -20,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from drive import wait_for
 from ephemerid.artifacts import get_bytes
 from ephemerid.cli.render import idle_s
 from ephemerid.contract import LaunchEnvironment
 from ephemerid.envs import cache
-from ephemerid.envs.build import MARKER, Environments, Ready
+from ephemerid.envs.build import LOCKS, MARKER, Environments, Ready, lock_path
 from ephemerid.envs.container import docker_command
 from ephemerid.envs.identity import identify
 from ephemerid.envs.spec import Environment
@@ -313,6 +315,32 @@ def test_concurrent_jobs_needing_one_environment_wait_for_one_build(
     assert sum(r.built for r in ready) == 1
     assert sum(line.startswith(b"building environment") for line in lines) == 1
     assert {r.python for r in ready} == {tmp_path / "envs" / plan.id / "bin" / "python"}
+
+
+def test_a_job_waits_for_a_build_in_progress_and_prune_leaves_it_alone(
+    env_code: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "envs"
+    plan = LaunchEnvironment(id="e" * 16, requirements="requirements.txt")
+    (root / LOCKS).mkdir(parents=True)
+    building = os.open(lock_path(root, plan.id).with_suffix(".build"), os.O_CREAT | os.O_RDWR)
+    fcntl.flock(building, fcntl.LOCK_EX)  # another job's build, under way
+    (root / plan.id).mkdir()
+    (root / plan.id / "half-written").touch()
+    lines: list[bytes] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(Environments(root).prepare, plan, env_code, tmp_path, lines.append)
+        wait_for(lambda: lines, "the job to say it waits")
+
+        assert lines[0].startswith(b"waiting for another job's build")
+        assert not waiting.done()
+        assert [c.id for c in cache.prune(root).in_use] == [plan.id]  # the waiting job's
+        assert (root / plan.id / "half-written").exists()
+        os.close(building)  # that build ended without a marker: this job builds it
+        ready = waiting.result(timeout=60)
+    ready.close()
+
+    assert ready.built and ready.python.is_file()
 
 
 def test_prune_removes_unused_environments_and_keeps_one_in_use(
