@@ -56,7 +56,12 @@ def one_rule(trigger: str, job: str = "{kind: train, code: ./c, entrypoint: t.py
 def test_the_example_rules_file_parses() -> None:
     rules = Rules.load(EXAMPLES / "ephemerid.yaml")
 
-    assert {r.name for r in rules.all} == {"train-on-upload", "score-on-upload", "nightly-retrain"}
+    assert {r.name for r in rules.all} == {
+        "train-on-upload",
+        "score-on-upload",
+        "nightly-retrain",
+        "sklearn-on-upload",
+    }
 
 
 def test_an_example_upload_makes_a_train_job_whose_code_exists() -> None:

@@ -28,8 +28,9 @@ from drive import (
     write_script,
 )
 from ephemerid import names
+from ephemerid.rank import Rank
 from ephemerid.record import ComputeState, JobState
-from ephemerid.runner import Rank, Runner
+from ephemerid.runner import Runner
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 

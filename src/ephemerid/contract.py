@@ -97,6 +97,22 @@ class _Document(BaseModel):
         )
 
 
+class LaunchEnvironment(BaseModel):
+    """A launch's ``environment``: what the runner builds (or the image it runs the code in) first.
+
+    ``id`` is the environment's identity (``ephemerid.envs.identity``): its build's folder name.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(pattern=r"^[0-9a-f]{16,64}$")
+    requirements: str = ""  # a file in the job's code folder
+    packages: list[str] = Field(default_factory=list)  # the spec's ``pip`` list
+    python: str = ""  # "3.11"; empty: the runner's own version
+    inherit: bool = False
+    image: str = ""
+
+
 class Launch(_Document):
     """``runs/<job>/job.json``: all a runner is told, written once by the service at submit.
 
@@ -121,6 +137,7 @@ class Launch(_Document):
     restarts: int = Field(RESTARTS, ge=0)  # a runner started again after a reboot reruns it
     env: dict[str, str] = Field(default_factory=dict)  # the spec's own, for the entrypoint
     secret_params: list[str] = Field(default_factory=list)  # masked in the log
+    environment: LaunchEnvironment | None = None  # None: the runner's own environment
 
 
 class Result(_Document):
@@ -143,6 +160,7 @@ class Result(_Document):
     # An older runner of this contract lists every output and leaves these None.
     output_count: int | None = Field(default=None, ge=0)
     output_bytes: int | None = Field(default=None, ge=0)
+    setup_s: float | None = Field(default=None, ge=0)  # building (or waiting for) the environment
 
     def summarize(self, manifest: Outputs) -> None:
         """List the first of ``manifest``'s outputs, and count them all and their bytes."""

@@ -8,6 +8,7 @@ import collections
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ephemerid import sandbox
@@ -122,6 +123,16 @@ class MetricsPump:
         self.dropped = 0
         self._offset = 0
         self._lock = threading.Lock()
+
+    def finish(self, say: Callable[[str], None]) -> dict[str, float]:
+        """Append the metrics logged since the last pump; each one's last value (the result's)."""
+        try:
+            self.pump()
+        except Exception as exc:  # the result is still written, without the newest metrics
+            say(f"metrics not all uploaded: {exc}")
+        if self.dropped:
+            say(f"metrics truncated at {self.limit} bytes; {self.dropped} more bytes were not kept")
+        return self.latest.values()
 
     def pump(self) -> None:
         with self._lock:

@@ -92,6 +92,9 @@ class JobRecord:
     evictions: int = 0
     waiting_since: datetime | None = None
     next_try_at: datetime | None = None
+    # the job's environment (envs.identity), "" for the runner's own; seconds building it
+    environment: str = ""
+    setup_s: float | None = None
     version: int = 0
 
     def evolve(self, **changes: Any) -> JobRecord:

@@ -45,7 +45,6 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,39 +59,19 @@ from ephemerid.artifacts import (
 )
 from ephemerid.checkpoint import CheckpointSync
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
+from ephemerid.envs.build import BuildFailed, Ready
+from ephemerid.envs.runtime import prepare, user_command
 from ephemerid.errors import ContractError
 from ephemerid.heartbeat import Beats
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LogPump, MetricsPump
+from ephemerid.rank import Rank
 from ephemerid.restarts import Busy, GaveUp, Starts
 from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
 
 # What a runner stages in its work folder; a start after the first clears it all first.
 STAGED: tuple[str, ...] = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
 STAGED += ("params.json", names.METRICS_FILE)
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a distributed launch; ``Rank()`` is a job of one process."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Rank:
-        env = dict(os.environ) if env is None else env
-        try:
-            rank, world = int(env.get("RANK") or 0), int(env.get("WORLD_SIZE") or 1)
-        except ValueError as exc:
-            raise ValueError(f"RANK and WORLD_SIZE must be whole numbers: {exc}") from exc
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world}")
-        return cls(rank, world)
-
-    @property
-    def leader(self) -> bool:
-        return self.rank == 0
 
 
 class Runner:
@@ -108,7 +87,10 @@ class Runner:
         disk_limit: int | None = None,
         isolation: procs.Isolation | None = None,
         run_as: str | None = None,
+        envs_root: Path | None = None,
     ) -> None:
+        self.envs_root = envs_root  # where environments are built and kept (else per job)
+        self.ready: Ready | None = None
         self.rank, self.stop_by = rank or Rank(), stop_by
         self.run_as = run_as  # its user is looked up when staging
         self.user: pwd.struct_passwd | None = None
@@ -155,11 +137,15 @@ class Runner:
             else:
                 threading.Thread(target=self.beats.flush_often, daemon=True).start()
             entry, env = self._stage(launch)
+            self._environment(launch, env, result)
             stop = self._execute(launch, entry, env, result)
             if stop is not None and not stop.upload:
                 self.say("outputs and checkpoint not uploaded: the job passed its disk limit")
             elif self.rank.leader:
                 self._upload(result)
+        except BuildFailed as exc:  # the installer's output is in the log already
+            result.status, result.reason = RunStatus.FAILED, str(exc)
+            self.say("the job's environment could not be built: its code did not run")
         except (ContractError, GaveUp) as exc:  # another release's launch, or too many restarts
             result.status, result.reason = RunStatus.FAILED, str(exc)
             self.say(result.reason)
@@ -169,7 +155,9 @@ class Runner:
         finally:
             self._stop.set()
             if self.rank.leader:  # the metrics the code logged, kept whatever else went wrong
-                self._last_metrics(result)
+                result.metrics = self.metrics.finish(self.say)
+            if self.ready is not None:
+                self.ready.close()
             self.pump.close()
             result.finished_at = result.finished_at or _now()
             result.reason = self.mask(result.reason)
@@ -237,6 +225,18 @@ class Runner:
             self._hand_over([dirs[n] for n in ("output", "checkpoint", "home", "tmp")])
         return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)
 
+    def _environment(self, launch: Launch, env: dict[str, str], result: Result) -> None:
+        """Build the job's environment (or find it built): its time is the job's setup."""
+        root = self.envs_root or self.work / "envs"
+        self.ready = prepare(launch, root, self.work, env, self.pump.write, self.say)
+        if self.ready is not None:
+            result.setup_s = self.ready.seconds
+
+    def _command(self, launch: Launch, entry: Path, env: dict[str, str]) -> list[str]:
+        """The user's code: in its environment's Python, its image, or the runner's own."""
+        name = f"ephemerid-{self.job_id}-{self.rank.rank}"
+        return user_command(launch, self.ready, entry, env, self.work, name)
+
     def _hand_over(self, folders: list[Path]) -> None:
         """Give the job's user what it writes; the rest of the work folder stays the runner's."""
         try:
@@ -253,7 +253,7 @@ class Runner:
     ) -> Stop | None:
         max_runtime = launch.max_runtime_s
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
-        command = [sys.executable, "-u", str(entry), *launch.args]
+        command = self._command(launch, entry, env)
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = started = _now()
         mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
@@ -339,19 +339,6 @@ class Runner:
         self.checkpoints.sync()  # what changed since the last periodic upload
         self.say(f"uploaded {len(keys)} output file(s)")
 
-    def _last_metrics(self, result: Result) -> None:
-        """Append the metrics logged since the last pump; the result keeps each one's last value."""
-        try:
-            self.metrics.pump()
-        except Exception as exc:  # the result is still written, without the newest metrics
-            self.say(f"metrics not all uploaded: {exc}")
-        result.metrics = self.metrics.latest.values()
-        if self.metrics.dropped:
-            self.say(
-                f"metrics truncated at {self.metrics.limit} bytes; "
-                f"{self.metrics.dropped} more bytes were not kept"
-            )
-
     def _not_uploaded(self, name: str, why: str) -> None:
         self.say(f"not uploaded: {name}: {why}")
 
@@ -371,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk-limit-bytes", type=int, help="stop a job whose folder outgrows it")
     parser.add_argument("--cgroup", type=Path, help="the job's cgroup v2 folder, to join first")
     parser.add_argument("--run-as", help="the OS user the entrypoint runs as (azure-vm)")
+    parser.add_argument("--envs-dir", type=Path, help="where environments are built and kept")
     args = parser.parse_args(argv)
     sandbox.undumpable()  # the user's code, the same OS user, cannot read our environ
     isolation = procs.Isolation.setup(args.cgroup)  # before anything of the job starts
@@ -390,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         disk_limit=args.disk_limit_bytes,
         isolation=isolation,
         run_as=args.run_as,
+        envs_root=args.envs_dir,
     )
     succeeded = runner.run().status is RunStatus.SUCCEEDED
     return 0 if succeeded or not runner.owner else 1  # standing down is no failure to restart

@@ -138,6 +138,7 @@ class Service(Reads, Recovery):
             backend=backend,
             python=python or sys.executable,
             model_version=plan.model.ref if plan.model else "",
+            environment=plan.environment.id if plan.environment else "",
         )
         job, created = self.store.create_if_absent(record)
         if not created:

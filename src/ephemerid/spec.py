@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticSerializationError
 
+from ephemerid.envs.spec import Environment
 from ephemerid.errors import SpecError
 from ephemerid.sandbox import RESERVED
 
@@ -192,6 +193,8 @@ class JobSpec(BaseModel):
     compute: ComputeRequest = Field(default_factory=ComputeRequest)
     idempotency_key: Annotated[PlainText | None, Field(min_length=1, max_length=512)] = None
     env: dict[str, str] = Field(default_factory=dict)  # for the entrypoint, in plain text
+    # the packages or image the code needs; None: the runner's own environment
+    environment: Environment | None = None
 
     @field_validator("env", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ stored or rented; ``write_launch`` snapshots the code (once per content) and wri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ephemerid import names
-from ephemerid.artifacts import ArtifactStore, put_bytes, safe_key
+from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes, safe_key
 from ephemerid.codefolder import check_size, code_files
-from ephemerid.contract import Launch
+from ephemerid.contract import Launch, LaunchEnvironment
+from ephemerid.envs.identity import CodeFiles, identify
 from ephemerid.errors import EphemeridError, NotFound, SpecError
 from ephemerid.models import ModelRegistry, ModelVersion
 from ephemerid.record import JobRecord
@@ -31,6 +33,7 @@ class Plan:
     model: ModelVersion | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    environment: LaunchEnvironment | None = None
 
 
 class Staging:
@@ -44,7 +47,8 @@ class Staging:
         owner's, or an admin's); None lets it take any job's (a job already accepted).
         """
         inputs = self._input_keys(spec, may_read)
-        return Plan(self._resolve_model(spec), inputs, self._check_code(spec))
+        files = self._check_code(spec)
+        return Plan(self._resolve_model(spec), inputs, files, self._environment(spec, files))
 
     def write_launch(self, job: JobRecord, plan: Plan, spec: JobSpec | None = None) -> None:
         """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told.
@@ -72,6 +76,7 @@ class Staging:
             restarts=self.settings.runner_restarts,
             env=spec.env,
             secret_params=spec.secret_params,
+            environment=plan.environment,
         )
         put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
@@ -152,6 +157,31 @@ class Staging:
         if self.artifacts.root_uri.startswith("file://"):
             own.append(Path(self.artifacts.root_uri.removeprefix("file://")))
         return own
+
+    def _environment(self, spec: JobSpec, files: list[Path]) -> LaunchEnvironment | None:
+        """The environment's identity, its requirements checked (SpecError naming the line)."""
+        env = spec.environment
+        if env is None:
+            return None
+        code: CodeFiles
+        if "://" in spec.code:
+            prefix = self.artifacts.key_of(spec.code).rstrip("/") + "/"
+            code = {
+                s.key.removeprefix(prefix): functools.partial(get_bytes, self.artifacts, s.key)
+                for s in self.artifacts.list(prefix)
+            }
+        else:
+            root = Path(spec.code)
+            code = {p.relative_to(root).as_posix(): p.read_bytes for p in files}
+        found = identify(env, code)
+        return LaunchEnvironment(
+            id=found.id,
+            requirements=env.requirements or "",
+            packages=env.pip or [],
+            python=env.python or "",
+            inherit=env.inherit,
+            image=env.image or "",
+        )
 
     # -- the code snapshot -------------------------------------------------------------------
 

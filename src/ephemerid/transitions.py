@@ -213,6 +213,7 @@ def finished(result: Result) -> Change:
             "outputs": first_outputs(job.id, result.outputs),
             "output_count": count,
             "output_bytes": result.output_bytes,
+            "setup_s": result.setup_s,
         }
 
     return change

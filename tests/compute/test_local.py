@@ -16,11 +16,12 @@ from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, open_artifacts, put_bytes
 from ephemerid.compute import ComputeStatus, Handle
 from ephemerid.compute.local import LocalCompute
-from ephemerid.contract import Launch
+from ephemerid.contract import Launch, LaunchEnvironment
 from ephemerid.errors import CapacityUnavailable, SpecError
 from ephemerid.record import JobRecord
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
+from wheels import make_wheel
 
 GRANDCHILD_SCRIPT = """
 import json, os, pathlib, subprocess
@@ -71,7 +72,13 @@ def make(tmp_path: Path, artifacts: ArtifactStore) -> Iterator[Make]:
             compute.teardown(handle)
 
 
-def stage(artifacts: ArtifactStore, job_id: str, code_dir: Path, spec: JobSpec) -> JobRecord:
+def stage(
+    artifacts: ArtifactStore,
+    job_id: str,
+    code_dir: Path,
+    spec: JobSpec,
+    environment: LaunchEnvironment | None = None,
+) -> JobRecord:
     """Put the job's code and launch file where the runner looks for them, as submit does."""
     code = names.run_key(job_id, names.CODE_DIR)
     for path in code_dir.iterdir():
@@ -88,6 +95,7 @@ def stage(artifacts: ArtifactStore, job_id: str, code_dir: Path, spec: JobSpec) 
         heartbeat_s=0.5,
         grace_s=1.0,
         log_limit_bytes=1024 * 1024,
+        environment=environment,
     )
     put_bytes(artifacts, names.run_key(job_id, names.JOB_FILE), launch.dumps())
     return JobRecord(id=job_id, key=f"test:{job_id}", spec=spec, source="test", backend="local")
@@ -340,3 +348,56 @@ def test_a_gpu_job_waits_for_a_gpu_slot_rather_than_run_on_a_slot_without_one(
     cpu_job = stage(artifacts, "train-cpu-c", code_dir, spec_for(code_dir, params=gate.params))
     assert compute.provision(cpu_job).data["gpu"] == ""  # a CPU job still takes a free slot
     gate.open()
+
+
+# -- environments ----------------------------------------------------------------------------
+
+
+def test_a_jobs_environment_is_built_in_the_envs_folder_and_runs_its_code(
+    make: Make, artifacts: ArtifactStore, code_dir: Path, tmp_path: Path
+) -> None:
+    wheel = make_wheel(code_dir, "ephlocalpkg", "1.0", "VALUE = 5\n")
+    write_script(code_dir, "import sys, ephlocalpkg; print('python', sys.executable)\n")
+    environment = LaunchEnvironment(id="c" * 16, packages=[f"./{wheel.name}"])
+    job = stage(artifacts, "train-env", code_dir, spec_for(code_dir), environment)
+
+    make().provision(job)
+
+    wait_for(lambda: artifacts.stat(names.run_key(job.id, names.RESULT_FILE)), "the result", 60)
+    done = json.loads(get_bytes(artifacts, names.run_key(job.id, names.RESULT_FILE)))
+    assert done["status"] == "succeeded", done["reason"]
+    assert done["setup_s"] is not None
+    python = tmp_path / "envs" / environment.id / "bin" / "python"
+    log = get_bytes(artifacts, names.run_key(job.id, names.log_file(0))).decode()
+    assert f"python {python}" in log
+
+
+def test_an_image_is_refused_at_submit_where_docker_is_not_on_path(
+    make: Make, code_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    spec = spec_for(code_dir, environment={"image": "myregistry.azurecr.io/train:1.4"})
+
+    with pytest.raises(SpecError, match=r"environment.image: local compute runs no containers"):
+        make().check(spec)
+
+
+def test_an_image_is_taken_where_docker_is_on_path(
+    make: Make, code_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+    make().check(spec_for(code_dir, environment={"image": "myregistry.azurecr.io/train:1.4"}))
+
+
+def test_a_python_version_this_machine_lacks_is_refused_at_submit(
+    make: Make, code_dir: Path
+) -> None:
+    spec = spec_for(code_dir, environment={"pip": ["x"], "python": "3.99"})
+
+    with pytest.raises(SpecError, match=r"environment.python: Python 3.99 is not on this machine"):
+        make().check(spec)

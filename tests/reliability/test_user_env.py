@@ -16,8 +16,9 @@ import pytest
 from drive import log_of, run, service_with, spec_for, text_of, write_script
 from ephemerid import names, procs
 from ephemerid.errors import SpecError
+from ephemerid.rank import Rank
 from ephemerid.record import JobState
-from ephemerid.runner import Rank, Runner
+from ephemerid.runner import Runner
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 from ephemerid.spec import validate_spec

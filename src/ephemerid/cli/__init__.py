@@ -17,6 +17,7 @@ import typer
 from ephemerid import __version__
 from ephemerid import agent as local_agent
 from ephemerid.cli.agent import agent_app, schedules
+from ephemerid.cli.envs import envs_app
 from ephemerid.cli.follow import Follow, JsonLines, TextView, View
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
@@ -36,6 +37,7 @@ DETACHED = 130  # Ctrl-C while following: the job goes on, the command stops
 SCRIPT_ARGS: list[str] = []  # what followed `--` on the command line (main sets it)
 app.add_typer(models_app, name="models")
 app.add_typer(agent_app, name="agent")
+app.add_typer(envs_app, name="envs")
 _service = service_for
 
 

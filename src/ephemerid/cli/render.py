@@ -37,10 +37,11 @@ def seconds(value: float | None) -> str:
 
 
 def idle_s(job: JobRecord) -> float | None:
-    """Compute held but not running the user's code: the idle the user paid for."""
+    """Compute held but neither running the user's code nor building its environment (setup):
+    the idle the user paid for."""
     if job.held_s is None:
         return None
-    return max(job.held_s - (job.runtime_s or 0.0), 0.0)
+    return max(job.held_s - (job.runtime_s or 0.0) - (job.setup_s or 0.0), 0.0)
 
 
 @dataclass
@@ -140,6 +141,8 @@ def job_detail(console: Console, job: JobRecord, progress: Progress | None = Non
         if data.get(name) not in (None, "", []):
             console.print(f"  {name:<21} {data[name]}")
     _times(console, job, progress)
+    if job.environment:
+        console.print(f"  {'environment':<21} {job.environment}   setup {seconds(job.setup_s)}")
     if job.sku:
         rented = "" if job.backend == "local" else f" {'spot' if job.spot else 'on-demand'}"
         console.print(f"  {'compute':<21} {job.sku}{rented}")

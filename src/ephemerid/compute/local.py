@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 from ephemerid import procs
 from ephemerid.compute import ComputeStatus, Handle, check_one_machine
 from ephemerid.contract import DISK_LIMIT_BYTES
+from ephemerid.envs.build import find_python, find_uv
+from ephemerid.envs.identity import this_python
 from ephemerid.errors import CapacityUnavailable, SpecError
 from ephemerid.record import JobRecord
 from ephemerid.spec import JobSpec
@@ -82,8 +84,10 @@ class LocalCompute:
         gpus: list[str] | None = None,
         gpus_found_by: str = "as configured",
         disk_limit_bytes: int = DISK_LIMIT_BYTES,
+        envs_root: Path | None = None,
     ) -> None:
         self.work_root = work_root.resolve()  # the marks are its paths: one spelling only
+        self.envs_root = (envs_root or self.work_root.parent / "envs").resolve()
         self.artifacts_uri = artifacts_uri
         self.python = python
         self.grace_s = grace_s
@@ -106,6 +110,7 @@ class LocalCompute:
             gpus_found_by=found_by,
             grace_s=settings.grace_s,
             disk_limit_bytes=settings.local_disk_limit_bytes,
+            envs_root=settings.home / "envs",
         )
 
     def check(self, spec: JobSpec) -> None:
@@ -122,6 +127,7 @@ class LocalCompute:
                 f"({self.gpus_found_by}): ask for at most {found}, set compute.cpu_fallback: "
                 "true to run on the CPU instead, or pick azure-vm/azure-ml"
             )
+        check_environment(spec)
 
     def _on_cpu(self, spec: JobSpec) -> bool:
         """A job asking for more GPUs than there are, that its spec lets run on the CPU."""
@@ -184,6 +190,8 @@ class LocalCompute:
             str(workdir),
             "--disk-limit-bytes",
             str(self.disk_limit_bytes),
+            "--envs-dir",  # the job's environment is built (once) and kept there
+            str(self.envs_root),
         ]
         if cgroup is not None:
             command += ["--cgroup", str(cgroup)]
@@ -276,6 +284,40 @@ class LocalCompute:
             return slot, fd
         kind = "GPU slots" if gpu else "slots"
         raise CapacityUnavailable(f"local: all {slots} {kind} are busy; the job waits for one")
+
+
+def check_environment(spec: JobSpec) -> None:
+    """Refuse at submit an environment this machine cannot give: an image with no docker here,
+    a Python version it lacks. (The environment's Python, not its caller's, runs the job.)"""
+    env = spec.environment
+    if env is None:
+        return
+    if env.image and shutil.which("docker") is None:
+        raise SpecError(
+            f"environment.image: local compute runs no containers here (docker is not on PATH) "
+            f"so it cannot run {env.image}: install docker, use environment.requirements or "
+            "environment.pip, or pick compute.backend azure-vm"
+        )
+    if env.python and find_python(env.python) is None and not _uv_finds(env.python):
+        raise SpecError(
+            f"environment.python: Python {env.python} is not on this machine (no "
+            f"python{env.python} on PATH): install it, or drop environment.python to use "
+            f"this machine's Python {this_python()}"
+        )
+
+
+def _uv_finds(version: str) -> bool:
+    uv = find_uv()
+    if uv is None:
+        return False
+    found = subprocess.run(
+        [uv, "python", "find", "--no-config", version],
+        capture_output=True,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
+        timeout=30,
+        check=False,
+    )
+    return found.returncode == 0
 
 
 def _stat_fields(pid: int) -> list[str] | None:
