@@ -14,7 +14,14 @@ import pytest
 from drive import finish, log_of, spec_for, write_script
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
-from ephemerid.contract import CONTRACT_VERSION, Launch, Result, RunStatus
+from ephemerid.contract import (
+    CONTRACT_VERSION,
+    ENVIRONMENT_CONTRACT,
+    Launch,
+    LaunchEnvironment,
+    Result,
+    RunStatus,
+)
 from ephemerid.errors import ContractError
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
@@ -159,12 +166,12 @@ def stage_code(store: ArtifactStore, job_id: str, code_dir: Path) -> None:
         put_bytes(store, f"{names.run_key(job_id, names.CODE_DIR)}/{path.name}", path.read_bytes())
 
 
-def test_a_runner_refuses_a_launch_of_contract_2_with_a_failed_result_naming_both_versions(
+def test_a_runner_refuses_a_launch_of_a_newer_contract_with_a_failed_result_naming_both_versions(
     service: Service, code_dir: Path, tmp_path: Path
 ) -> None:
     write_script(code_dir, "print('the entrypoint ran')\n")
     stage_code(service.artifacts, JOB, code_dir)
-    newer = launch_for(contract=2)
+    newer = launch_for(contract=3)
     put_bytes(service.artifacts, LAUNCH_KEY, newer.dumps())
 
     done = subprocess.run(
@@ -180,12 +187,12 @@ def test_a_runner_refuses_a_launch_of_contract_2_with_a_failed_result_naming_bot
     assert done.returncode == 1, done.stderr
     result = Result.loads(get_bytes(service.artifacts, RESULT_KEY))
     assert result.status is RunStatus.FAILED
-    assert f"{LAUNCH_KEY} speaks runner contract 2" in result.reason
+    assert f"{LAUNCH_KEY} speaks runner contract 3" in result.reason
     assert "speaks contract 1" in result.reason
     assert result.exit_code is None and result.started_at is None
     assert result.finished_at is not None
     log = log_of(service, JOB)
-    assert "speaks runner contract 2" in log
+    assert "speaks runner contract 3" in log
     assert "the entrypoint ran" not in log
 
 
@@ -196,13 +203,13 @@ def test_a_job_whose_launch_the_runner_refuses_fails_with_that_reason_instead_of
     stage_code(service.artifacts, JOB, code_dir)
     spec = spec_for(code_dir)
     service.store.create_if_absent(JobRecord(JOB, "test:newer", spec, "test", backend="local"))
-    put_bytes(service.artifacts, LAUNCH_KEY, launch_for(contract=2).dumps())
+    put_bytes(service.artifacts, LAUNCH_KEY, launch_for(contract=3).dumps())
 
     service.start(JOB)
     job = finish(service, JOB)
 
     assert job.state is JobState.FAILED
-    assert "speaks runner contract 2" in job.reason and "speaks contract 1" in job.reason
+    assert "speaks runner contract 3" in job.reason and "speaks contract 1" in job.reason
     assert "the entrypoint ran" not in log_of(service, JOB)
 
 
@@ -282,3 +289,15 @@ def test_a_result_the_service_cannot_read_fails_the_job_naming_the_file(
     assert says in job.reason
     assert RESULT_KEY in job.reason
     assert again == job
+
+
+def test_a_launch_with_an_environment_is_contract_2_so_an_older_runner_refuses_it() -> None:
+    environment = LaunchEnvironment(id="a" * 16, packages=["scikit-learn==1.5.2"])
+    plain, with_env = launch_for(), launch_for(environment=environment)
+
+    assert json.loads(plain.dumps())["contract"] == CONTRACT_VERSION == 1
+    assert json.loads(with_env.dumps())["contract"] == ENVIRONMENT_CONTRACT == 2
+    assert Launch.loads(with_env.dumps()) == with_env  # this runner reads both
+    assert Launch.loads(plain.dumps()) == plain
+    with pytest.raises(ContractError, match="speaks contract 1 and 2"):
+        Launch.loads(document(plain, contract=3))

@@ -23,12 +23,17 @@ import json
 from enum import Enum
 from typing import Any, ClassVar, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ephemerid import __version__, names
 from ephemerid.errors import ContractError
 
 CONTRACT_VERSION = 1
+# A launch that names an environment must be obeyed (its code runs in that environment, not the
+# runner's own), so it is written as contract 2: a runner of the release before environments
+# refuses it, naming both versions, instead of running the code with the wrong Python. Other
+# launches stay contract 1, which every runner since the first reads.
+ENVIRONMENT_CONTRACT = 2
 
 # The service's defaults for what it tells a runner (Settings reads them from here).
 HEARTBEAT_S = 5.0
@@ -58,6 +63,7 @@ class _Document(BaseModel):
 
     FILE: ClassVar[str]
     READER: ClassVar[str]  # who reads it, for the version error: "runner" or "service"
+    VERSIONS: ClassVar[tuple[int, ...]] = (CONTRACT_VERSION,)  # the versions its reader reads
 
     contract: int = CONTRACT_VERSION  # for writers only: loads checks the document's own first
     job_id: str = Field(min_length=1)
@@ -83,7 +89,7 @@ class _Document(BaseModel):
 
     @classmethod
     def _check_version(cls, where: str, version: Any) -> None:
-        if type(version) is int and version == CONTRACT_VERSION:
+        if type(version) is int and version in cls.VERSIONS:
             return
         said = (
             f"speaks runner contract {version}"
@@ -92,7 +98,8 @@ class _Document(BaseModel):
         )
         raise ContractError(
             f"{where} {said}, but this {cls.READER} (ephemerid {__version__}) speaks contract "
-            f"{CONTRACT_VERSION}: run the same ephemerid release on the service and on the compute "
+            f"{' and '.join(map(str, cls.VERSIONS))}: run the same ephemerid release on the "
+            "service and on the compute "
             "(for azure-vm, EPHEMERID_RUNNER_PACKAGE; by default it is the service's own release)"
         )
 
@@ -122,6 +129,7 @@ class Launch(_Document):
     model_config = ConfigDict(extra="ignore", frozen=True)
     FILE = names.JOB_FILE
     READER = "runner"
+    VERSIONS = (CONTRACT_VERSION, ENVIRONMENT_CONTRACT)
 
     entrypoint: str = Field(min_length=1)  # a path inside ``code``
     args: list[str]
@@ -138,6 +146,14 @@ class Launch(_Document):
     env: dict[str, str] = Field(default_factory=dict)  # the spec's own, for the entrypoint
     secret_params: list[str] = Field(default_factory=list)  # masked in the log
     environment: LaunchEnvironment | None = None  # None: the runner's own environment
+
+    @model_validator(mode="before")
+    @classmethod
+    def _versioned(cls, data: Any) -> Any:
+        """A launch written with an environment is contract 2 (see ENVIRONMENT_CONTRACT)."""
+        if isinstance(data, dict) and data.get("environment") and "contract" not in data:
+            return {**data, "contract": ENVIRONMENT_CONTRACT}
+        return data
 
 
 class Result(_Document):
