@@ -47,8 +47,9 @@ class Staging:
         owner's, or an admin's); None lets it take any job's (a job already accepted).
         """
         inputs = self._input_keys(spec, may_read)
+        model = self._resolve_model(spec)
         files = self._check_code(spec)
-        return Plan(self._resolve_model(spec), inputs, files, self._environment(spec, files))
+        return Plan(model, inputs, files, self._environment(spec, files))
 
     def write_launch(self, job: JobRecord, plan: Plan, spec: JobSpec | None = None) -> None:
         """Snapshot the code and write runs/<job>/job.json: all the runner will ever be told.
