@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from azure.ai.ml._restclient.arm_ml_service import models
 
-from test_deploy_modules import closing, top_level_keys, without_comments
+from test_deploy_modules import closing, top_level, top_level_keys, without_comments
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 
@@ -74,27 +74,11 @@ def resources(text: str) -> Iterator[Resource]:
 def member(body: str, path: str) -> str | None:
     """The object literal at ``path`` (``a.b``) inside ``body``, or None."""
     for key in path.split("."):
-        start = body.index("{")
-        found = None
-        depth, quoted = 0, False
-        for i in range(start, len(body)):
-            char = body[i]
-            if char == "'":
-                quoted = not quoted
-            elif quoted:
-                continue
-            elif char in "{[(":
-                depth += 1
-            elif char in "}])":
-                depth -= 1
-            elif depth == 1 and body[i - 1] in "{\n ,\t":
-                match = re.match(rf"{key}\s*:\s*\{{", body[i:])
-                if match and not re.match(r"\w", body[i - 1]):
-                    found = i + match.end() - 1
-                    break
-        if found is None:
+        after = top_level(body).get(key)
+        if after is None or not body[after:].lstrip().startswith("{"):
             return None
-        body = body[found : closing(body, found) + 1]
+        opened = body.index("{", after)
+        body = body[opened : closing(body, opened) + 1]
     return body
 
 

@@ -40,9 +40,10 @@ def closing(text: str, opened: int) -> int:
     raise AssertionError(f"unbalanced brackets from {text[opened : opened + 60]!r}")
 
 
-def top_level_keys(body: str) -> set[str]:
-    """The keys of the object literal ``body`` (``{...}``), not those of objects inside it."""
-    keys, depth, quoted = set(), 0, False
+def top_level(body: str) -> dict[str, int]:
+    """The keys of the object literal ``body`` (``{...}``), not those of objects inside it, each
+    with the index just after its colon."""
+    keys, depth, quoted = {}, 0, False
     for i, char in enumerate(body):
         if char == "'":
             quoted = not quoted
@@ -52,11 +53,15 @@ def top_level_keys(body: str) -> set[str]:
             depth += 1
         elif char in "}])":
             depth -= 1
-        elif depth == 1 and (i == 0 or body[i - 1] in "{\n ,\t"):
+        elif depth == 1 and (i == 0 or body[i - 1] in "{\n,"):
             match = re.match(r"\s*(\w+)\s*:", body[i:])
-            if match and (i == 0 or body[i - 1] in "{\n,"):
-                keys.add(match.group(1))
+            if match:
+                keys.setdefault(match.group(1), i + match.end())
     return keys
+
+
+def top_level_keys(body: str) -> set[str]:
+    return set(top_level(body))
 
 
 @dataclass(frozen=True)
