@@ -14,7 +14,7 @@ import signal
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,3 +186,14 @@ def cleaned_up(service: Service) -> Iterator[Service]:
 def service_with(settings: Settings, **changes: Any) -> AbstractContextManager[Service]:
     """A service on ``settings`` with ``changes``, cleaned up after."""
     return cleaned_up(build_service(settings.model_copy(update=changes)))
+
+
+def json_document(stream: Iterable[str]) -> Any:
+    """The JSON document a command prints first on ``stream`` (e.g. `eph dev --json`'s wiring),
+    read up to its own closing brace while the command keeps running."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.rstrip() == "}":
+            break
+    return json.loads("".join(lines))

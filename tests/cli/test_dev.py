@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from azure.storage.blob import BlobServiceClient
 
+from drive import json_document
 from ephemerid.testing.azurite import ACCOUNT, KEY
 
 EPH = Path(sys.executable).with_name("eph")
@@ -61,12 +61,7 @@ def test_eph_dev_with_azurite_prints_its_account_and_endpoints_but_not_the_key(
 def test_eph_dev_json_gives_a_connection_string_that_reaches_its_azurite(tmp_path: Path) -> None:
     with eph_dev(tmp_path, "--json") as dev:
         assert dev.stdout is not None
-        lines = []
-        for line in dev.stdout:  # the JSON document ends with a closing brace of its own
-            lines.append(line)
-            if line.rstrip() == "}":
-                break
-        azurite = json.loads("".join(lines))["azurite"]
+        azurite = json_document(dev.stdout)["azurite"]
         client = BlobServiceClient.from_connection_string(azurite["connection_string"])
         with client:
             client.create_container("reached")

@@ -10,6 +10,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from drive import json_document
+
 EPH = Path(sys.executable).with_name("eph")
 
 
@@ -24,12 +26,7 @@ def test_eph_dev_prints_its_wiring_serves_the_functions_and_stops_on_ctrl_c(
     ) as dev:
         try:
             assert dev.stdout is not None
-            lines = []
-            for line in dev.stdout:  # the JSON document ends with a closing brace of its own
-                lines.append(line)
-                if line.rstrip() == "}":
-                    break
-            shown = json.loads("".join(lines))
+            shown = json_document(dev.stdout)
             request = urllib.request.Request(
                 f"{shown['url']}/api/jobs", headers={"x-functions-key": shown["function_key"]}
             )
