@@ -21,8 +21,13 @@ Azure ML jobs, played by the tests' ``AmlPlayer``: result.json -> the Azure ML j
 release confirmed; then the cluster's node idles ``EPHEMERID_AML_IDLE_S`` (120 s, the infra's
 setting) before it scales down, which is billed: not simulated, added as configured.
 
+The local backend is also measured through the CLI, as a user runs it (``bench/local_agent.py``):
+``--cli-jobs`` (20) jobs submitted with ``eph submit --detach``, every command returned before
+any result lands, so only the home's local agent handles them; and as many ``eph submit``
+following their jobs (attached), in the same run. Per job: result.json -> released.
+
     python bench/billed_idle.py
-    python bench/billed_idle.py --jobs 10 --scale 0.05
+    python bench/billed_idle.py --jobs 10 --scale 0.05 --cli-jobs 20
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import common
+import local_agent
 
 GOAL_DELETE_S = 5.0
+GOAL_LOCAL_AGENT_S = 1.0  # p50, result.json -> released, detached jobs, no command running
 POLL_S = 0.05  # the watcher that stands in for Event Grid
 SDK_POLLING_S = 30.0  # azure-mgmt-compute's LRO polling interval without Retry-After
 BACKEND_KEYS = {
@@ -185,7 +192,8 @@ def run_jobs(
             "code": str(code),
             "entrypoint": "job.py",
             "params": {"seconds": seconds},
-            "compute": {"backend": backend, "skus": ["Standard_NC4as_T4_v3"], "max_runtime": 600},
+            "compute": {"backend": backend, "max_runtime": 600}
+            | ({} if backend == "local" else {"skus": ["Standard_NC4as_T4_v3"]}),
         }
     )
     keys = [f"bench:{backend}:{i}:{time.time_ns()}" for i in range(jobs)]
@@ -247,6 +255,9 @@ def main() -> None:
     parser.add_argument(
         "--aml-idle-s", type=float, default=120.0, help="Azure ML cluster idle time (billed)"
     )
+    parser.add_argument(
+        "--cli-jobs", type=int, default=20, help="local jobs through `eph submit`, per mode"
+    )
     args = parser.parse_args()
     if ArmSimulator is object:
         raise SystemExit("bench/billed_idle.py needs pip install -e '.[azure]' (make bench does)")
@@ -280,8 +291,44 @@ def main() -> None:
             watcher.stop()
             service.close()
         left = [vm.name for vm in sim.inventory()]
+        cli: dict[str, list[dict]] = {}
+        for mode in ("detached", "attached"):
+            common.console.print(
+                f"[dim]local through the CLI, {mode}: {args.cli_jobs} jobs...[/dim]"
+            )
+            cli[mode] = local_agent.run(root, args.cli_jobs, detach=mode == "detached")
     report(results, args, left, watcher.errors)
-    run.save(summarize(results, args, left, watcher.errors))
+    report_cli(cli, args)
+    out = summarize(results, args, left, watcher.errors)
+    out["local_cli"] = {
+        mode: {
+            "released_s": common.summary([r["released_s"] for r in rows]),
+            "states": sorted({r["state"] for r in rows}),
+        }
+        for mode, rows in cli.items()
+    }
+    out["local_cli"]["jobs"] = cli
+    detached_p50 = out["local_cli"]["detached"]["released_s"]["p50"]
+    out["goal_local_agent_s"] = GOAL_LOCAL_AGENT_S
+    out["goal_local_agent_met"] = detached_p50 <= GOAL_LOCAL_AGENT_S
+    run.save(out)
+
+
+def report_cli(cli: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    rows = []
+    for mode, label in (
+        ("detached", "eph submit --detach, no command running"),
+        ("attached", "eph submit, following"),
+    ):
+        s = common.summary([r["released_s"] for r in cli[mode]])
+        rows.append([f"local, {label}", f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['max']:.2f}"])
+    met = common.summary([r["released_s"] for r in cli["detached"]])["p50"] <= GOAL_LOCAL_AGENT_S
+    common.table(
+        f"local through the CLI, {args.cli_jobs} jobs per mode: result.json -> released "
+        f"(goal: detached p50 <= {GOAL_LOCAL_AGENT_S} s): {common.verdict(met)}",
+        ["seconds after result.json", "p50", "p99", "max"],
+        rows,
+    )
 
 
 def summarize(results: dict, args: argparse.Namespace, left: list[str], errors: list) -> dict:

@@ -75,7 +75,6 @@ param amlLowPriority bool = false
 // The Azure ML names, known before the workspace exists: the function app is told them.
 var amlWorkspace = enableAzureMl ? 'mlw-${token}' : ''
 var amlCluster = 'gpu'
-var amlEnvironment = 'azureml:ephemerid-runner:1'
 
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
@@ -128,7 +127,6 @@ module app 'modules/app.bicep' = {
     computeRegions: empty(computeRegions) ? location : computeRegions
     amlWorkspace: amlWorkspace
     amlCluster: enableAzureMl ? amlCluster : ''
-    amlEnvironment: enableAzureMl ? amlEnvironment : ''
     amlClusterSku: amlClusterSku
     amlIdleSeconds: amlIdleSeconds
     amlLowPriority: amlLowPriority

@@ -15,6 +15,8 @@ from ephemerid.settings import Settings
 from ephemerid.testing import azurite
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# the agents that `eph submit` starts in the tests' homes leave soon after their jobs
+os.environ.setdefault("EPHEMERID_AGENT_IDLE_S", "5")
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ NEEDS = {
         {"networkContributor"},
         {"managedIdentityOperator"},
     ],
-    "azure.ai.ml": [{"azureMlDataScientist"}],  # submit, read, list and cancel jobs
+    "azure.ai.ml": [{"azureMlDataScientist"}],  # jobs; the runner environment
     "blobTrigger": [{"storageBlobDataOwner"}],  # the host's blob receipts and leases
     "queueTrigger": [{"storageQueueDataContributor"}],
     "serviceBusTrigger": [{"serviceBusDataReceiver"}],
@@ -256,7 +256,7 @@ def test_settings_are_identity_based_and_point_at_what_the_code_expects() -> Non
     )  # the app's folder is read-only
 
 
-def test_the_azure_ml_settings_name_the_workspace_cluster_environment_and_datastore_made() -> None:
+def test_the_azure_ml_settings_name_the_workspace_cluster_and_datastore_made() -> None:
     main, aml, settings = bicep("main.bicep"), bicep("modules/aml.bicep"), app_settings()
     variables = bicep_vars(main)
     module = block(main, main.index("module aml "))
@@ -266,12 +266,6 @@ def test_the_azure_ml_settings_name_the_workspace_cluster_environment_and_datast
     assert settings["EPHEMERID_AML_WORKSPACE"] == "amlWorkspace"
     assert "clusterName: amlCluster" in module
     assert "amlCluster: enableAzureMl ? amlCluster : ''" in main
-    kind, name, version = variables["amlEnvironment"].strip("'").split(":")
-    assert kind == "azureml"
-    environment = block(aml, aml.index("resource runnerEnvironment "))
-    assert f"name: '{name}'" in environment
-    assert f"name: '{version}'" in block(aml, aml.index("resource runnerEnvironmentVersion "))
-    assert "ephemerid[azure]==" in aml
     datastore = block(aml, aml.index("resource runsDatastore "))
     assert f"name: {settings['EPHEMERID_AML_DATASTORE']}" in datastore
     assert (

@@ -43,12 +43,6 @@ MODELS = {
     "Microsoft.MachineLearningServices/workspaces/datastores": {
         "properties": models.AzureBlobDatastore,
     },
-    "Microsoft.MachineLearningServices/workspaces/environments": {
-        "properties": models.EnvironmentContainerProperties,
-    },
-    "Microsoft.MachineLearningServices/workspaces/environments/versions": {
-        "properties": models.EnvironmentVersionProperties,
-    },
 }
 # The zones a workspace private endpoint registers its names in (Azure's public cloud).
 WORKSPACE_ZONES = {"privatelink.api.azureml.ms", "privatelink.notebooks.azure.net"}

@@ -32,7 +32,7 @@ def test_demo_trains_registers_and_scores_and_leaves_no_compute(tmp_path: Path) 
     ok = run_demo(home, Console(file=out, width=200), as_json=False)
 
     assert ok, out.getvalue()
-    service = build_service(Settings.from_env({}, home=home / "state"))
+    service = build_service(Settings.from_env({}, home=home))
     try:
         jobs = {job.spec.kind: job for job in service.store.list()}
         assert len(jobs) == 2
@@ -58,11 +58,11 @@ def test_demo_trains_registers_and_scores_and_leaves_no_compute(tmp_path: Path) 
     assert "live compute: 0" in out.getvalue()
 
 
-def test_eph_demo_json_reports_success_and_no_live_compute(tmp_path: Path) -> None:
-    env = {**os.environ, "COLUMNS": "200"}
+def test_eph_demo_json_works_in_the_home_so_eph_list_then_finds_its_jobs(tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200", "EPHEMERID_HOME": str(tmp_path / "home")}
 
     done = subprocess.run(
-        [str(EPH), "demo", "--json", "--home", str(tmp_path / "demo")],
+        [str(EPH), "demo", "--json"],
         capture_output=True,
         text=True,
         timeout=110,
@@ -74,14 +74,12 @@ def test_eph_demo_json_reports_success_and_no_live_compute(tmp_path: Path) -> No
     report = json.loads(done.stdout)
     assert report["ok"] is True
     assert report["live_compute"] == 0
+    assert report["home"] == str(tmp_path / "home")
+    assert report["bucket"] == f"file://{tmp_path / 'home' / 'bucket'}"
     assert [j["state"] for j in report["jobs"]] == ["SUCCEEDED", "SUCCEEDED"]
     assert [j["compute_state"] for j in report["jobs"]] == ["released", "released"]
     assert set(report["outputs"]) == {j["id"] for j in report["jobs"]}
-    listed = subprocess.run(  # where the demo says its state is, `eph list` finds its jobs
-        [str(EPH), "list", "--json", "--home", report["home"]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
+    listed = subprocess.run(  # the same environment, no --home: the demo's jobs are there
+        [str(EPH), "list", "--json"], capture_output=True, text=True, timeout=60, env=env
     )
     assert {j["id"] for j in json.loads(listed.stdout)} == {j["id"] for j in report["jobs"]}

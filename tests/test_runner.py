@@ -327,3 +327,40 @@ def test_the_runner_refuses_a_rank_outside_its_world(rank: str, world: str, tmp_
     assert done.returncode == 2
     assert "RANK" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_metrics_reach_storage_as_they_are_logged_with_secret_params_masked(
+    service: Service, code_dir: Path, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path / "gate")
+    script = """
+        import json, os, pathlib, time
+        from ephemerid import track
+
+        params = json.loads(pathlib.Path(os.environ["EPHEMERID_PARAMS"]).read_text())
+        track.log_param("token", params["token"])
+        track.log_metric("loss", 0.5, step=1)
+        gate = pathlib.Path(params["gate"])
+        while not (gate / "open").exists():
+            time.sleep(0.05)
+        track.log_metric("loss", 0.25, step=2)
+    """
+    write_script(code_dir, script)
+    params = {**gate.params, "token": "hunter2-secret-value"}
+    spec = spec_for(code_dir, params=params, secret_params=["token"])
+    job = service.submit(spec).job
+    key = names.run_key(job.id, names.METRICS_FILE)
+
+    def logged() -> list[dict[str, object]]:
+        return json_lines(text_of(service.artifacts, key)) if service.artifacts.stat(key) else []
+
+    early = wait_for(lambda: len(logged()) == 2 and logged(), "the first metric in storage")
+    assert service.get(job.id).state is JobState.RUNNING
+    gate.open()
+    done = finish(service, job.id)
+
+    assert early[0]["value"] == "***"
+    assert (early[1]["name"], early[1]["value"], early[1]["step"]) == ("loss", 0.5, 1)
+    assert "hunter2-secret-value" not in text_of(service.artifacts, key)
+    assert [e.get("step") for e in logged()] == [None, 1, 2]
+    assert done.metrics == {"loss": 0.25}

@@ -124,6 +124,10 @@ def test_a_copy_with_changes_keeps_the_rest(tmp_path: Path) -> None:
         ("EPHEMERID_LOG_LIMIT_BYTES", "0", "must be a whole number of bytes, 1 or more"),
         ("EPHEMERID_AML_LOW_PRIORITY", "maybe", "is not true or false"),
         ("EPHEMERID_CAPACITY_BACKOFF_S", "-inf", "must be seconds, 0 or more"),
+        ("EPHEMERID_CHECKPOINT_UPLOAD_S", "-1", "must be seconds, 0 (off) or 1 to 86400"),
+        ("EPHEMERID_CHECKPOINT_UPLOAD_S", "100000", "must be seconds, 0 (off) or 1 to 86400"),
+        ("EPHEMERID_CHECKPOINT_UPLOAD_S", "0.5", "must be 0 (only when the run ends) or from 1"),
+        ("EPHEMERID_RUNNER_RESTARTS", "11", "must be a whole number from 0 to 10"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start_naming_the_setting_its_value_and_what_to_write(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from ephemerid import transitions as t
 from ephemerid.compute import Handle
@@ -105,3 +106,22 @@ def test_a_job_cancelled_while_provisioning_still_owes_the_compute_it_got() -> N
     job = t.apply(job, t.live(handle()))  # the provision finished after the cancel
     assert (job.state, job.compute_state) == (JobState.CANCELLED, ComputeState.LIVE)
     assert job.open  # the reaper and release still owe its teardown
+
+
+def test_an_end_without_a_result_keeps_the_start_and_metrics_the_runner_reported() -> None:
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    running = t.apply(t.apply(record(), t.to_provisioning), t.live(handle()))
+
+    cancelled = t.apply(
+        running, t.ended(JobState.CANCELLED, "cancelled by user", started, {"loss": 0.25})
+    )
+
+    assert cancelled.state is JobState.CANCELLED
+    assert cancelled.started_at == started
+    assert cancelled.metrics == {"loss": 0.25}
+    assert cancelled.runtime_s is not None and cancelled.runtime_s > 0
+    again = t.apply(
+        cancelled.evolve(state=JobState.RUNNING, metrics={"loss": 0.1}),
+        t.ended(JobState.FAILED, "lost", datetime(2027, 1, 1, tzinfo=UTC), {"loss": 9.0}),
+    )
+    assert (again.started_at, again.metrics) == (started, {"loss": 0.1})  # what it had stays

@@ -1,8 +1,10 @@
 // Optional (enableAzureMl): an Azure ML workspace and a GPU cluster that scales to zero, for
 // the azure-ml backend (docs/azure-ml.md). The cluster's nodes run as the jobs' identity, which
 // can read and write the job containers and nothing else; idle nodes go away after idleSeconds.
-// Also: the environment the jobs run in (the runner installed on a CUDA image) and the datastore
-// on the runs container that the jobs declare their folder and outputs on.
+// Also: the datastore on the runs container that the jobs declare their folder and outputs on.
+// No environment: the function app registers the runner's own, versioned by its content, on the
+// first job that needs a version (src/ephemerid/compute/aml_environment.py); a fixed version
+// here could not follow an edit of its definition (a version cannot change once registered).
 //
 // The nodes have no public IP and sit in the jobs subnet. Azure ML then requires a private
 // endpoint of the workspace in that VNet (a cluster without one is refused at create time), and the
@@ -144,35 +146,6 @@ resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2025-12-
   }
 }
 
-// The jobs' environment: what EPHEMERID_AML_ENVIRONMENT names (azureml:ephemerid-runner:1).
-var runnerCondaFile = '''
-name: ephemerid-runner
-channels:
-  - conda-forge
-dependencies:
-  - python=3.11
-  - pip
-  - pip:
-      - ephemerid[azure]==0.1.0
-      - torch==2.13.0
-'''
-
-resource runnerEnvironment 'Microsoft.MachineLearningServices/workspaces/environments@2025-12-01' = {
-  parent: workspace
-  name: 'ephemerid-runner'
-  properties: { description: 'The ephemerid runner on a CUDA image' }
-}
-
-resource runnerEnvironmentVersion 'Microsoft.MachineLearningServices/workspaces/environments/versions@2025-12-01' = {
-  parent: runnerEnvironment
-  name: '1'
-  properties: {
-    image: 'mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest'
-    condaFile: runnerCondaFile
-    osType: 'Linux'
-  }
-}
-
 // The runs container as a datastore (identity-based, no key): EPHEMERID_AML_DATASTORE.
 resource runsDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2025-12-01' = {
   parent: workspace
@@ -188,6 +161,8 @@ resource runsDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@
   }
 }
 
+// AzureML Data Scientist: every write in the workspace but the computes' and the workspace's own,
+// so the app submits, reads and cancels jobs and registers its runner environment's versions.
 resource functionSubmits 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(workspace.id, functionPrincipalId, roles.azureMlDataScientist)
   scope: workspace
@@ -200,4 +175,3 @@ resource functionSubmits 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
 
 output workspaceName string = workspace.name
 output clusterName string = cluster.name
-output environmentId string = runnerEnvironmentVersion.id

@@ -12,7 +12,6 @@ param computeRegions string
 // the azure-ml backend: empty names leave it off (enableAzureMl=false)
 param amlWorkspace string
 param amlCluster string
-param amlEnvironment string
 param amlClusterSku string
 param amlIdleSeconds int
 param amlLowPriority bool
@@ -219,11 +218,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'EPHEMERID_COMPUTE_REGIONS', value: computeRegions }
         { name: 'EPHEMERID_VM_IDENTITY_ID', value: vmIdentity.id }
         { name: 'EPHEMERID_VM_IDENTITY_CLIENT_ID', value: vmIdentity.properties.clientId }
-        // the azure-ml backend (docs/azure-ml.md): the cluster's nodes run as the VMs' identity
+        // the azure-ml backend (docs/azure-ml.md): the cluster's nodes run as the VMs' identity;
+        // no EPHEMERID_AML_ENVIRONMENT: the app registers its runner environment by content
         { name: 'EPHEMERID_AML_RESOURCE_GROUP', value: empty(amlWorkspace) ? '' : resourceGroup().name }
         { name: 'EPHEMERID_AML_WORKSPACE', value: amlWorkspace }
         { name: 'EPHEMERID_AML_CLUSTER', value: amlCluster }
-        { name: 'EPHEMERID_AML_ENVIRONMENT', value: amlEnvironment }
         { name: 'EPHEMERID_AML_IDENTITY_CLIENT_ID', value: vmIdentity.properties.clientId }
         { name: 'EPHEMERID_AML_SKU', value: amlClusterSku }
         { name: 'EPHEMERID_AML_IDLE_S', value: string(amlIdleSeconds) }

@@ -34,6 +34,8 @@ CONTRACT_VERSION = 1
 HEARTBEAT_S = 5.0
 GRACE_S = 10.0
 LOG_LIMIT_BYTES = 10 * 1024 * 1024
+CHECKPOINT_UPLOAD_S = 120.0  # how often the runner uploads the checkpoint's changed files
+RESTARTS = 2  # reruns of a job by a runner started again on the same compute (after a reboot)
 DISK_LIMIT_BYTES = 20 * 1024**3  # a local job's work folder (runner --disk-limit-bytes)
 # A result lists at most this many outputs (runs/<job>/outputs.json lists them all), so the job's
 # record stays small on every store whatever the job wrote.
@@ -131,6 +133,8 @@ class Launch(_Document):
     heartbeat_s: float = Field(HEARTBEAT_S, gt=0)
     grace_s: float = Field(GRACE_S, ge=0)
     log_limit_bytes: int = Field(LOG_LIMIT_BYTES, ge=0)
+    checkpoint_upload_s: float = Field(CHECKPOINT_UPLOAD_S, ge=0)  # 0: only when the run ends
+    restarts: int = Field(RESTARTS, ge=0)  # a runner started again after a reboot reruns it
     env: dict[str, str] = Field(default_factory=dict)  # the spec's own, for the entrypoint
     secret_params: list[str] = Field(default_factory=list)  # masked in the log
     environment: LaunchEnvironment | None = None  # None: the runner's own environment
@@ -162,6 +166,33 @@ class Result(_Document):
         """List the first of ``manifest``'s outputs, and count them all and their bytes."""
         self.outputs = first_outputs(self.job_id, manifest.outputs)
         self.output_count, self.output_bytes = len(manifest.outputs), manifest.total_bytes
+
+
+class Heartbeat(BaseModel):
+    """``runs/<job>/heartbeat.json``: rank 0's beat, every ``heartbeat_s`` and at once when the
+    entrypoint starts. ``started_at`` is when the user's code started (None until it has), so a
+    running or cancelled job shows its user time before any result exists.
+
+    Liveness, not an order: it has no version, and its reader keeps what it can use (a beat it
+    cannot read counts as none), so beats of every runner of this contract stay readable.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    at: AwareDatetime
+    pid: int | None = None
+    started_at: AwareDatetime | None = None
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Heartbeat | None:
+        """The beat in ``data``; None when it is not one."""
+        try:
+            return cls.model_validate_json(data)
+        except ValueError:  # pydantic's ValidationError is one
+            return None
 
 
 class Outputs(_Document):

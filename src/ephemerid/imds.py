@@ -1,6 +1,9 @@
 """The Azure instance metadata service (IMDS), as the agents on a job's VM use it.
 
-``ScheduledEvents``: the runner watches it for a ``Preempt`` of its VM (a spot eviction).
+``ScheduledEvents``: the runner watches it for a ``Preempt`` of its VM (a spot eviction). Azure
+turns the service on for a VM at its first call, which may take up to two minutes to answer, so
+the runner warms it up when it starts (``warm_up``), while it stages the job, not once the
+entrypoint runs.
 
 The VM's own deadline, the third line of teardown (DESIGN.md rule 2): ``python3 imds.py
 --deadline 2030-01-01T12:00:00Z``. azure-vm's cloud-init writes this file to the VM as it is
@@ -20,10 +23,12 @@ library: keep it so. What it reads, from the environment, never from a job: ``EP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -44,6 +49,7 @@ _VM_ID = re.compile(
     re.IGNORECASE,
 )
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "169.254.169.254")
+WARM_UP_S = 180.0  # Azure: a VM's first Scheduled Events call may take up to 2 minutes to answer
 
 
 def parse_deadline(text: str) -> datetime:
@@ -80,11 +86,37 @@ class ScheduledEvents:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"scheduled events URL '{url}' must be http(s)")
         self.url, self.vm_name, self.timeout_s = url, vm_name, timeout_s
+        self._warming: threading.Thread | None = None
+        self._first: dict[str, Any] | None = None  # the warm-up's answer, not yet looked at
+
+    def warm_up(self, wait_s: float | None = None) -> bool:
+        """Send the first call now, which turns the service on, and wait for it at most
+        ``wait_s`` (default ``timeout_s``); it goes on in the background, up to ``WARM_UP_S``,
+        and ``preempt`` asks again only once it has answered. Whether it answered in time."""
+        answered = threading.Event()
+
+        def first_call() -> None:
+            with contextlib.suppress(OSError, ValueError):  # if so, preempt asks again
+                self._first = _get_json(self.url, WARM_UP_S, Metadata="true")
+            answered.set()
+
+        self._warming = threading.Thread(target=first_call, daemon=True)
+        self._warming.start()
+        return answered.wait(self.timeout_s if wait_s is None else wait_s)
+
+    @property
+    def warming(self) -> bool:
+        """Whether the first call is still waiting for its answer."""
+        return self._warming is not None and self._warming.is_alive()
 
     def preempt(self) -> dict[str, Any] | None:
-        """The Preempt event naming this VM, if one is scheduled; None (also when unreachable)."""
+        """The Preempt event naming this VM, if one is scheduled; None (also when unreachable,
+        and while the first call has not answered yet)."""
+        if self.warming:
+            return None
+        document, self._first = self._first, None
         try:
-            document = _get_json(self.url, self.timeout_s, Metadata="true")
+            document = document or _get_json(self.url, self.timeout_s, Metadata="true")
         except (OSError, ValueError):
             return None
         for event in document.get("Events") or []:

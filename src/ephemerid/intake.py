@@ -113,8 +113,11 @@ class Intake:
             log.warning("refused an HTTP request: %s", exc)
             raise
 
-    def tick(self, now: datetime | None = None) -> list[Submitted]:
-        return fire_schedules(self.service, self.rules, now or utcnow())
+    def tick(
+        self, now: datetime | None = None, catch_up: timedelta = timedelta(hours=1)
+    ) -> list[Submitted]:
+        """Each schedule's latest due time within ``catch_up`` of ``now``, submitted once."""
+        return fire_schedules(self.service, self.rules, now or utcnow(), catch_up)
 
     def queue_defaults(self) -> dict[str, Any]:
         """The ``job`` template of the rule for the jobs queue, if any, under every message."""

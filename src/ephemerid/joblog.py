@@ -1,13 +1,18 @@
-"""The job's log as the runner writes it: batched appends, a size limit, a tail, secrets masked."""
+"""What the runner streams while the job runs: the job's log (batched appends, a size limit, a
+tail, secrets masked) and its metrics (the complete lines of the metrics file, appended as they
+come)."""
 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
+from pathlib import Path
 
 from ephemerid import sandbox
 from ephemerid.artifacts import ArtifactStore
+from ephemerid.track import Latest
 
 LOG_FLUSH_S = 0.5
 LOG_FLUSH_BYTES = 256 * 1024
@@ -96,3 +101,62 @@ class LogPump:
         partial = self.mask.bytes(partial)[-500:]
         lines = [*self.tail, partial] if partial else list(self.tail)
         return b"\n".join(lines).decode("utf-8", "replace")[-1500:]
+
+
+class MetricsPump:
+    """Appends the complete lines user code adds to its metrics file to the job's metrics.jsonl,
+    at each ``pump`` (the runner's log cadence), up to ``limit`` bytes, secrets masked.
+
+    ``latest`` keeps the last value of each metric from every line written, kept or not: the
+    result's summary. A file the code truncates is read again from its start.
+    """
+
+    READ = 1024 * 1024  # at most this much per pump
+
+    def __init__(
+        self, store: ArtifactStore, key: str, path: Path, limit: int, mask: sandbox.Mask
+    ) -> None:
+        self.store, self.key, self.path, self.limit, self.mask = store, key, path, limit, mask
+        self.latest = Latest()
+        self.written = 0
+        self.dropped = 0
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def pump(self) -> None:
+        with self._lock:
+            while self._pump_once():
+                pass
+
+    def _pump_once(self) -> bool:
+        """Append the next complete lines; whether there may be more."""
+        try:  # never through a link: the file is the code's, its folder the runner's
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb") as stream:
+            if os.fstat(fd).st_size < self._offset:
+                self._offset = 0
+            stream.seek(self._offset)
+            data = stream.read(self.READ)
+        whole = data[: data.rfind(b"\n") + 1]
+        if not whole:  # a line longer than READ is no metric: skip it
+            if len(data) == self.READ:
+                self._offset += len(data)
+                self.dropped += len(data)
+                return True
+            return False
+        self._append(self.mask.bytes(whole))  # first: a failed append is tried again next pump
+        self._offset += len(whole)
+        self.latest.feed(whole)
+        return len(data) == self.READ
+
+    def _append(self, lines: bytes) -> None:
+        room = self.limit - self.written
+        if len(lines) > room:
+            kept = lines[: lines.rfind(b"\n", 0, max(room, 0)) + 1] if room > 0 else b""
+            self.dropped += len(lines) - len(kept)
+            lines = kept
+        if lines:
+            self.store.append(self.key, lines)
+            self.written += len(lines)

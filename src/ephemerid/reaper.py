@@ -1,8 +1,9 @@
 """The reaper: the timer-driven second line of teardown.
 
-It finishes what events missed: a result nobody handled, compute that died without a result,
-jobs past ``max_runtime``, lost heartbeats, provisioning that never finished, teardowns still
-owed, and compute a backend holds whose job is terminal or unknown. Every action is a
+It finishes what events missed: a result nobody handled, compute that died without a result (a
+spot VM evicted with no notice resumes elsewhere), jobs past ``max_runtime``, lost heartbeats,
+provisioning that never finished, teardowns still owed, and compute a backend holds whose job is
+terminal or unknown. Every action is a
 compare-and-swap through the service, so a reaper racing an event handler is harmless.
 
 One job's trouble stays with that job: each job is handled on its own, a service that is only
@@ -125,8 +126,11 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
             return [_end(service, job, JobState.FAILED, "provisioning did not finish in time")]
         return []
     status = service.poll(job)
-    if status is ComputeStatus.GONE:
-        return [_end(service, job, JobState.FAILED, "compute exited without writing a result")]
+    if status is ComputeStatus.UNPLACED:
+        return [f"{job.id}: its compute could not be placed -> {service.unplaced(job).state.value}"]
+    if status is ComputeStatus.GONE:  # a spot VM gone so was evicted: see Service.lost
+        after = service.lost(job.id)
+        return [f"{job.id}: compute gone without a result -> {after.state.value} ({after.reason})"]
     live = job.live_at or job.updated_at
     deadline = live + timedelta(
         seconds=job.spec.compute.max_runtime + settings.grace_s + settings.heartbeat_timeout_s

@@ -63,6 +63,9 @@ class JobRecord:
     reason: str = ""
     compute_state: ComputeState = ComputeState.NONE
     backend: str = ""
+    # the Python that runs the job's runner on local compute: the submitter's own interpreter
+    # (the CLI's, a notebook's, the agent's for a job an event made), whoever starts the job
+    python: str = ""
     handle: dict[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
@@ -97,7 +100,7 @@ class JobRecord:
     def evolve(self, **changes: Any) -> JobRecord:
         """A copy with ``changes`` and a new ``updated_at``.
 
-        What ``dataclasses.replace`` does, without running ``__init__`` over all 31 fields again
+        What ``dataclasses.replace`` does, without running ``__init__`` over all 32 fields again
         (a record is copied several times per event, and JobRecord has no ``__post_init__``):
         the values are copied as they are, as ``replace`` copies them.
         """

@@ -170,6 +170,14 @@ class Rules:
                 if now - last < catch_up:
                     yield rule, last
 
+    def next_times(self, after: datetime) -> list[tuple[Rule, datetime]]:
+        """Each schedule's next time strictly after ``after``, to the second (6-field cron)."""
+        return [
+            (rule, croniter(rule.schedule, after, second_at_beginning=True).get_next(datetime))
+            for rule in self.parsed.rules
+            if rule.schedule
+        ]
+
     def fill(self, rule: Rule, values: dict[str, str], at: datetime) -> JobSpec:
         return validate_spec(self._filled(rule, values, at), f"job made by rule '{rule.name}'")
 

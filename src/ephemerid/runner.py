@@ -3,10 +3,11 @@
 ``python -m ephemerid.runner --artifacts URI --job ID --work-dir DIR`` fetches
 ``runs/<job>/job.json``, stages code, inputs, model and checkpoint, runs the entrypoint with no
 shell (params reach it as a JSON file, never as shell text), streams its output to the job's log
-while it runs, heartbeats, enforces ``max_runtime`` (SIGTERM, grace, SIGKILL), uploads outputs,
-and writes ``runs/<job>/result.json`` last: that file is the completion event. Both files are the
-runner contract (``ephemerid.contract``): a launch of a contract version this runner does not speak
-ends as a failed result naming both versions, and a non-zero exit.
+while it runs, and its metrics (``ephemerid.track``) as they are logged, heartbeats (a beat as
+the entrypoint starts says when it did), enforces ``max_runtime`` (SIGTERM, grace, SIGKILL),
+uploads outputs, and writes ``runs/<job>/result.json`` last: that file is the completion event.
+Both files are the runner contract (``ephemerid.contract``): a launch of a contract version this
+runner does not speak ends as a failed result naming both versions, and a non-zero exit.
 
 Launched once per process of a distributed job (torchrun, or Azure ML's PyTorch distribution:
 ``RANK`` and ``WORLD_SIZE`` in the environment), every rank stages its own copy in
@@ -18,6 +19,10 @@ checkpoint, and writes ``result.json``.
 On a spot VM, ``--scheduled-events URL`` makes it watch the instance metadata service: on a
 ``Preempt`` event for this VM it SIGTERMs the entrypoint (which may write a checkpoint), uploads
 the checkpoint and outputs, and reports ``evicted`` so ephemerid runs the job again elsewhere.
+It warms Scheduled Events up as it starts (the first answer may take minutes). While the
+entrypoint runs, rank 0 uploads its checkpoint's changes every ``checkpoint_upload_s``
+(``ephemerid.checkpoint``: a spot VM may vanish with no notice). A runner started again on the
+same machine (after a reboot) reruns the job from that checkpoint or stands down (``restarts``).
 ``--stop-by TIME`` (azure-vm) stops the entrypoint by then even short of ``max_runtime`` (a VM
 that booted late), so the result is written before the VM's own deadline deletes it.
 
@@ -40,7 +45,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,14 +58,20 @@ from ephemerid.artifacts import (
     put_bytes,
     upload_dir,
 )
+from ephemerid.checkpoint import CheckpointSync
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
 from ephemerid.envs.build import BuildFailed, Environments, Ready, package_path
 from ephemerid.envs.container import in_container
 from ephemerid.errors import ContractError
+from ephemerid.heartbeat import Beats
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
-from ephemerid.joblog import LOG_FLUSH_S, LogPump
-from ephemerid.track import summarize
+from ephemerid.joblog import LogPump, MetricsPump
+from ephemerid.restarts import Busy, GaveUp, Starts
 from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
+
+# What a runner stages in its work folder; a start after the first clears it all first.
+STAGED: tuple[str, ...] = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
+STAGED += ("params.json", names.METRICS_FILE)
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,17 @@ class Runner:
         log_key = names.run_key(job_id, names.log_file(self.rank.rank))
         self.mask = sandbox.Mask.of_env(os.environ)
         self.pump = LogPump(store, log_key, LOG_LIMIT_BYTES, self.mask)  # limit: see the launch
-        self._stop = threading.Event()
+        self.starts = Starts(self.work)
+        self.checkpoints = CheckpointSync(
+            store, self.work / "checkpoint", names.run_key(job_id, names.CHECKPOINT_DIR)
+        )
+        metrics_key = names.run_key(job_id, names.METRICS_FILE)
+        self.metrics = MetricsPump(
+            store, metrics_key, self.work / names.METRICS_FILE, LOG_LIMIT_BYTES, self.mask
+        )
+        self._stop, self._ran = threading.Event(), threading.Event()
+        self.beats = Beats(store, job_id, self.pump, self.metrics, self._stop, self.say)
+        self.owner = True  # whether this start runs the job (and so writes its result)
 
     def say(self, message: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -125,13 +145,20 @@ class Runner:
     def run(self) -> Result:
         result = Result(job_id=self.job_id, status=RunStatus.FAILED)  # until the run says otherwise
         try:
+            if self.events is not None and not self.events.warm_up():  # it may take minutes
+                self.say("Scheduled Events has not answered yet: it goes on while the job stages")
             launch = self._read_launch()
+            self.owner = self._take_over(launch)
+            if not self.owner:
+                return result
             if self.isolation is not None:
                 self.say(self.isolation.describe())
             if self.rank.leader:
-                threading.Thread(target=self._heartbeat, args=(launch,), daemon=True).start()
+                beat = threading.Thread(target=self.beats.run, args=(launch.heartbeat_s,))
+                beat.daemon = True
+                beat.start()
             else:
-                threading.Thread(target=self._flush_often, daemon=True).start()
+                threading.Thread(target=self.beats.flush_often, daemon=True).start()
             entry, env = self._stage(launch)
             self._environment(launch, env, result)
             stop = self._execute(launch, entry, env, result)
@@ -142,7 +169,7 @@ class Runner:
         except BuildFailed as exc:  # the installer's output is in the log already
             result.status, result.reason = RunStatus.FAILED, str(exc)
             self.say("the job's environment could not be built: its code did not run")
-        except ContractError as exc:  # another release wrote the launch: refuse, and say so
+        except (ContractError, GaveUp) as exc:  # another release's launch, or too many restarts
             result.status, result.reason = RunStatus.FAILED, str(exc)
             self.say(result.reason)
         except Exception as exc:  # anything the runner hits ends as a failed result, not a hang
@@ -152,27 +179,45 @@ class Runner:
             self._stop.set()
             if self.ready is not None:
                 self.ready.close()
+            if self.rank.leader:  # the metrics the code logged, kept whatever else went wrong
+                self._last_metrics(result)
             self.pump.close()
             result.finished_at = result.finished_at or _now()
             result.reason = self.mask(result.reason)
-            if self.rank.leader:  # the other ranks' ends are the launcher's to report
+            if self.rank.leader and self.owner:  # other ranks: the launcher reports their ends
                 key = names.run_key(self.job_id, names.RESULT_FILE)
                 put_bytes(self.store, key, result.dumps())
+            self.starts.release()  # only now: the next start finds the result written
         return result
+
+    def _take_over(self, launch: Launch) -> bool:
+        """Whether this start runs the job: not when another runner holds the work folder, nor
+        when the result is written; a start after the first reruns it (ephemerid.restarts)."""
+        try:
+            self.starts.lock()
+        except Busy as exc:
+            self.say(f"{exc}: the job runs there, and never twice at once")
+            return False
+        if self.rank.leader and self.store.stat(names.run_key(self.job_id, names.RESULT_FILE)):
+            self.say("this job's result is written already: this start leaves it as it is")
+            return False
+        start = self.starts.claim(launch.restarts, STAGED)
+        for note in start.notes():
+            self.say(note)
+        return True
 
     def _read_launch(self) -> Launch:
         key = names.run_key(self.job_id, names.JOB_FILE)
         launch = Launch.loads(get_bytes(self.store, key), where=key)
-        self.pump.limit = launch.log_limit_bytes
+        self.pump.limit = self.metrics.limit = launch.log_limit_bytes
         if launch.secret_params:  # the script may print them: the log never shows them
             values = [launch.params[n] for n in launch.secret_params if n in launch.params]
             secrets = [v if isinstance(v, str) else json.dumps(v) for v in values]
-            self.mask = self.pump.mask = self.mask.with_secrets(secrets)
+            self.mask = self.pump.mask = self.metrics.mask = self.mask.with_secrets(secrets)
         return launch
 
     def _stage(self, launch: Launch) -> tuple[Path, dict[str, str]]:
-        folders = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
-        dirs = {n: self.work / n for n in folders}
+        dirs = {n: self.work / n for n in STAGED if "." not in n}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         where = f" (rank {self.rank.rank} of {self.rank.world})" if self.rank.world > 1 else ""
@@ -184,6 +229,7 @@ class Runner:
         if launch.model:
             download(self.store, launch.model, dirs["model"])
         download(self.store, names.run_key(self.job_id, names.CHECKPOINT_DIR), dirs["checkpoint"])
+        self.checkpoints.staged()
         params = self.work / "params.json"
         params.write_text(json.dumps(launch.params))
         entry = dirs["code"] / launch.entrypoint
@@ -245,7 +291,7 @@ class Runner:
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
         command = self._command(launch, entry, env)
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
-        result.started_at = _now()
+        result.started_at = started = _now()
         mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
         proc = subprocess.Popen(
             command,
@@ -259,12 +305,20 @@ class Runner:
             group=self.user.pw_gid if self.user else None,
             extra_groups=[] if self.user else None,
         )
+        self.starts.entrypoint(proc.pid)  # its process group: a next start ends what is left
+        if self.rank.leader:
+            self.beats.started(started)
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
+        every = launch.checkpoint_upload_s
+        if self.rank.leader and every > 0:
+            args = (every, self._ran, self.say)
+            threading.Thread(target=self.checkpoints.every, args=args, daemon=True).start()
         stop = watch(proc, limit, *self._watchers())
         if stop is not None:
             self.say(stop.note)
             stop_group(proc, launch.grace_s)
+        self._ran.set()
         if self.isolation is not None and (left := self.isolation.end_leftovers(launch.grace_s)):
             self.say(f"stopped {left} process(es) the entrypoint left running")
         reader.join(timeout=10)
@@ -317,34 +371,25 @@ class Runner:
         manifest = Outputs(job_id=self.job_id, outputs=keys, total_bytes=size)
         put_bytes(self.store, names.run_key(self.job_id, names.OUTPUTS_FILE), manifest.dumps())
         result.summarize(manifest)
-        kept = names.run_key(self.job_id, names.CHECKPOINT_DIR)
-        upload_dir(self.store, self.work / "checkpoint", kept, skip=self._not_uploaded)
-        metrics = self.work / names.METRICS_FILE
-        if metrics.is_file():
-            with metrics.open("rb") as stream:
-                self.store.write(names.run_key(self.job_id, names.METRICS_FILE), stream)
-            result.metrics = summarize(metrics.read_text(errors="replace").splitlines())
+        self.checkpoints.skip = self._not_uploaded
+        self.checkpoints.sync()  # what changed since the last periodic upload
         self.say(f"uploaded {len(keys)} output file(s)")
+
+    def _last_metrics(self, result: Result) -> None:
+        """Append the metrics logged since the last pump; the result keeps each one's last value."""
+        try:
+            self.metrics.pump()
+        except Exception as exc:  # the result is still written, without the newest metrics
+            self.say(f"metrics not all uploaded: {exc}")
+        result.metrics = self.metrics.latest.values()
+        if self.metrics.dropped:
+            self.say(
+                f"metrics truncated at {self.metrics.limit} bytes; "
+                f"{self.metrics.dropped} more bytes were not kept"
+            )
 
     def _not_uploaded(self, name: str, why: str) -> None:
         self.say(f"not uploaded: {name}: {why}")
-
-    def _flush_often(self) -> None:
-        """A rank other than 0 beats for nobody, but its log stays live too."""
-        while not self._stop.wait(LOG_FLUSH_S):
-            self.pump.flush()
-
-    def _heartbeat(self, launch: Launch) -> None:
-        """Beat every ``heartbeat_s``, and flush the log often so `eph logs -f` stays live."""
-        key = names.run_key(self.job_id, names.HEARTBEAT_FILE)
-        interval = launch.heartbeat_s
-        next_beat = 0.0
-        while not self._stop.wait(LOG_FLUSH_S if next_beat else 0):
-            self.pump.flush()
-            if time.monotonic() >= next_beat:
-                beat = {"at": _now().isoformat(), "pid": os.getpid()}
-                put_bytes(self.store, key, json.dumps(beat).encode())
-                next_beat = time.monotonic() + interval
 
 
 def _now() -> datetime:
@@ -384,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         run_as=args.run_as,
         envs_root=args.envs_dir,
     )
-    return 0 if runner.run().status is RunStatus.SUCCEEDED else 1
+    succeeded = runner.run().status is RunStatus.SUCCEEDED
+    return 0 if succeeded or not runner.owner else 1  # standing down is no failure to restart
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
 from ephemerid import names, sandbox, transitions
-from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
+from ephemerid.artifacts import ArtifactStore, get_bytes
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import (
@@ -35,6 +36,7 @@ from ephemerid.errors import (
 from ephemerid.models import ModelRegistry
 from ephemerid.reads import Reads
 from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
+from ephemerid.recovery import Recovery
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
 from ephemerid.staging import Staging
@@ -54,7 +56,7 @@ class Submitted:
     created: bool
 
 
-class Service(Reads):
+class Service(Reads, Recovery):
     def __init__(
         self,
         store: JobStore,
@@ -105,6 +107,7 @@ class Service(Reads):
         namespace: str | None = None,
         owner: str = "",
         admin: bool = False,
+        python: str | None = None,
     ) -> Submitted:
         """Accept ``spec`` once per idempotency key; refuse bad input before renting anything.
 
@@ -133,6 +136,7 @@ class Service(Reads):
             source=source,
             owner=owner,
             backend=backend,
+            python=python or sys.executable,
             model_version=plan.model.ref if plan.model else "",
             environment=plan.environment.id if plan.environment else "",
         )
@@ -267,7 +271,8 @@ class Service(Reads):
         throwing the work away. The job unchanged when there is none."""
         backend = self.backends[job.backend]
         owned = [h for h in backend.list_owned() if h.job_id == job.id]
-        found = next((h for h in owned if backend.poll(h) is not ComputeStatus.GONE), None)
+        held = (ComputeStatus.STARTING, ComputeStatus.RUNNING)
+        found = next((h for h in owned if backend.poll(h) in held), None)
         return job if found is None else self._transition(job.id, transitions.adopted(found))[0]
 
     # -- completion and cancel ---------------------------------------------------------------
@@ -296,29 +301,6 @@ class Service(Reads):
         self.dispatch_waiting()
         return job
 
-    def _evicted(self, job: JobRecord) -> JobRecord:
-        """The platform took the compute back: release it, then run the job again on new compute.
-
-        The runner uploaded the checkpoint first, so the next run resumes from it. Each step is
-        safe to repeat: the result stays until the job is queued again, then moves aside.
-        """
-        retries = self.settings.eviction_retries
-        if job.state in (JobState.PROVISIONING, JobState.RUNNING) and job.evictions >= retries:
-            reason = f"evicted {job.evictions + 1} times; no retries left ({retries} allowed)"
-            return self.release(self._fail(job.id, reason))
-        if job.state in (JobState.PROVISIONING, JobState.RUNNING):
-            job = self.release(job)
-            if job.compute_state is not ComputeState.RELEASED:
-                return job  # the teardown is owed: the reaper comes back to this result
-            job, _ = self._transition(job.id, transitions.requeued)
-        if job.state is JobState.ACCEPTED:
-            result = names.run_key(job.id, names.RESULT_FILE)
-            aside = names.run_key(job.id, f"evicted-{job.evictions}.json")
-            put_bytes(self.artifacts, aside, get_bytes(self.artifacts, result))
-            self.artifacts.delete(result)
-            return self.start(job.id)
-        return job
-
     def register_model(self, job: JobRecord) -> JobRecord:
         """Register a succeeded train job's ``model/`` output (at most once per job)."""
         target = job.spec.register_as
@@ -340,7 +322,7 @@ class Service(Reads):
         the compute is torn down first, which may free what the write needed, then the write
         is tried once more; if that fails too, Unavailable says the compute is given back.
         """
-        change = transitions.ended(state, reason)
+        change = transitions.ended(state, reason, *self.reported(self.store.get(job_id)))
         try:
             job, _ = self._transition(job_id, change)
         except (NotFound, Conflict):

@@ -29,7 +29,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ephemerid.contract import DISK_LIMIT_BYTES, GRACE_S, HEARTBEAT_S, LOG_LIMIT_BYTES
+from ephemerid.contract import (
+    CHECKPOINT_UPLOAD_S,
+    DISK_LIMIT_BYTES,
+    GRACE_S,
+    HEARTBEAT_S,
+    LOG_LIMIT_BYTES,
+    RESTARTS,
+)
 from ephemerid.errors import BadInput
 from ephemerid.names import JOBS_QUEUE
 
@@ -48,6 +55,20 @@ Interval = Annotated[float, Field(gt=0, allow_inf_nan=False, description="second
 Count = Annotated[int, Field(ge=0, description="a whole number, 0 or more")]
 Bytes = Annotated[int, Field(ge=1, description="a whole number of bytes, 1 or more")]
 Flag = Annotated[bool, BeforeValidator(_strip), Field(description="true or false")]
+
+
+def _off_or_a_second(value: float) -> float:
+    if 0 < value < 1:
+        raise ValueError("must be 0 (only when the run ends) or from 1 to 86400 seconds")
+    return value
+
+
+CheckpointInterval = Annotated[
+    float,
+    Field(ge=0, le=86400, allow_inf_nan=False, description="seconds, 0 (off) or 1 to 86400"),
+    AfterValidator(_off_or_a_second),
+]
+Restarts = Annotated[int, Field(ge=0, le=10, description="a whole number from 0 to 10")]
 
 
 def _no_query(value: str) -> str:
@@ -169,6 +190,8 @@ class AzureVmSettings(_Settings):
     max_wait_s: Seconds = Field(3600.0, alias="EPHEMERID_CAPACITY_MAX_WAIT_S")
     backoff_s: Seconds = Field(30.0, alias="EPHEMERID_CAPACITY_BACKOFF_S")
     arm_retry_s: Seconds = Field(2.0, alias="EPHEMERID_ARM_RETRY_S")
+    # a VM younger than this that a GET says is not there may be a stale read: not yet gone
+    read_settle_s: Seconds = Field(120.0, alias="EPHEMERID_ARM_READ_SETTLE_S")
 
     @field_validator("regions", mode="before")
     @classmethod
@@ -194,7 +217,9 @@ class AzureMlSettings(_Settings):
     ``cluster`` is an AmlCompute cluster made with ``min_instances=0``: ``node_sku``,
     ``low_priority`` and ``idle_s`` (its ``idle_time_before_scale_down``) describe it for the
     bill. ``environment`` is a registered Azure ML environment whose image has ephemerid
-    installed (``name:version``, ``name@latest`` or an ARM id). ``datastore`` is the workspace
+    installed (``name:version``, ``name@latest`` or an ARM id); empty, ephemerid registers its
+    own (``ephemerid-runner``, versioned by its content: ``conda_file`` and ``image`` replace
+    its definition). ``datastore`` is the workspace
     datastore on the ``runs`` container: the job's folder and outputs are declared on it as
     ``uri_folder``, so Azure ML shows what each job read and wrote.
     """
@@ -203,7 +228,10 @@ class AzureMlSettings(_Settings):
     resource_group: str = Field(alias="EPHEMERID_AML_RESOURCE_GROUP")
     workspace: str = Field(alias="EPHEMERID_AML_WORKSPACE")
     cluster: str = Field(alias="EPHEMERID_AML_CLUSTER")
-    environment: str = Field(alias="EPHEMERID_AML_ENVIRONMENT")
+    # empty: ephemerid's own runner environment, versioned by its content and registered by it
+    environment: str = Field("", alias="EPHEMERID_AML_ENVIRONMENT")
+    conda_file: str = Field("", alias="EPHEMERID_AML_CONDA_FILE")
+    image: str = Field("", alias="EPHEMERID_AML_IMAGE")
     identity_client_id: str = Field("", alias="EPHEMERID_AML_IDENTITY_CLIENT_ID")
     node_sku: str = Field("Standard_NC4as_T4_v3", alias="EPHEMERID_AML_SKU")
     low_priority: Flag = Field(False, alias="EPHEMERID_AML_LOW_PRIORITY")
@@ -215,12 +243,17 @@ class AzureMlSettings(_Settings):
     idle_s: Seconds = Field(120.0, alias="EPHEMERID_AML_IDLE_S")
     # a job whose result is written ends by itself: wait, then cancel
     finish_wait_s: Seconds = Field(30.0, alias="EPHEMERID_AML_FINISH_WAIT_S")
+    # how long a teardown reads a cancelled job before it leaves the confirmation to the reaper
+    cancel_wait_s: Seconds = Field(5.0, alias="EPHEMERID_AML_CANCEL_WAIT_S")
+    # a job Azure ML failed for want of quota is submitted again after a backoff, this long
+    max_wait_s: Seconds = Field(3600.0, alias="EPHEMERID_CAPACITY_MAX_WAIT_S")
+    backoff_s: Seconds = Field(30.0, alias="EPHEMERID_CAPACITY_BACKOFF_S")
     arm_retry_s: Seconds = Field(2.0, alias="EPHEMERID_ARM_RETRY_S")
 
     @field_validator("environment")
     @classmethod
     def _registered_environment(cls, value: str) -> str:
-        if not _AML_ENVIRONMENT.match(value.removeprefix("azureml:")):
+        if value and not _AML_ENVIRONMENT.match(value.removeprefix("azureml:")):
             raise ValueError(
                 "names no environment: write azureml:name:version, name@latest or the "
                 "environment version's ARM id"
@@ -247,6 +280,10 @@ class Settings(_Settings):
     local_slots: int | None = Field(
         None, alias="EPHEMERID_LOCAL_SLOTS", ge=1, description="a whole number of slots, 1 or more"
     )
+    # how many GPUs local compute has (GPUs 0 to N-1; 0: none); unset, it looks for them
+    local_gpus: int | None = Field(
+        None, alias="EPHEMERID_LOCAL_GPUS", ge=0, description="a whole number of GPUs, 0 or more"
+    )
     # how much a local job's work folder (scratch and outputs) may hold before it is stopped
     local_disk_limit_bytes: Bytes = Field(
         DISK_LIMIT_BYTES, alias="EPHEMERID_LOCAL_DISK_LIMIT_BYTES"
@@ -258,7 +295,17 @@ class Settings(_Settings):
     log_limit_bytes: Bytes = Field(LOG_LIMIT_BYTES, alias="EPHEMERID_LOG_LIMIT_BYTES")
     code_limit_bytes: Bytes = Field(50 * 1024 * 1024, alias="EPHEMERID_CODE_LIMIT_BYTES")
     eviction_retries: Count = Field(3, alias="EPHEMERID_EVICTION_RETRIES")
+    # how often the runner uploads what changed in the job's checkpoint folder (0: only at its end)
+    checkpoint_upload_s: CheckpointInterval = Field(
+        CHECKPOINT_UPLOAD_S, alias="EPHEMERID_CHECKPOINT_UPLOAD_S"
+    )
+    # how many times a runner started again on the same compute (a reboot) reruns the job
+    runner_restarts: Restarts = Field(RESTARTS, alias="EPHEMERID_RUNNER_RESTARTS")
     price_table: Path | None = Field(None, alias="EPHEMERID_PRICE_TABLE")
+    # the local agent (ephemerid.agent): it exits once nothing is open for this long, and makes
+    # a slow pass (reaper, bucket listing) this often besides watching the bucket
+    agent_idle_s: Seconds = Field(60.0, alias="EPHEMERID_AGENT_IDLE_S")
+    agent_poll_s: Interval = Field(5.0, alias="EPHEMERID_AGENT_POLL_S")
     storage: StorageSettings = StorageSettings.model_validate({})  # frozen: one for every Settings
     azure_vm: AzureVmSettings | None = None
     azure_ml: AzureMlSettings | None = None

@@ -162,6 +162,9 @@ class ComputeRequest(BaseModel):
     )
     spot: Spot = Spot.NEVER
     max_runtime: Seconds = 3600
+    # local compute only: with fewer GPUs here than asked, run on the CPU (and say so) instead
+    # of refusing the job; the cloud backends always rent the GPUs asked
+    cpu_fallback: bool = False
 
 
 SECRET_SHOWN = "***"  # noqa: S105 (what a secret param shows, not a secret)

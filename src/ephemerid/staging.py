@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes, safe_key
+from ephemerid.codefolder import check_size, code_files
 from ephemerid.contract import Launch, LaunchEnvironment
 from ephemerid.envs.identity import CodeFiles, identify
 from ephemerid.errors import EphemeridError, NotFound, SpecError
@@ -23,8 +24,6 @@ from ephemerid.models import ModelRegistry, ModelVersion
 from ephemerid.record import JobRecord
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec, ModelRef
-
-_SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".ipynb_checkpoints"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,8 @@ class Staging:
             heartbeat_s=self.settings.heartbeat_s,
             grace_s=self.settings.grace_s,
             log_limit_bytes=self.settings.log_limit_bytes,
+            checkpoint_upload_s=self.settings.checkpoint_upload_s,
+            restarts=self.settings.runner_restarts,
             env=spec.env,
             secret_params=spec.secret_params,
             environment=plan.environment,
@@ -145,15 +146,9 @@ class Staging:
             raise SpecError(f"code: '{spec.code}' is not a directory")
         if not (code / spec.entrypoint).is_file():
             raise SpecError(f"entrypoint '{spec.entrypoint}' is not a file in '{spec.code}'")
-        files = _code_files(code)
+        files = code_files(code, skip=self._own_folders())
         _check_links(code, files)
-        size = sum(p.stat().st_size for p in files)
-        if size > self.settings.code_limit_bytes:
-            raise SpecError(
-                f"code: '{spec.code}' holds {size} bytes, more than the "
-                f"{self.settings.code_limit_bytes}-byte limit; keep data out of the code "
-                "directory and pass it as inputs"
-            )
+        check_size(code, files, self.settings.code_limit_bytes, spec.code)
         return files
 
     def _environment(self, spec: JobSpec, files: list[Path]) -> LaunchEnvironment | None:
@@ -180,6 +175,13 @@ class Staging:
             inherit=env.inherit,
             image=env.image or "",
         )
+
+    def _own_folders(self) -> list[Path]:
+        """ephemerid's own state, never part of a snapshot: the home, and a bucket folder."""
+        own = [self.settings.home]
+        if self.artifacts.root_uri.startswith("file://"):
+            own.append(Path(self.artifacts.root_uri.removeprefix("file://")))
+        return own
 
     # -- the code snapshot -------------------------------------------------------------------
 
@@ -233,11 +235,3 @@ def _check_links(root: Path, files: list[Path]) -> None:
                 f"code: '{name}' in '{root}' links to '{target}', outside the code folder: "
                 "copy the file in, or remove the link"
             )
-
-
-def _code_files(root: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(root).parts)
-    )

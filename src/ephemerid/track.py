@@ -1,8 +1,12 @@
 """Tracking for user code: ``from ephemerid import track; track.log_metric("acc", 0.93, step=3)``.
 
 Each call appends one JSON line to the run's ``metrics.jsonl`` (``EPHEMERID_METRICS_FILE``, set
-by the runner), which is uploaded with the run. Outside a run the values go to stderr, so a
-script works the same when run by hand.
+by the runner). The runner uploads the lines to ``runs/<job>/metrics.jsonl`` as they come, with
+the log, so a running job shows each metric's last value and step. Outside a run the values go to
+stderr, so a script works the same when run by hand.
+
+The file has one writer (``Metric.line``, through ``log_metric``) and one reader (``Latest``,
+``latest``): the lines come from user code, so the reader skips any line that is not a metric.
 """
 
 from __future__ import annotations
@@ -12,24 +16,66 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 from ephemerid.names import ENV_METRICS
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One value of a metric: ``step`` when the code gave one, ``at`` in seconds since 1970."""
+
+    name: str
+    value: float
+    step: int | None = None
+    at: float | None = None
+
+    def line(self) -> str:
+        entry = {"type": "metric", "name": self.name, "value": self.value, "step": self.step}
+        return json.dumps({**entry, "at": self.at})
+
+    @classmethod
+    def parse(cls, entry: Any) -> Metric | None:
+        """The metric in one decoded line, or None when the line holds none."""
+        if not isinstance(entry, dict) or entry.get("type") != "metric":
+            return None
+        name, value, step, at = (entry.get(k) for k in ("name", "value", "step", "at"))
+        if not isinstance(name, str) or not name or not _number(value):
+            return None
+        if step is not None and type(step) is not int:
+            return None
+        return cls(name, float(value), step, float(at) if _number(at) else None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "step": self.step, "at": self.at}
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
 def log_metric(name: str, value: float, step: int | None = None) -> None:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"metric '{name}' must be a finite number, got {value}")
-    _write({"type": "metric", "name": name, "value": value, "step": step, "at": time.time()})
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a metric's name must be a non-empty string, got {name!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"metric '{name}' must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"metric '{name}' must be a finite number, got {number}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise ValueError(f"metric '{name}': step must be a whole number or None, got {step!r}")
+    _write(Metric(name, number, None if step is None else int(step), time.time()).line())
 
 
 def log_param(name: str, value: Any) -> None:
-    _write({"type": "param", "name": name, "value": value, "at": time.time()})
+    entry = {"type": "param", "name": name, "value": value, "at": time.time()}
+    _write(json.dumps(entry, default=str))
 
 
-def _write(entry: dict[str, Any]) -> None:
-    line = json.dumps(entry, default=str)
+def _write(line: str) -> None:
     path = os.environ.get(ENV_METRICS)
     if not path:
         print(f"[track] {line}", file=sys.stderr)
@@ -38,14 +84,41 @@ def _write(entry: dict[str, Any]) -> None:
         out.write(line + "\n")
 
 
-def summarize(lines: list[str]) -> dict[str, float]:
+class Latest:
+    """The last value of each metric in a metrics.jsonl read as it grows (``feed`` each chunk)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Metric] = {}
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[Metric]:
+        """Read the next bytes of the file; the metrics its complete lines hold, in order."""
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        found = [m for m in map(_metric_of, lines) if m is not None]
+        self.metrics.update((m.name, m) for m in found)
+        return found
+
+    def values(self) -> dict[str, float]:
+        return {name: metric.value for name, metric in self.metrics.items()}
+
+
+def _metric_of(line: bytes | str) -> Metric | None:
+    try:
+        return Metric.parse(json.loads(line))
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+
+
+def latest(lines: Iterable[bytes | str]) -> dict[str, Metric]:
+    """The last value (and step) of every metric in the lines of a metrics.jsonl."""
+    found: dict[str, Metric] = {}
+    for metric in map(_metric_of, lines):
+        if metric is not None:
+            found[metric.name] = metric
+    return found
+
+
+def summarize(lines: Iterable[bytes | str]) -> dict[str, float]:
     """The last value of every metric in a metrics.jsonl."""
-    last: dict[str, float] = {}
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("type") == "metric":
-            last[str(entry["name"])] = float(entry["value"])
-    return last
+    return {name: metric.value for name, metric in latest(lines).items()}

@@ -15,7 +15,7 @@ and separately compute: none -> requested -> live -> released.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ephemerid.compute import Handle
@@ -113,6 +113,26 @@ def requeued(job: JobRecord) -> dict[str, Any] | None:
     }
 
 
+def unplaced(job: JobRecord) -> dict[str, Any] | None:
+    """Compute the platform gave up before the job ran (a quota failure), released: the job
+    goes back to ACCEPTED to be placed again, still waiting since it first waited."""
+    if job.state.terminal or job.compute_state is not ComputeState.RELEASED:
+        return None
+    return {
+        "state": JobState.ACCEPTED,
+        "reason": "the platform could not place its compute (capacity or quota): placing it again",
+        "compute_state": ComputeState.NONE,
+        "handle": {},
+        "earlier_compute": [*job.earlier_compute, job.rental("not placed")],
+        "compute_requested_at": None,
+        "live_at": None,
+        "released_at": None,
+        "waiting_since": job.waiting_since or utcnow(),
+        "price_per_hour": None,
+        "billed_tail_s": 0.0,
+    }
+
+
 def adopted(handle: Handle) -> Change:
     """``live(handle)``, for a job still provisioning only (a provision that did finish wins):
     the compute a provision made after its caller died, found again by the job id."""
@@ -132,17 +152,31 @@ def teardown_owed(job: JobRecord) -> dict[str, Any] | None:
     return {"teardown_attempts": job.teardown_attempts + 1}
 
 
-def ended(state: JobState, reason: str) -> Change:
-    """An unfinished job ends in terminal ``state`` (cancel, fail, time out) with ``reason``."""
+def ended(
+    state: JobState,
+    reason: str,
+    started_at: datetime | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> Change:
+    """An unfinished job ends in terminal ``state`` (cancel, fail, time out) with ``reason``.
+
+    With no result to say so, ``started_at`` and ``metrics`` are what its runner reported while
+    it ran: the job keeps them, so its code's time is its runtime (not idle) and its metrics stay.
+    """
 
     def change(job: JobRecord) -> dict[str, Any] | None:
         if job.state.terminal:
             return None
-        return {
+        values: dict[str, Any] = {
             "state": state,
             "reason": _kept(reason),
             "finished_at": job.finished_at or utcnow(),
         }
+        if job.started_at is None and started_at is not None:
+            values["started_at"] = started_at
+        if not job.metrics and metrics:
+            values["metrics"] = dict(sorted(metrics.items())[:METRICS_KEPT])
+        return values
 
     return change
 

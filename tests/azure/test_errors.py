@@ -14,7 +14,7 @@ import requests
 from azure.core import exceptions as sdk
 from azure.core.pipeline.transport import HttpRequest, RequestsTransportResponse
 
-from ephemerid.azure.errors import describe, error_tree, sdk_errors, transient
+from ephemerid.azure.errors import describe, error_tree, retry_after_s, sdk_errors, transient
 from ephemerid.errors import (
     AccessDenied,
     ComputeError,
@@ -27,14 +27,20 @@ from ephemerid.errors import (
 URL = "https://ephstore.table.core.windows.net/jobs(PartitionKey='train-0',RowKey='job')"
 
 
-def response(status: int, body: dict[str, Any] | None = None) -> RequestsTransportResponse:
+def response(
+    status: int,
+    body: dict[str, Any] | None = None,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+) -> RequestsTransportResponse:
     raw = requests.Response()
     raw.status_code = status
     raw.reason = requests.status_codes._codes[status][0].upper()  # type: ignore[attr-defined]
     raw._content = json.dumps(body or {"error": {"code": "Code", "message": "text"}}).encode()
     raw.headers["Content-Type"] = "application/json"
+    raw.headers.update(headers or {})
     raw.url = URL
-    return RequestsTransportResponse(HttpRequest("GET", URL), raw)
+    return RequestsTransportResponse(HttpRequest(method, URL), raw)
 
 
 def mapped(exc: BaseException, **kwargs: Any) -> EphemeridError:
@@ -131,6 +137,46 @@ def test_an_arm_answer_is_read_down_to_its_nested_details() -> None:
 
     assert [e["code"] for e in error_tree(exc)] == ["ResourceOperationFailure", "AllocationFailed"]
     assert "AllocationFailed: no capacity for NC4as_T4_v3" in describe(exc)
-    assert transient(exc)  # a failed long-running operation is tried again
+    assert not transient(exc)  # a definite answer: capacity moves on, it is not sent again
     assert not transient(sdk.HttpResponseError(response=response(400)))
     assert transient(sdk.ServiceResponseError("reset"))
+
+
+def arm_error(http: int, code: str, method: str = "GET", status: str = "") -> sdk.HttpResponseError:
+    """An ARM answer with error ``code``; ``status``: a long-running operation's, as polled."""
+    body: dict[str, Any] = {"error": {"code": code, "message": f"simulated {code}"}}
+    if status:
+        body["status"] = status
+    return sdk.HttpResponseError(response=response(http, body, method))
+
+
+def test_what_may_succeed_if_sent_again_is_transient_and_a_definite_answer_is_not() -> None:
+    # a retryable code, on the operation's status (200) or its Location poll (409)
+    assert transient(arm_error(200, "InternalExecutionError", status="Failed"))
+    assert transient(arm_error(409, "RetryableError"))
+    # a 409 on a DELETE: another operation on the VM is in progress
+    assert transient(arm_error(409, "Conflict", "DELETE"))
+    assert transient(arm_error(409, "OperationNotAllowed", "DELETE"))
+    # a create our own delete cancelled, a failed operation that names its cause, a PUT conflict
+    assert not transient(arm_error(200, "OperationPreempted", status="Canceled"))
+    assert not transient(arm_error(200, "InvalidParameter", status="Failed"))
+    assert not transient(arm_error(409, "OperationNotAllowed", "PUT"))
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"Retry-After": "40"}, 40.0),
+        ({"Retry-After": "0.5"}, 0.5),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"x-ms-retry-after-ms": "250"}, 0.25),
+        ({"Retry-After": "Wed, 01 Jan 2020 00:00:00 GMT"}, 0.0),  # a date in the past: now
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_milliseconds_or_a_date(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    exc = sdk.HttpResponseError(response=response(429, headers=headers))
+
+    assert retry_after_s(exc) == seconds

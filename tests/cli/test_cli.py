@@ -210,6 +210,7 @@ def test_bad_input_exits_2_naming_the_problem_and_runs_nothing(
 ) -> None:
     write_script(code_dir, "print('never runs')\n")
     make_args, message = BAD[case]
+    jobs_in(home)  # the home exists (and is empty): only submit may start a new one
 
     done = eph(*make_args(code_dir, tmp_path))
 

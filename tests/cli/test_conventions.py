@@ -14,6 +14,8 @@ import pytest
 
 from drive import HOLD_SCRIPT, Gate, write_script
 from ephemerid import __version__
+from ephemerid.app import build_service
+from ephemerid.settings import Settings
 
 EPH = Path(sys.executable).with_name("eph")
 
@@ -100,6 +102,7 @@ def test_version_and_list_limit(env: dict[str, str], code_dir: Path) -> None:
 def test_an_error_with_json_is_a_json_object_on_stdout_with_the_same_exit_code(
     env: dict[str, str],
 ) -> None:
+    build_service(Settings.from_env({}, home=Path(env["EPHEMERID_HOME"]))).close()  # an empty home
     done = eph(env, "status", "train-000000000000", "--json")
 
     assert done.returncode == 2

@@ -22,18 +22,22 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from drive import kill_session
+from ephemerid.compute.aml_environment import RunnerEnvironment
 from ephemerid.testing.aml import TERMINAL, Cluster, SimJob
 from ephemerid.testing.arm import SUBSCRIPTION, ArmSimulator
 
 GROUP = "eph-ml"
 WORKSPACE = "mlw-test"
 CLUSTER = "gpu"
-ENVIRONMENT = "azureml:ephemerid-runner:1"
+ENVIRONMENT = "azureml:ephemerid-runner:1"  # as an earlier deploy registered it
 
 
 def aml_env(home: Path, sim: ArmSimulator, **more: str) -> dict[str, str]:
-    """EPHEMERID_* settings for an ephemerid whose azure-ml backend submits to ``sim``."""
+    """EPHEMERID_* settings for an ephemerid whose azure-ml backend submits to ``sim``; it
+    registers its own runner environment (no EPHEMERID_AML_ENVIRONMENT)."""
     if not sim.ml.has_workspace(GROUP, WORKSPACE):
         sim.ml.workspace(GROUP, WORKSPACE, Cluster(CLUSTER, max_nodes=4))
     return {
@@ -43,15 +47,22 @@ def aml_env(home: Path, sim: ArmSimulator, **more: str) -> dict[str, str]:
         "EPHEMERID_AML_RESOURCE_GROUP": GROUP,
         "EPHEMERID_AML_WORKSPACE": WORKSPACE,
         "EPHEMERID_AML_CLUSTER": CLUSTER,
-        "EPHEMERID_AML_ENVIRONMENT": ENVIRONMENT,
         "EPHEMERID_ARM_ENDPOINT": sim.endpoint,
         "EPHEMERID_ARM_RETRY_S": "0.01",
         "EPHEMERID_HEARTBEAT_S": "0.5",
         "EPHEMERID_GRACE_S": "2",
         "EPHEMERID_PROVISION_TIMEOUT_S": "20",
         "EPHEMERID_AML_FINISH_WAIT_S": "10",
+        "EPHEMERID_AML_CANCEL_WAIT_S": "1",
         **more,
     }
+
+
+def register(sim: ArmSimulator, runner: RunnerEnvironment, version: str = "") -> None:
+    """``runner`` registered in the test workspace as an earlier provision (or deploy) did."""
+    props = {"image": runner.image, "condaFile": yaml.safe_dump(runner.conda), "osType": "Linux"}
+    environments = sim.ml.environments(GROUP, WORKSPACE)
+    environments.register(runner.name, version or runner.version, **props)
 
 
 def free_port() -> int:

@@ -19,14 +19,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import isodate
 import pytest
 
-from compute.aml import CLUSTER, ENVIRONMENT, GROUP, WORKSPACE, AmlPlayer, aml_env
+from compute.aml import CLUSTER, ENVIRONMENT, GROUP, WORKSPACE, AmlPlayer, aml_env, register
 from compute.cloud import ephemerid, record, settle
 from conftest import EXAMPLES
 from drive import (
@@ -44,6 +44,7 @@ from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import open_artifacts, put_bytes
 from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.compute.aml_environment import RunnerEnvironment
 from ephemerid.compute.azure_ml import COMMAND, TAG_JOB, status_of
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
@@ -53,6 +54,7 @@ from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
 from ephemerid.testing.aml import Cluster
 from ephemerid.testing.arm import ArmSimulator
+from ephemerid.testing.settle import settle as settle_jobs
 
 T4_PRICE = 0.526  # the shipped price table's Standard_NC4as_T4_v3, the cluster's default SKU
 
@@ -102,7 +104,8 @@ def submit_once(env: dict[str, str], spec: JobSpec) -> JobRecord:
 
 
 def puts(sim: ArmSimulator) -> list[Any]:
-    return [r for r in sim.requests if r.method == "PUT"]
+    """The job submissions (not the environment's registration)."""
+    return [r for r in sim.requests if r.method == "PUT" and "/jobs/" in r.path]
 
 
 def status(sim: ArmSimulator, name: str) -> str:
@@ -136,7 +139,16 @@ def test_a_job_runs_on_the_cluster_its_result_completes_it_and_the_bill_counts_t
     assert done.outputs == [f"runs/{job.id}/outputs/model.txt"]
     [aml_job] = sim.ml.created
     assert player.played() == [aml_job.name] == [f"eph-{job.id}-0"]
-    assert status(sim, aml_job.name) == "Completed"
+    assert aml_job.history == [
+        "NotStarted",
+        "Starting",
+        "Preparing",
+        "Queued",
+        "Running",
+        "Finalizing",
+        "Completed",
+    ]
+    assert "POST" not in [r.method for r in sim.requests]  # Finalizing is not done: no cancel
     assert (done.sku, done.spot, done.price_per_hour) == ("Standard_NC4as_T4_v3", False, T4_PRICE)
     assert done.billed_tail_s == 120.0
     assert done.held_s is not None and done.compute_requested_at and done.released_at
@@ -160,7 +172,10 @@ def test_the_submitted_job_is_a_fixed_command_on_the_cluster_with_nothing_from_t
     assert props["jobType"] == "Command"
     assert props["command"] == COMMAND
     assert props["computeId"].endswith(f"/workspaces/{WORKSPACE}/computes/{CLUSTER}")
-    assert props["environmentId"].endswith("/environments/ephemerid-runner/versions/1")
+    runner = RunnerEnvironment.load()
+    assert props["environmentId"].endswith(
+        f"/environments/ephemerid-runner/versions/{runner.version}"
+    )
     assert props["environmentVariables"] == {
         "EPHEMERID_ARTIFACTS": azure.artifacts.root_uri,
         "EPHEMERID_JOB": job.id,
@@ -291,6 +306,7 @@ def test_a_retried_provision_finds_the_job_it_submitted_instead_of_submitting_an
 def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(
     azure: Service, sim: ArmSimulator, code_dir: Path
 ) -> None:
+    register(sim, RunnerEnvironment.load())  # an earlier provision registered it
     sim.fail_next("lost", method="PUT")  # the job is made, the connection reset before the answer
 
     job = azure.submit(ml_spec(code_dir)).job
@@ -300,22 +316,35 @@ def test_a_submission_whose_answer_was_lost_is_not_submitted_twice(
     assert [j.name for j in sim.ml.created] == [job.handle["aml_job"]]
 
 
+def beat(service: Service, job_id: str, at: datetime | None = None) -> None:
+    """The job's runner heartbeats (at ``at``, now by default)."""
+    body = json.dumps({"at": (at or utcnow()).isoformat()}).encode()
+    put_bytes(service.artifacts, names.run_key(job_id, names.HEARTBEAT_FILE), body)
+
+
 def test_poll_maps_azure_ml_statuses_to_starting_running_and_gone(
     azure: Service, sim: ArmSimulator, code_dir: Path
 ) -> None:
-    sim.ml.queue_s = 0.4
+    sim.ml.queue_s, sim.ml.finalizing_s = 0.4, 0.4
     backend = azure.backends["azure-ml"]
-    handle = backend.provision(record(ml_spec(code_dir)))
+    job = record(ml_spec(code_dir))
+    handle = backend.provision(job)
     name = handle.data["aml_job"]
 
     queued = backend.poll(handle)
     started(sim, name)
+    before_the_runner = backend.poll(handle)
+    beat(azure, job.id)
     running = backend.poll(handle)
     sim.ml.finish(name, ok=False, message="node lost")
+    finalizing = backend.poll(handle)
+    wait_for(lambda: status(sim, name) == "Failed", f"Azure ML job {name} to fail")
     gone = backend.poll(handle)
 
-    assert (queued, running, gone) == (
+    assert (queued, before_the_runner, running, finalizing, gone) == (
         ComputeStatus.STARTING,
+        ComputeStatus.STARTING,
+        ComputeStatus.RUNNING,
         ComputeStatus.RUNNING,
         ComputeStatus.GONE,
     )
@@ -346,6 +375,12 @@ def test_every_azure_ml_status_means_compute_starting_held_or_gone(
     status: str, compute: ComputeStatus
 ) -> None:
     assert status_of(status) is compute
+
+
+@pytest.mark.parametrize("status", ["Running", "NotResponding"])
+def test_a_running_job_whose_runner_has_not_beaten_yet_is_still_starting(status: str) -> None:
+    assert status_of(status, runner_started=False) is ComputeStatus.STARTING
+    assert status_of("Finalizing", runner_started=False) is ComputeStatus.RUNNING
 
 
 def test_a_job_queued_while_the_cluster_is_full_is_not_failed_for_a_missing_heartbeat(
@@ -397,6 +432,132 @@ def test_an_azure_ml_job_that_fails_without_a_result_fails_the_job(
 
     assert done.state is JobState.FAILED
     assert "compute exited without writing a result" in done.reason
+
+
+# -- what Azure ML does that a quick simulator would not ----------------------------------------
+
+
+def test_a_cancel_does_not_wait_on_azure_mls_retry_after_and_the_reaper_confirms_the_release(
+    azure: Service, sim: ArmSimulator, player: AmlPlayer, code_dir: Path, tmp_path: Path
+) -> None:
+    # the cancel's operation asks to be read again in an hour, and the cancel takes its time
+    sim.ml.cancel_retry_after_s, sim.ml.cancel_s = 3600, 3600
+    gate = Gate(tmp_path / "gate")
+    job = azure.submit(held_spec(code_dir, gate)).job
+    name = job.handle["aml_job"]
+    pid = gate.pid()
+    answered: dict[str, JobRecord] = {}
+
+    caller = threading.Thread(target=lambda: answered.update(job=azure.cancel(job.id)))
+    caller.start()
+    caller.join(timeout=60)
+
+    assert "job" in answered, "the cancel held its caller on Azure ML's long-running operation"
+    assert answered["job"].state is JobState.CANCELLED
+    assert answered["job"].compute_state is ComputeState.LIVE  # owed: not confirmed yet
+    assert status(sim, name) == "CancelRequested"
+    wait_gone([pid])
+    sim.ml.end_cancels()
+    [done] = settle(azure, [job.id])
+    assert done.compute_state is ComputeState.RELEASED
+    assert [r.method for r in sim.requests].count("POST") == 1  # one cancel, confirmed by reads
+
+
+def test_a_job_whose_image_build_outlasts_the_heartbeat_timeout_is_not_failed_before_it_beats(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.ml.preparing_s = 3600  # Azure ML builds the environment's image
+    with ephemerid(env, EPHEMERID_HEARTBEAT_TIMEOUT_S="1") as azure:
+        job = azure.submit(ml_spec(code_dir)).job
+        name = job.handle["aml_job"]
+        wait_for(lambda: status(sim, name) == "Preparing", f"Azure ML job {name} to prepare")
+        later = utcnow() + timedelta(seconds=30)  # the build took 30 heartbeat timeouts
+        assert reap(azure, later) == []
+        sim.ml.preparing_s = 0.0
+        started(sim, name)  # its container starts: the runner has not beaten yet
+
+        assert reap(azure, later) == []
+        assert azure.store.get(job.id).state is JobState.RUNNING
+        beat(azure, job.id, later)
+        assert reap(azure, later + timedelta(seconds=0.5)) == []
+        [lost] = reap(azure, later + timedelta(seconds=5))  # now its runner went quiet
+        assert "lost heartbeat" in lost
+    assert sim.ml.created[0].history[:5] == [
+        "NotStarted",
+        "Starting",
+        "Preparing",
+        "Queued",
+        "Running",
+    ]
+
+
+def test_a_job_azure_ml_stops_hearing_from_runs_on_while_its_runner_beats(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    with ephemerid(env, EPHEMERID_HEARTBEAT_TIMEOUT_S="1") as azure:
+        job = azure.submit(ml_spec(code_dir)).job
+        name = job.handle["aml_job"]
+        started(sim, name)
+        now = utcnow()
+        beat(azure, job.id, now)
+        sim.ml.not_responding(name)
+        assert status(sim, name) == "NotResponding"
+
+        for seconds in (10, 20, 30):  # NotResponding for half a minute, the runner beating
+            beat(azure, job.id, now + timedelta(seconds=seconds))
+            assert reap(azure, now + timedelta(seconds=seconds + 0.5)) == []
+        assert azure.store.get(job.id).state is JobState.RUNNING
+        sim.ml.not_responding(name, lost=False)
+        assert status(sim, name) == "Running"
+        sim.ml.not_responding(name)
+        [lost] = reap(azure, now + timedelta(seconds=40))  # and now the runner is quiet too
+
+        assert "lost heartbeat: none for over 1s" in lost
+        done = azure.store.get(job.id)
+        assert done.state is JobState.FAILED and done.compute_state is ComputeState.RELEASED
+        assert status(sim, name) == "Canceled"
+
+
+def test_a_quota_failure_after_the_submission_waits_and_submits_again_instead_of_failing(
+    env: dict[str, str], sim: ArmSimulator, player: AmlPlayer, code_dir: Path
+) -> None:
+    sim.ml.fail_for_quota(1)  # the PUT is accepted; then the cluster cannot get its nodes
+    with ephemerid(env, EPHEMERID_CAPACITY_BACKOFF_S="0.2") as azure:
+        job = azure.submit(ml_spec(code_dir)).job
+        first = job.handle["aml_job"]
+        wait_for(lambda: status(sim, first) == "Failed", f"Azure ML job {first} to fail")
+
+        [done] = settle(azure, [job.id])
+
+    assert done.state is JobState.SUCCEEDED, done.reason
+    assert [j.name for j in sim.ml.created] == [first, f"{first}-q1"]
+    assert player.played() == [f"{first}-q1"]
+    assert [c["why"] for c in done.earlier_compute] == ["not placed"]
+    assert done.handle["aml_job"] == f"{first}-q1"
+
+
+def test_a_quota_that_never_comes_fails_the_job_after_the_wait_saying_what_to_do(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.ml.fail_for_quota(None)
+    settings = {"EPHEMERID_CAPACITY_BACKOFF_S": "0.2", "EPHEMERID_CAPACITY_MAX_WAIT_S": "1"}
+    with ephemerid(env, **settings) as azure:
+        job = azure.submit(ml_spec(code_dir, nodes=2)).job
+        waits = []
+
+        def note() -> None:
+            waits.append(azure.store.get(job.id).state)
+
+        [done] = settle_jobs(azure, [job.id], timeout=60, on_tick=lambda: (reap(azure), note()))
+
+    assert JobState.WAITING_FOR_CAPACITY in waits
+    assert done.state is JobState.FAILED
+    assert (
+        "no quota for 2 Standard_NC4as_T4_v3 node(s) on cluster 'gpu' after waiting" in done.reason
+    )
+    assert "EPHEMERID_CAPACITY_MAX_WAIT_S=1" in done.reason
+    assert "vCPU quota is exhausted" in done.reason  # Azure ML's own reason
+    assert len(sim.ml.created) >= 2
 
 
 # -- refusals -------------------------------------------------------------------------------
@@ -496,9 +657,10 @@ def test_azure_ml_is_configured_only_when_its_settings_are_and_never_half(
     assert Settings.from_env({"EPHEMERID_HOME": str(tmp_path)}).azure_ml is None
     configured = Settings.from_env({**env, "EPHEMERID_AML_IDLE_S": "300"}).azure_ml
     assert configured is not None and configured.idle_s == 300.0
-    assert configured.environment == ENVIRONMENT
-    half = {k: v for k, v in env.items() if k != "EPHEMERID_AML_ENVIRONMENT"}
-    with pytest.raises(BadInput, match="half configured: set EPHEMERID_AML_ENVIRONMENT"):
+    assert configured.environment == ""  # ephemerid's own runner environment
+    assert Settings.from_env({**env, "EPHEMERID_AML_ENVIRONMENT": ENVIRONMENT}).azure_ml
+    half = {k: v for k, v in env.items() if k != "EPHEMERID_AML_CLUSTER"}
+    with pytest.raises(BadInput, match="half configured: set EPHEMERID_AML_CLUSTER"):
         Settings.from_env(half)
     with pytest.raises(BadInput, match="EPHEMERID_AML_LOW_PRIORITY='maybe' is not true or false"):
         Settings.from_env({**env, "EPHEMERID_AML_LOW_PRIORITY": "maybe"})

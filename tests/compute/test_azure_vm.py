@@ -29,7 +29,16 @@ import pytest
 import yaml
 
 from compute.cloud import ephemerid, record, settle
-from compute.vms import IDENTITY, SUBNET, VmPlayer, azure_env, boot_files
+from compute.vms import (
+    IDENTITY,
+    SUBNET,
+    VmPlayer,
+    azure_env,
+    boot_files,
+    starts_at_boot,
+    unit_sections,
+    written_files,
+)
 from drive import (
     DONE_COMPUTE,
     Gate,
@@ -43,8 +52,8 @@ from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import get_bytes
 from ephemerid.compute import ComputeStatus, Handle
-from ephemerid.compute.azure_vm import ENV_FILE, TAG_DEADLINE, TAG_JOB
-from ephemerid.compute.vm_body import DEADLINE_ENV_FILE, IMDS_FILE
+from ephemerid.compute.azure_vm import ENV_FILE, TAG_DEADLINE, TAG_JOB, UNIT_FILE
+from ephemerid.compute.vm_body import DEADLINE_ENV_FILE, FIREWALL_UNIT_FILE, IMDS_FILE
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import BadInput, SpecError
 from ephemerid.reaper import reap
@@ -220,9 +229,11 @@ def test_the_vms_user_code_runs_as_a_user_kept_from_the_runners_files_and_from_i
     first = lines.index(make_user)
     assert lines[first : first + 3] == [
         make_user,
-        f"/usr/sbin/iptables -A OUTPUT {rule}",
+        "systemctl enable --now ephemerid-firewall.service",  # the rule, at every boot too
         "chmod 0700 /etc/ephemerid",
     ]
+    firewall = unit_sections(written_files(vm)[FIREWALL_UNIT_FILE])
+    assert firewall["Service"]["ExecStart"] == [f"/usr/sbin/iptables -A OUTPUT {rule}"]
     assert "sudo" not in vm.custom_data() and "usermod" not in vm.custom_data()
     assert modes[ENV_FILE] == modes[DEADLINE_ENV_FILE] == modes[IMDS_FILE] == "0600"
     install = next(i for i, line in enumerate(lines) if " install " in line)
@@ -232,6 +243,33 @@ def test_the_vms_user_code_runs_as_a_user_kept_from_the_runners_files_and_from_i
     [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert exec_start.endswith("--run-as ephemerid-job")
     assert "User=" not in unit  # the runner itself stays root: it reads IMDS and uploads
+
+
+def test_the_runners_unit_starts_at_every_boot_and_restarts_on_failure_a_bounded_number_of_times(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    azure.submit(vm_spec(code_dir))
+    [vm] = sim.inventory()
+
+    files = written_files(vm)
+    runner = unit_sections(files[UNIT_FILE])
+    firewall = unit_sections(files[FIREWALL_UNIT_FILE])
+    lines = [" ".join(c) for c in yaml.safe_load(vm.custom_data())["runcmd"]]
+
+    assert runner["Install"]["WantedBy"] == ["multi-user.target"]
+    assert "systemctl enable ephemerid-runner.service" in lines
+    assert lines.index("systemctl enable ephemerid-runner.service") < lines.index(
+        "systemctl start --no-block ephemerid-runner.service"
+    )
+    assert runner["Service"]["Restart"] == ["on-failure"]
+    assert int(runner["Service"]["RestartSec"][0]) > 0
+    assert 0 < int(runner["Unit"]["StartLimitBurst"][0]) <= 10
+    assert int(runner["Unit"]["StartLimitIntervalSec"][0]) > 0
+    assert "ephemerid-firewall.service" in runner["Unit"]["Requires"][0]
+    assert "ephemerid-firewall.service" in runner["Unit"]["After"][0]
+    assert firewall["Install"]["WantedBy"] == ["multi-user.target"]
+    assert firewall["Service"]["Type"] == ["oneshot"]
+    assert starts_at_boot(vm)
 
 
 def test_without_a_configured_key_the_vm_gets_an_ssh_key_nobody_holds(
@@ -418,6 +456,142 @@ def test_a_teardown_that_cannot_be_confirmed_stays_owed_until_the_reaper_confirm
         [done] = settle(service, [job.id], timeout=10)
         assert done.compute_state is ComputeState.RELEASED
         assert sim.inventory() == []
+
+
+# -- what ARM does besides answering ---------------------------------------------------------
+
+
+def test_a_stale_404_just_after_the_create_does_not_end_the_job(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    with ephemerid(env, EPHEMERID_ARM_READ_SETTLE_S="60") as service:
+        job = service.submit(vm_spec(code_dir)).job
+        sim.stale_reads(10)  # every GET misses the VM for a while, as a lagging replica would
+
+        reap(service)
+
+        assert service.get(job.id).state is JobState.RUNNING
+        assert [v.name for v in sim.inventory()] == [job.handle["vm"]]
+
+
+def test_a_404_is_believed_only_when_every_get_in_a_row_says_so(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    backend = azure.backends["azure-vm"]
+    handle = backend.provision(record(vm_spec(code_dir)))
+
+    sim.stale_reads(2)
+    assert backend.poll(handle) is ComputeStatus.RUNNING  # the third GET found it
+    sim.stale_reads(10)
+    assert backend.poll(handle) is ComputeStatus.GONE  # four 404s in a row: bounded, believed
+
+
+def test_a_vm_whose_provisioning_failed_while_it_still_runs_is_not_gone(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    job = azure.submit(vm_spec(code_dir)).job
+    backend = azure.backends["azure-vm"]
+    handle = Handle("azure-vm", job.id, job.handle)
+
+    sim.fail_provisioning(job.handle["vm"], power="running")
+    reap(azure)
+
+    assert backend.poll(handle) is ComputeStatus.RUNNING
+    assert azure.get(job.id).state is JobState.RUNNING
+    sim.fail_provisioning(job.handle["vm"], power="deallocated")
+    assert backend.poll(handle) is ComputeStatus.GONE
+
+
+TRANSIENT_CREATES = {
+    "a retryable code on the create's operation": lambda sim: sim.refuse(
+        "InternalExecutionError", on="operation", times=1
+    ),
+    "a 5xx past the SDK's own retries": lambda sim: sim.fail_next("error", method="PUT", count=11),
+    "a 429 past the SDK's own retries": lambda sim: sim.fail_next(
+        "throttle", method="PUT", count=11
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", list(TRANSIENT_CREATES))
+def test_a_create_that_fails_transiently_is_tried_again_at_the_same_placement(
+    azure: Service, sim: ArmSimulator, code_dir: Path, failure: str
+) -> None:
+    TRANSIENT_CREATES[failure](sim)
+
+    job = azure.submit(vm_spec(code_dir)).job
+
+    assert job.state is JobState.RUNNING, job.reason
+    assert job.handle["region"] == "eastus"
+    assert [v.location for v in sim.inventory()] == ["eastus"]
+
+
+def test_a_create_that_keeps_failing_transiently_moves_on_after_a_bounded_number_of_tries(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.refuse("InternalExecutionError", region="eastus", on="operation")
+
+    job = azure.submit(vm_spec(code_dir)).job
+
+    assert job.state is JobState.RUNNING, job.reason
+    assert [v.location for v in sim.created] == ["eastus"] * 4 + ["westus2"]
+    assert [v.location for v in sim.inventory()] == ["westus2"]
+    methods = [r.method for r in sim.requests if r.method in ("PUT", "DELETE")]
+    assert methods[-3:] == ["PUT", "DELETE", "PUT"]  # the failed eastus VM went before westus2
+
+
+def test_a_409_on_deleting_a_refused_vm_is_retried_and_placement_goes_on(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.refuse("AllocationFailed", region="eastus", nested=True)
+    sim.fail_next("conflict", method="DELETE", count=2)  # another operation is in progress
+
+    job = azure.submit(vm_spec(code_dir)).job
+
+    assert job.state is JobState.RUNNING, job.reason
+    assert [v.location for v in sim.inventory()] == ["westus2"]
+
+
+def test_teardown_retries_a_409_conflict_until_the_vm_is_gone(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    backend = azure.backends["azure-vm"]
+    handle = backend.provision(record(vm_spec(code_dir)))
+    sim.fail_next("conflict", method="DELETE", count=3)
+
+    assert backend.teardown(handle) is True
+
+    assert sim.inventory() == []
+
+
+def test_a_long_retry_after_on_the_create_makes_the_job_wait_it_out_instead_of_the_call(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    sim.fail_next("throttle", method="PUT", retry_after="40")
+
+    job = azure.submit(vm_spec(code_dir)).job
+
+    assert job.state is JobState.WAITING_FOR_CAPACITY
+    assert job.reason.startswith("waiting for ARM (next try in 40s)")
+    assert "TooManyRequests" in job.reason
+    assert job.next_try_at is not None
+    assert timedelta(seconds=35) < job.next_try_at - utcnow() <= timedelta(seconds=40)
+    assert [r.method for r in sim.requests].count("PUT") == 1  # not slept on and sent again
+    assert sim.inventory() == []
+    assert azure.start(job.id).state is JobState.RUNNING  # the next try, once it is time
+
+
+def test_a_long_retry_after_on_teardown_leaves_it_owed_instead_of_holding_the_call(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    backend = azure.backends["azure-vm"]
+    handle = backend.provision(record(vm_spec(code_dir)))
+    sim.fail_next("throttle", method="DELETE", retry_after="40")
+
+    assert backend.teardown(handle) is False
+    assert [r.method for r in sim.requests].count("DELETE") == 1
+    assert backend.teardown(handle) is True  # the reaper's next pass
+    assert sim.inventory() == []
 
 
 # -- placement ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ephemerid.compute.local import LocalCompute
 from ephemerid.contract import Launch, LaunchEnvironment
 from ephemerid.errors import CapacityUnavailable, SpecError
 from ephemerid.record import JobRecord
+from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
 from wheels import make_wheel
 
@@ -337,3 +338,66 @@ def test_a_python_version_this_machine_lacks_is_refused_at_submit(
 
     with pytest.raises(SpecError, match=r"environment.python: Python 3.99 is not on this machine"):
         make().check(spec)
+
+
+def test_more_gpus_than_local_compute_has_are_refused_with_the_count_it_found(
+    make: Make, code_dir: Path
+) -> None:
+    compute = make(gpus=["0"])
+
+    with pytest.raises(SpecError) as refused:
+        compute.check(spec_for(code_dir, compute={"gpus": 2}))
+
+    assert "compute.gpus: 2 GPU(s) asked, but local compute found 1" in str(refused.value)
+    assert "compute.cpu_fallback: true" in str(refused.value)
+    compute.check(spec_for(code_dir, compute={"gpus": 1}))  # what it has is fine
+
+
+def test_the_gpu_count_comes_from_the_setting_before_cuda_visible_devices(
+    tmp_path: Path, artifacts: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    home = {"home": tmp_path / "home"}
+    counted = LocalCompute.from_settings(Settings.from_env({}, **home, local_gpus=2), artifacts)
+    visible = LocalCompute.from_settings(Settings.from_env({}, **home), artifacts)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    hidden = LocalCompute.from_settings(Settings.from_env({}, **home), artifacts)
+
+    assert (counted.gpus, counted.gpus_found_by) == (["0", "1"], "EPHEMERID_LOCAL_GPUS")
+    assert (visible.gpus, visible.gpus_found_by) == (["3", "5"], "CUDA_VISIBLE_DEVICES")
+    assert hidden.gpus == []
+
+
+def test_with_cpu_fallback_a_gpu_job_runs_on_the_cpu_and_its_handle_says_so(
+    make: Make, artifacts: ArtifactStore, code_dir: Path, tmp_path: Path
+) -> None:
+    compute = make(gpus=[])
+    gate = Gate(tmp_path / "gate")
+    gate.open()
+    write_script(code_dir, ENV_SCRIPT)
+    spec = spec_for(code_dir, params=gate.params, compute={"gpus": 2, "cpu_fallback": True})
+    compute.check(spec)
+
+    handle = compute.provision(stage(artifacts, "train-fallback", code_dir, spec))
+
+    assert _env_seen(artifacts, "train-fallback")["CUDA_VISIBLE_DEVICES"] == ""
+    assert handle.data["cpu_fallback"] is True
+    assert handle.sku == "cpu (fallback: 2 GPU(s) asked, 0 found)"
+
+
+def test_a_gpu_job_waits_for_a_gpu_slot_rather_than_run_on_a_slot_without_one(
+    make: Make, artifacts: ArtifactStore, code_dir: Path, tmp_path: Path
+) -> None:
+    compute = make(gpus=["0"], slots=3)
+    gate = Gate(tmp_path / "gate")
+    write_script(code_dir, ENV_SCRIPT)
+    spec = spec_for(code_dir, params=gate.params, compute={"gpus": 1})
+    first = stage(artifacts, "train-gpu-a", code_dir, spec)
+    compute.provision(first)
+    wait_for((gate.path / first.id).exists, f"{first.id} to start")
+
+    with pytest.raises(CapacityUnavailable, match="all 1 GPU slots are busy"):
+        compute.provision(stage(artifacts, "train-gpu-b", code_dir, spec))
+    cpu_job = stage(artifacts, "train-cpu-c", code_dir, spec_for(code_dir, params=gate.params))
+    assert compute.provision(cpu_job).data["gpu"] == ""  # a CPU job still takes a free slot
+    gate.open()

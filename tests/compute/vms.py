@@ -16,6 +16,14 @@ deadline unit's ``ExecStart`` (the ``imds.py`` the custom data carries, written 
 with this interpreter in isolated mode without site-packages (``-I -S``: the image's python has
 no ephemerid), the unit's environment file and nothing else but ``EPHEMERID_IMDS``, the VM's own
 metadata service in the simulator. ``boot_after_s`` delays the runner's start (a slow boot).
+
+A reboot the simulator is told of (``sim.reboot``) is played as systemd would play it with the
+rendered units: every process of the VM is killed (SIGKILL, its session), then, as at boot, the
+runner's unit starts again only if it is enabled (``WantedBy=multi-user.target`` in its
+``[Install]`` and a ``systemctl enable`` of it in the cloud-init) and the unit that adds its
+firewall rule is enabled or required by it (its ``ExecStartPre`` checks the rule); the deadline
+timer is enabled and ``Persistent=true``, so its self-delete runs again once due. The work folder
+is kept, as the OS disk is.
 """
 
 from __future__ import annotations
@@ -34,7 +42,14 @@ import yaml
 
 from drive import kill_session
 from ephemerid.compute.azure_vm import ENV_FILE, UNIT_FILE, VENV
-from ephemerid.compute.vm_body import DEADLINE_TIMER_FILE, DEADLINE_UNIT_FILE, IMDS_FILE
+from ephemerid.compute.vm_body import (
+    DEADLINE_TIMER_FILE,
+    DEADLINE_UNIT_FILE,
+    FIREWALL_UNIT,
+    FIREWALL_UNIT_FILE,
+    IMDS_FILE,
+    RUNNER_UNIT,
+)
 from ephemerid.testing.arm import SUBSCRIPTION, ArmSimulator, SimVm
 
 GROUP = "eph-jobs"
@@ -64,6 +79,7 @@ def azure_env(home: Path, sim: ArmSimulator, **more: str) -> dict[str, str]:
         "EPHEMERID_SCHEDULED_EVENTS_URL": sim.scheduled_events_url,
         "EPHEMERID_CAPACITY_BACKOFF_S": "0.05",
         "EPHEMERID_ARM_RETRY_S": "0.01",
+        "EPHEMERID_ARM_READ_SETTLE_S": "0",  # a 404 needs only the GETs in a row to be believed
         "EPHEMERID_HEARTBEAT_S": "0.5",
         "EPHEMERID_GRACE_S": "2",
         "EPHEMERID_PROVISION_TIMEOUT_S": "20",
@@ -115,6 +131,38 @@ def exec_start(vm: SimVm, work: Path) -> tuple[list[str], dict[str, str]]:
     return [*argv, "--vm-name", computer], env
 
 
+def unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit's sections, each key with every value it is given (in order)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for line in text.replace("\\\n", "").splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            current.setdefault(key, []).append(value)
+    return sections
+
+
+def enabled(vm: SimVm, unit: str, unit_path: str) -> bool:
+    """Whether the VM's cloud-init enables ``unit`` so that it starts at every boot."""
+    wanted = unit_sections(written_files(vm)[unit_path]).get("Install", {}).get("WantedBy", [])
+    commands = yaml.safe_load(vm.custom_data())["runcmd"]
+    enables = any(c[:2] == ["systemctl", "enable"] and unit in c for c in commands)
+    return "multi-user.target" in wanted and enables
+
+
+def starts_at_boot(vm: SimVm) -> bool:
+    """Whether the runner comes back after a reboot: its unit enabled, and its firewall rule's
+    unit run at boot (enabled, or required by the runner's unit)."""
+    files = written_files(vm)
+    required = unit_sections(files[UNIT_FILE]).get("Unit", {}).get("Requires", [])
+    firewall = FIREWALL_UNIT_FILE in files and (
+        enabled(vm, FIREWALL_UNIT, FIREWALL_UNIT_FILE) or FIREWALL_UNIT in " ".join(required)
+    )
+    return enabled(vm, RUNNER_UNIT, UNIT_FILE) and firewall
+
+
 def timer_due(vm: SimVm) -> datetime:
     """When the VM's deadline timer fires (its ``OnCalendar=... UTC``)."""
     timer = written_files(vm)[DEADLINE_TIMER_FILE]
@@ -131,6 +179,9 @@ class VmPlayer:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.deadlines: dict[str, subprocess.Popen[bytes]] = {}  # the VMs' self-deletes
         self._seen: dict[str, float] = {}
+        self._reboots: dict[str, int] = {}
+        self.down: set[str] = set()  # VMs whose runner did not come back after a reboot
+        self.restarted: list[str] = []  # a VM's name for each reboot played
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -153,6 +204,10 @@ class VmPlayer:
             for name, vm in live.items():
                 if vm.state != "Succeeded":
                     continue
+                if vm.reboots > self._reboots.setdefault(name, 0):
+                    self._reboot(vm)
+                if name in self.down:
+                    continue
                 up_s = time.monotonic() - self._seen.setdefault(name, time.monotonic())
                 if name not in self.procs and up_s >= self.boot_after_s:
                     self.procs[name] = self._boot(vm)
@@ -161,6 +216,17 @@ class VmPlayer:
             for name, proc in [*self.procs.items(), *self.deadlines.items()]:
                 if name not in live:
                     kill_session(proc)
+
+    def _reboot(self, vm: SimVm) -> None:
+        """Every process of the VM ends; what starts again at boot, the loop starts."""
+        self._reboots[vm.name] = vm.reboots
+        for procs in (self.procs, self.deadlines):
+            if (proc := procs.pop(vm.name, None)) is not None:
+                kill_session(proc)
+        self.restarted.append(vm.name)
+        self._seen[vm.name] = time.monotonic()  # the boot takes boot_after_s again
+        if not starts_at_boot(vm):
+            self.down.add(vm.name)
 
     def _boot(self, vm: SimVm) -> subprocess.Popen[bytes]:
         work = self.root / vm.name

@@ -16,7 +16,7 @@ import azure.functions as func
 import pytest
 
 from devhost.conftest import Call, MakeHost, call, clock, make_host, project  # noqa: F401
-from drive import finish, text_of, write_script
+from drive import Gate, finish, text_of, wait_for, write_script
 from ephemerid.artifacts import upload_dir
 from ephemerid.functions.callers import Caller
 from ephemerid.functions.handlers import Handlers
@@ -247,3 +247,42 @@ def test_over_the_dev_hosts_http_each_named_key_sees_its_own_jobs(
         assert call(host, "GET", f"/api/jobs/{job_id}", key=key).status == 200
         assert [j["id"] for j in call(host, "GET", "/api/jobs", key=key).json()] == [job_id]
     assert call(host, "POST", f"/api/jobs/{job_id}/cancel", key=master).status == 200
+
+
+def test_a_running_jobs_progress_is_shown_to_its_owner_over_http_and_to_no_one_else(
+    handlers: Handlers, service: Service, code_dir: Path, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path / "gate")
+    write_script(code_dir, HELD_METRIC, "held.py")
+    upload_dir(service.artifacts, code_dir, "code/held")
+    spec = {**job_spec(service.artifacts.uri("code/held")), "entrypoint": "held.py"}
+    _, bobs = submit(handlers, "bob", {**spec, "params": gate.params})
+
+    def shown() -> Any:
+        answer = json.loads(on_job(handlers, "bob", bobs["id"]).get_body())
+        return answer if "loss" in answer["progress"]["metrics"] else None
+
+    try:
+        seen = wait_for(shown, "bob's running job to show its metric", timeout=60)
+        hidden = on_job(handlers, "alice", bobs["id"])
+        admin = json.loads(on_job(handlers, "admin", bobs["id"]).get_body())
+    finally:
+        gate.open()
+        finish(service, bobs["id"])
+
+    assert seen["state"] == "RUNNING" and seen["started_at"] is not None
+    loss = seen["progress"]["metrics"]["loss"]
+    assert (loss["value"], loss["step"]) == (0.5, 3)
+    assert hidden.status_code == 404 and "progress" not in hidden.get_body().decode()
+    assert admin["progress"]["metrics"]["loss"]["step"] == 3
+
+
+HELD_METRIC = """
+import json, os, pathlib, time
+from ephemerid import track
+
+gate = pathlib.Path(json.loads(pathlib.Path(os.environ["EPHEMERID_PARAMS"]).read_text())["gate"])
+track.log_metric("loss", 0.5, step=3)
+while not (gate / "open").exists():
+    time.sleep(0.05)
+"""

@@ -7,8 +7,9 @@ Azurite) or the identity-based form (``DefaultAzureCredential``). ARM compute
 ARM simulator (``ephemerid.testing.arm``) with a static token, on loopback hosts only.
 
 ``**options`` go to the SDK client as they are (``transport=``, ``retry_total=`` ...): tests fake
-the transport, never the client. A missing SDK is ``MissingExtra`` naming
-``pip install 'ephemerid[azure]'``.
+the transport, never the client. The ARM compute client sleeps a ``Retry-After`` of at most
+``RETRY_AFTER_CAP_S`` inside a call (``capped_retry``); a longer one is raised to the caller.
+A missing SDK is ``MissingExtra`` naming ``pip install 'ephemerid[azure]'``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from ephemerid.errors import BadInput, require_extra
 SIMULATOR_TOKEN = "arm-simulator-token"  # noqa: S105 - not a secret: only the simulator takes it
 ARM_SCOPE = "https://management.azure.com/.default"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# The longest Retry-After the ARM client sleeps inside a call; a longer one is the caller's to wait
+# out (azure-vm requeues the job with it) instead of holding a function execution that long.
+RETRY_AFTER_CAP_S = 10.0
 # The simulator answers in milliseconds: poll and back off at that pace, not Azure's.
 SIMULATOR_PACE = {"polling_interval": 0.02, "retry_backoff_factor": 0.02, "retry_backoff_max": 0.2}
 
@@ -74,8 +78,23 @@ def compute_client(subscription_id: str, endpoint: str = "", **options: Any) -> 
     from azure.mgmt.compute import ComputeManagementClient
 
     if not endpoint:
+        options.setdefault("retry_policy", capped_retry(**options))
         return ComputeManagementClient(_default_credential(), subscription_id, **options)
     check_loopback(endpoint)
+    credential = StaticToken()
+    options = {**SIMULATOR_PACE, **options}
+    options.setdefault("retry_policy", capped_retry(**options))
+    return ComputeManagementClient(
+        credential,
+        subscription_id,
+        base_url=endpoint,
+        authentication_policy=_loopback_authentication(credential),
+        **options,
+    )
+
+
+def _loopback_authentication(credential: Any) -> Any:
+    """ARM's bearer-token policy, allowing plain http to loopback hosts (the simulator) only."""
     from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 
     class LoopbackAuthentication(ARMChallengeAuthenticationPolicy):
@@ -84,14 +103,23 @@ def compute_client(subscription_id: str, endpoint: str = "", **options: Any) -> 
                 request.context["enforce_https"] = False
             super().on_request(request)
 
-    credential = StaticToken()
-    return ComputeManagementClient(
-        credential,
-        subscription_id,
-        base_url=endpoint,
-        authentication_policy=LoopbackAuthentication(credential, ARM_SCOPE),
-        **{**SIMULATOR_PACE, **options},
-    )
+    return LoopbackAuthentication(credential, ARM_SCOPE)
+
+
+def capped_retry(cap_s: float = RETRY_AFTER_CAP_S, **options: Any) -> Any:
+    """azure-core's ``RetryPolicy`` (``options``: ``retry_total=`` ...), except that an answer
+    whose ``Retry-After`` asks for more than ``cap_s`` is not slept on and retried: it is returned
+    as it is, so the call raises it (429 with its ``Retry-After``) and the caller decides."""
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class CappedRetryPolicy(RetryPolicy):
+        def is_retry(self, settings: Any, response: Any) -> bool:
+            after = self.get_retry_after(response)
+            if after is not None and after > cap_s:
+                return False
+            return bool(super().is_retry(settings, response))
+
+    return CappedRetryPolicy(**options)
 
 
 def ml_client(
@@ -123,9 +151,13 @@ def ml_client(
     }
     pace = {k: v for k, v in SIMULATOR_PACE.items() if k != "retry_backoff_max"}
     before = os.environ.get("AZUREML_CURRENT_CLOUD")
+    credential = StaticToken()
+    # the workspace and run-history clients take this policy too: their calls carry no option
+    # that allows the simulator's plain http otherwise
+    pace["authentication_policy"] = _loopback_authentication(credential)
     try:
         return MLClient(
-            StaticToken(),
+            credential,
             subscription_id,
             resource_group,
             workspace,

@@ -11,16 +11,18 @@ throttling, server errors, resets and timeouts are ``Unavailable``, which always
 platform retries. Anything else is the caller's ``default`` (``EphemeridError``, or
 ``ComputeError`` for a compute backend).
 
-``error_tree``, ``describe`` and ``transient`` read an ARM answer's error objects, for the
-messages and the retry loops of the compute backends. Nothing here imports an Azure SDK until an
-exception has to be read.
+``error_tree``, ``describe``, ``transient`` and ``retry_after_s`` read an ARM answer (its error
+objects, its ``Retry-After``), for the messages and the retry loops of the compute backends.
+Nothing here imports an Azure SDK until an exception has to be read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from ephemerid.errors import AccessDenied, Conflict, EphemeridError, NotFound, Unavailable
@@ -49,6 +51,21 @@ STATUS_MAP: dict[int, type[EphemeridError]] = {
 OS_MAP: tuple[tuple[type[BaseException], type[EphemeridError]], ...] = (
     (ConnectionError, Unavailable),
     (TimeoutError, Unavailable),
+)
+
+# ARM error codes that mean: the same request may succeed if sent again (busy, an internal fault).
+RETRYABLE_CODES = frozenset(
+    {
+        "RetryableError",
+        "RetryableErrorDueToAnotherOperation",
+        "InternalExecutionError",
+        "InternalOperationError",
+        "InternalServerError",
+        "ServerTimeout",
+        "GatewayTimeout",
+        "TooManyRequests",
+        "AnotherOperationInProgress",
+    }
 )
 
 ADVICE: dict[type[EphemeridError], str] = {
@@ -152,13 +169,54 @@ def error_tree(exc: BaseException) -> Iterator[dict[str, Any]]:
 
 
 def transient(exc: BaseException) -> bool:
-    """Worth retrying: throttling, server errors, timeouts, lost connections, failed LROs."""
+    """Worth sending again: throttling, server errors, timeouts, lost connections, an ARM error
+    code that says so (``RETRYABLE_CODES``, also on a long-running operation), and a 409 on a
+    DELETE (another operation on the resource is in progress). A long-running operation that
+    failed with any other code (or was cancelled) is a definite answer, not transient."""
     from azure.core.exceptions import HttpResponseError
 
     if not isinstance(exc, HttpResponseError):
         return True  # ServiceRequestError, ServiceResponseError, polling errors
     status = exc.status_code or 0
-    return status in (200, 201, 202, 408, 429) or status >= 500
+    if status in (408, 429) or status >= 500:
+        return True
+    codes = {str(error.get("code", "")) for error in error_tree(exc)}
+    if codes & RETRYABLE_CODES:
+        return True
+    if status == 409 and request_method(exc) == "DELETE":
+        return True
+    return status in (200, 201, 202) and not codes  # a failed operation that says nothing more
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """The seconds an answer's ``Retry-After`` (or ``retry-after-ms``) asks for, or None."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    lower = {str(k).lower(): str(v) for k, v in dict(headers).items()}
+    for name, scale in (
+        ("retry-after", 1.0),
+        ("retry-after-ms", 1e-3),
+        ("x-ms-retry-after-ms", 1e-3),
+    ):
+        value = lower.get(name)
+        if not value:
+            continue
+        try:
+            return max(float(value) * scale, 0.0)
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return None
+
+
+def request_method(exc: BaseException) -> str:
+    """The HTTP method of the request an answer is to (``GET`` for a long-running operation's
+    poll), or ''."""
+    request = getattr(getattr(exc, "response", None), "request", None)
+    return str(getattr(request, "method", "")).upper()
 
 
 def describe(exc: BaseException) -> str:

@@ -15,29 +15,30 @@ from typing import Annotated, Any
 import typer
 
 from ephemerid import __version__
+from ephemerid import agent as local_agent
+from ephemerid.cli.agent import agent_app, schedules
 from ephemerid.cli.envs import envs_app
+from ephemerid.cli.follow import Follow, JsonLines, TextView, View
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
+from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.errors import BadInput, EphemeridError
+from ephemerid.reads import live_json
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.spec import load_spec, validate_spec
-from ephemerid.testing.settle import settle
+from ephemerid.testing.settle import settle, settled
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 DETACHED = 130  # Ctrl-C while following: the job goes on, the command stops
 SCRIPT_ARGS: list[str] = []  # what followed `--` on the command line (main sets it)
 app.add_typer(models_app, name="models")
 app.add_typer(envs_app, name="envs")
+app.add_typer(agent_app, name="agent")
 _service = service_for
-
-
-def _catch_up(service: Service) -> None:
-    """Locally nothing runs between commands: handle results and timers that came meanwhile."""
-    reap(service)
 
 
 @app.command()
@@ -88,20 +89,27 @@ def submit(
     if SCRIPT_ARGS:
         data["args"] = list(SCRIPT_ARGS)
     spec = validate_spec(data, str(spec_file) if spec_file else "job from flags")
-    service = _service(home)
+    service = _service(home, create=True)
     owner = f"cli:{getpass.getuser()}"  # the machine's own user: unscoped, as admin
     submitted = service.submit(spec, key=key, source="cli", owner=owner, admin=True)
     job = submitted.job
+    if detach and job.open:  # the agent completes it (while following: _follow starts it)
+        _keep_agent(service)
     if not json_:
         verb = "submitted" if submitted.created else "already submitted (same key)"
         console.print(f"{verb}: [bold]{job.id}[/] {job.state.value} {job.reason}")
     if not detach:
-        job = _follow(service, job, show_logs=not json_)
+        job = _follow(service, job, TextView(console, show_logs=not json_))
     if json_:
         dump(job.to_json())
     elif not detach:
-        job_detail(console, job)
-    raise typer.Exit(1 if job.state.terminal and job.state is not JobState.SUCCEEDED else 0)
+        job_detail(console, job, service.progress(job))
+    raise typer.Exit(_exit_code(job))
+
+
+def _exit_code(job: JobRecord) -> int:
+    """1 for a job that ended other than SUCCEEDED (failed, timed out, cancelled), else 0."""
+    return 1 if job.state.terminal and job.state is not JobState.SUCCEEDED else 0
 
 
 def _spec_data(
@@ -163,26 +171,46 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _follow(service: Service, job: JobRecord, show_logs: bool) -> JobRecord:
-    """Wait for the end (handling the result here) and stream the log while it runs."""
-    offset = 0
+def _keep_agent(service: Service) -> bool:
+    """Start the home's agent if none runs; whether one runs."""
+    try:
+        local_agent.ensure_running(service.settings)
+    except EphemeridError as exc:
+        console.print(f"[yellow]warning:[/] {exc}")
+        return False
+    return True
+
+
+def _follow(service: Service, job: JobRecord, view: View) -> JobRecord:
+    """Wait for the end, showing the log and progress as they grow; the home's agent moves the
+    job on. An agent that is gone (crashed, stopped) is started again; where none can start,
+    this command drives the job itself.
+    """
+    following = Follow(service, job, view)
+    ticks = 0
+    drive = False
 
     def tick() -> None:
-        nonlocal offset
-        if show_logs:
-            offset = _print_log(service, job.id, offset)
-        _catch_up(service)
+        nonlocal ticks, drive
+        following.tick()
+        ticks += 1
+        if ticks % 10 == 1 and not drive and not settled(service.get(job.id)):
+            drive = not _keep_agent(service)  # every 3 s: is the agent still there?
+        if drive:
+            reap(service)
 
     try:
-        [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3)
+        [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3, drive=False)
+        following.end(job)
     except KeyboardInterrupt:
+        following.close()
         console.print(
             f"\ndetached: {job.id} keeps running; `eph logs -f {job.id}` follows it, "
             f"`eph cancel {job.id}` stops it"
         )
         raise typer.Exit(DETACHED) from None
-    if show_logs:
-        _print_log(service, job.id, offset)
+    finally:
+        following.close()
     return job
 
 
@@ -198,12 +226,12 @@ def _print_log(service: Service, job_id: str, offset: int, rank: int = 0) -> int
 def status(job_id: str, home: Home = None, json_: Json = False) -> None:
     """State, timings, compute and metrics of one job."""
     service = _service(home)
-    _catch_up(service)
     job = service.get(job_id)
+    progress = service.progress(job)
     if json_:
-        dump(job.to_json())
+        dump(live_json(job, progress))
     else:
-        job_detail(console, job)
+        job_detail(console, job, progress)
 
 
 @app.command("list")
@@ -223,7 +251,6 @@ def list_jobs(
             f"--state: {exc}; use one of {', '.join(s.value for s in JobState)}"
         ) from exc
     service = _service(home)
-    _catch_up(service)
     jobs = service.list(states)[:limit]
     if json_:
         dump([j.to_json() for j in jobs])
@@ -243,7 +270,10 @@ def logs(
     home: Home = None,
     json_: Json = False,
 ) -> None:
-    """The job's output (stdout and stderr of the entrypoint, and the runner's notes)."""
+    """The job's output (stdout and stderr of the entrypoint, and the runner's notes).
+
+    With --follow --json: one JSON object per line (log, metric, state, and a last end).
+    """
     if follow and rank:
         raise BadInput("--follow streams rank 0's log: drop --rank, or --follow")
     service = _service(home)
@@ -254,11 +284,12 @@ def logs(
             f"--rank {rank}: job {job.id} ran as {ranks} process(es), ranks 0 to {ranks - 1}, "
             f"and has no log for rank {rank}"
         )
-    if json_:
+    if follow:
+        job = _follow(service, job, JsonLines() if json_ else TextView(console))
+        raise typer.Exit(_exit_code(job))
+    elif json_:
         text = service.read_log(job.id, 0, rank).decode("utf-8", "replace")
         dump({"job": job.id, "state": job.state.value, "rank": rank, "log": text})
-    elif follow:
-        _follow(service, job, show_logs=True)
     else:
         _print_log(service, job.id, 0, rank)
 
@@ -298,8 +329,10 @@ def rejected(home: Home = None, json_: Json = False) -> None:
         console.print("no rejected requests")
 
 
+app.command()(schedules)
 app.command()(dev)
 app.command()(demo)
+app.command()(outputs)
 
 
 def _version(value: bool) -> None:

@@ -6,6 +6,10 @@ if one is visible), its ``result.json`` goes to ``on_run_result``, and model ver
 registered and promoted. Then a scoring CSV lands in ``incoming/score/`` and is scored with the
 promoted model. The closing table shows what each job held and for how long, and that no
 compute is left. The clock is left out: the example's nightly schedule must not add a third job.
+
+The demo works in the home every command uses (``--home``, ``EPHEMERID_HOME``, else
+``./.ephemerid``): its jobs, models and bucket are there, so ``eph list`` afterwards shows them;
+its copy of the examples is in ``<home>/demo/``, made afresh each run.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from ephemerid.service import Service
 if TYPE_CHECKING:
     from ephemerid.devhost import DevHost, Invocation
 
-MARKER = ".ephemerid-demo"
+MARKER = ".ephemerid-demo"  # in <home>/demo/: the demo's own folder, safe to make afresh
+STATE = ("jobs.db", "bucket")  # what says a folder is an ephemerid home
 WAIT_S = 90.0
 POLL_S = 0.1
-# The demo's own settings win; of the caller's, only where the store and the bucket live.
-KEEP = ("EPHEMERID_STORE", "EPHEMERID_ARTIFACTS", "EPHEMERID_STORAGE")
+# The demo's own settings win; of the caller's, only where the store and the bucket live. The
+# home is the dev host's to set (the one the demo was given): never unset it under the host.
+KEEP = ("EPHEMERID_HOME", "EPHEMERID_STORE", "EPHEMERID_ARTIFACTS", "EPHEMERID_STORAGE")
 
 
 def examples_dir() -> Path:
@@ -50,15 +56,15 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
     from ephemerid.devhost import DevHost
     from ephemerid.devhost.functions import ephemerid_app
 
-    home = _fresh_workspace(home.resolve())
-    project = home / "project"
+    home = home.resolve()
+    project = _fresh_workspace(home) / "project"
     shutil.copytree(examples_dir(), project, ignore=shutil.ignore_patterns("__pycache__"))
     make_data = _load(project / "tabular" / "make_data.py")
     say = (lambda text: None) if as_json else console.print
     settings = _settings(project)
     with DevHost(
         ephemerid_app(),
-        home=home / "state",
+        home=home,
         settings=settings,
         port=None,
         timers=False,
@@ -66,7 +72,7 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
         on_invocation=None if as_json else _show(console),
     ) as host:
         service = host.service
-        say(f"[bold]ephemerid demo[/] in {home}, through the dev host")
+        say(f"[bold]ephemerid demo[/] in the home {home}, through the dev host")
         say(f"bucket: {service.bucket_uri}   rules: {settings['EPHEMERID_RULES']}")
         train = _drop(
             host,
@@ -93,7 +99,7 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
         jobs = [train, score]
         live = _live_compute(service)
         ok = all(j.state.value == "SUCCEEDED" for j in jobs) and live == 0
-        _report(service, console, as_json, jobs, live, ok, home / "state")
+        _report(service, console, as_json, jobs, live, ok, home)
     return ok
 
 
@@ -144,20 +150,35 @@ def _report(
     for job_id, key in outputs.items():
         console.print(f"outputs of {job_id}: {service.uri(key)}")
     console.print(f"live compute: [bold]{live}[/]")
-    console.print(f"the demo's state is in {state}: `eph list --home {state}` shows its jobs")
+    console.print(
+        f"the demo's jobs, models and bucket are in its home {state}: `eph list --home {state}` "
+        "(or `eph list` with the same EPHEMERID_HOME, or from this folder) shows them"
+    )
     for job in jobs:
         if job.reason:
             console.print(f"[red]{job.id}[/]: {job.reason}")
 
 
 def _fresh_workspace(home: Path) -> Path:
-    if home.exists() and any(home.iterdir()):
-        if not (home / MARKER).exists():
-            raise BadInput(f"{home} exists and is not a demo folder: pass --home with a new path")
-        shutil.rmtree(home)
-    home.mkdir(parents=True, exist_ok=True)
-    (home / MARKER).write_text("made by `eph demo`; safe to delete\n")
-    return home
+    """``<home>/demo``, made afresh; a home holding anything but ephemerid state is refused."""
+    if home.is_dir() and not any((home / name).exists() for name in (*STATE, "demo")):
+        strangers = sorted(p.name for p in home.iterdir())
+        if strangers:
+            shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+            raise BadInput(
+                f"{home} is not a demo folder or an ephemerid home: it holds {shown}; "
+                "pass --home with a new folder (or an ephemerid home)"
+            )
+    workspace = home / "demo"
+    if workspace.exists():
+        if not (workspace / MARKER).exists():
+            raise BadInput(
+                f"{workspace} was not made by `eph demo`: move it, or pick another --home"
+            )
+        shutil.rmtree(workspace)
+    workspace.mkdir(parents=True)
+    (workspace / MARKER).write_text("made by `eph demo`; safe to delete\n")
+    return workspace
 
 
 def _load(path: Path) -> ModuleType:

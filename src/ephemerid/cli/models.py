@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ephemerid.cli.options import Home, Json, console, service_for
-from ephemerid.cli.render import dump
+from ephemerid.cli.render import Listing, dump
 from ephemerid.errors import BadInput
 from ephemerid.spec import ModelRef
 
@@ -31,18 +31,14 @@ def models_list(
     if json_:
         dump(found)
         return
-    from rich.table import Table
-
-    table = Table(title="models")
-    for column in ("model", "version", "aliases", "job", "metrics", "state"):
-        table.add_column(column)
+    table = Listing("models", ("job", "model", "version", "aliases", "metrics", "state"))
     for item in found:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(item["metrics"].items()))
         table.add_row(
+            item["job_id"],
             item["name"],
             str(item["version"]),
             ", ".join(item["aliases"]),
-            item["job_id"],
             metrics,
             item["state"],
         )

@@ -27,6 +27,9 @@ class ComputeStatus(str, Enum):
     STARTING = "starting"
     RUNNING = "running"
     GONE = "gone"
+    # the platform gave the compute up before the job ran, for want of capacity or quota: not
+    # the job's failure; it is placed again (the backend's provision decides when)
+    UNPLACED = "unplaced"
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ from the job id (``eph-<job>-<attempt>``) so a retried provision finds the job i
 submitted instead of a second. The cluster (made by infra/ with ``min_instances=0``) is the
 engine's: it scales nodes up for the job, queues jobs while it is full, and scales back to zero
 ``idle_s`` after the last one, which the job's bill counts as its tail. The job runs the same
-runner as every backend, in a registered environment whose image has ephemerid installed; its
-command line is fixed text, and the job id and bucket URI reach it as environment values,
+runner as every backend, in ``EPHEMERID_AML_ENVIRONMENT`` or, by default, ephemerid's own runner
+environment, registered on the first provision under a version that is its content's digest
+(``compute/aml_environment.py``: versions cannot change on Azure ML); its command line is fixed
+text, and the job id and bucket URI reach it as environment values,
 checked against a strict pattern. The job's run folder and outputs are declared as
 ``uri_folder`` on the ``runs`` datastore (direct: nothing is mounted, the runner moves the
 files), and the job carries Azure ML's own timeout, max runtime plus margins: the compute's
@@ -21,7 +23,9 @@ returns True only once Azure ML says it is terminal (a job whose ``result.json``
 ending by itself: it gets ``finish_wait_s`` to do so, so that Azure ML records it Completed,
 before it is cancelled); ``list_owned`` is every unfinished job of
 the workspace tagged ``ephemerid-job``. SDK errors become ``ComputeError``s that say what to
-change: quota, a missing workspace or cluster, a missing role.
+change: quota, a missing workspace or cluster, a missing role. A job Azure ML fails for want of
+quota after accepting it (its error read from run history) is ``UNPLACED``: placed again after a
+backoff, as ``<name>-q<n>``, until ``max_wait_s``.
 """
 
 from __future__ import annotations
@@ -41,38 +45,21 @@ from ephemerid.azure.compute import (
     check_env,
     compute_name,
     deadline_margin_s,
-    retry_delays,
     runner_env,
 )
-from ephemerid.azure.errors import describe, error_tree, transient
-from ephemerid.compute import ComputeStatus, Handle
+from ephemerid.azure.errors import describe, transient
+from ephemerid.compute import ComputeStatus, Handle, aml_job
+from ephemerid.compute.aml_environment import RunnerEnvironment, ensure_registered
 from ephemerid.compute.prices import PriceTable
-from ephemerid.errors import BadInput, ComputeError, SpecError
+from ephemerid.errors import BadInput, CapacityUnavailable, ComputeError, SpecError, Unavailable
 from ephemerid.record import JobRecord
 from ephemerid.settings import AzureMlSettings, Settings
 from ephemerid.spec import JobSpec, Spot
 
 log = logging.getLogger("ephemerid")
+MAX_PLACEMENTS = 100  # Azure ML jobs per attempt: the first and those after quota failures
 __all__ = ["COMMAND", "TAG_JOB", "AzureMlCompute", "connect", "status_of"]
-
-# The whole command Azure ML runs in the job's shell: no value from the job is in it.
-COMMAND = (
-    'python -m ephemerid.runner --artifacts "$EPHEMERID_ARTIFACTS" --job "$EPHEMERID_JOB" '
-    "--work-dir ephemerid-work"
-)
-STARTING = frozenset({"NotStarted", "Starting", "Provisioning", "Preparing", "Queued"})
-FINISHED = frozenset({"Completed", "Failed", "Canceled"})
-# Every other status (Running, Finalizing, CancelRequested, NotResponding, Paused, Unknown) is
-# compute still held: RUNNING, and the job's own heartbeat decides whether it is lost.
-
-
-def status_of(aml_status: str) -> ComputeStatus:
-    if aml_status in FINISHED:
-        return ComputeStatus.GONE
-    if aml_status in STARTING:
-        return ComputeStatus.STARTING
-    return ComputeStatus.RUNNING
-
+COMMAND, status_of = aml_job.COMMAND, aml_job.status_of
 
 # The SDK warns once per schema it calls experimental when it first builds a job (six lines on
 # every cold start); its per-call activity log does not propagate. ephemerid logs what it did.
@@ -103,6 +90,7 @@ class AzureMlCompute:
         prices: PriceTable | None = None,
         timeout_s: float = 600.0,
         deadline_margin_s: float = 900.0,
+        runner: RunnerEnvironment | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._connect: Callable[[], Any] = connect
@@ -113,6 +101,9 @@ class AzureMlCompute:
         self.prices = prices or PriceTable.load()
         self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
         self._sleep = sleep
+        self.runner = runner or RunnerEnvironment.load()
+        self._registering = threading.Lock()
+        self._registered: str | None = None  # the runner environment's reference, once known
         self._where = f"workspace '{config.workspace}' (resource group '{config.resource_group}')"
         if self.artifacts_uri.startswith("az://") and not config.blob_service_uri:
             raise BadInput(
@@ -124,16 +115,29 @@ class AzureMlCompute:
     def jobs(self) -> Any:
         """``MLClient.jobs``, the client made on first use: importing azure.ai.ml takes 0.7 s,
         which a function instance that never touches Azure ML should not pay at cold start."""
+        return self._ml().jobs
+
+    @property
+    def environments(self) -> Any:
+        return self._ml().environments
+
+    def _ml(self) -> Any:
         with self._connecting:
             if self._client is None:
                 self._client = self._connect()
-            return self._client.jobs
+            return self._client
 
     @classmethod
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> AzureMlCompute:
         if settings.azure_ml is None:
             raise BadInput("the azure-ml backend is not configured: see docs/azure-ml.md")
         config = settings.azure_ml
+        if config.environment and (config.conda_file or config.image):
+            raise BadInput(
+                "EPHEMERID_AML_CONDA_FILE and EPHEMERID_AML_IMAGE define ephemerid's own runner "
+                f"environment, and EPHEMERID_AML_ENVIRONMENT={config.environment!r} names "
+                "another: unset one or the other"
+            )
         return cls(
             lambda: connect(config),
             config,
@@ -141,6 +145,7 @@ class AzureMlCompute:
             prices=PriceTable.load(settings.price_table),
             timeout_s=settings.provision_timeout_s,
             deadline_margin_s=deadline_margin_s(settings),
+            runner=RunnerEnvironment.load(config.conda_file, config.image),
         )
 
     # -- the verbs ---------------------------------------------------------------------------
@@ -161,18 +166,35 @@ class AzureMlCompute:
             )
 
     def close(self) -> None:
-        """``MLClient`` has no close: drop it, and the next call makes a new one."""
+        """``MLClient`` has no close: drop it, and the next call makes a new one (and looks up
+        the runner's environment again)."""
         with self._connecting:
             self._client = None
+        with self._registering:
+            self._registered = None
 
     def provision(self, job: JobRecord) -> Handle:
+        """Submit the job's Azure ML job, or find the one submitted; one that Azure ML failed
+        for want of quota is submitted again, as ``<name>-q<n>``, after a backoff."""
         from azure.core.exceptions import AzureError
 
-        name = compute_name(self.name, "an Azure ML job", job.id, job.evictions)
-        found = self._find(name)
-        if found is not None:
-            log.info("azure-ml: job %s already has Azure ML job %s: using it", job.id, name)
-            return self._handle(job.id, found)
+        base = compute_name(self.name, "an Azure ML job", job.id, job.evictions)
+        for tries in range(MAX_PLACEMENTS):
+            name = f"{base}-q{tries}" if tries else base
+            found = self._find(name)
+            if found is None:
+                break
+            try:
+                why = aml_job.status(found) == "Failed" and self._quota_failure(name)
+            except Unavailable as exc:  # not known yet whether it was quota: ask again later
+                raise CapacityUnavailable(str(exc), retry_after_s=self.config.backoff_s) from exc
+            if not why:
+                log.info("azure-ml: job %s already has Azure ML job %s: using it", job.id, name)
+                return self._handle(job.id, found)
+        else:
+            raise ComputeError(f"azure-ml: job {job.id} was placed {MAX_PLACEMENTS} times")
+        if tries:
+            aml_job.wait_for_quota(self.config, job, tries, str(why))
         try:
             created = self.jobs.create_or_update(self._command(job, name))
         except AzureError as exc:
@@ -180,7 +202,7 @@ class AzureMlCompute:
             if found is None:
                 raise self._refused(job, name, exc) from exc
             created = found
-        log.info("azure-ml: job %s submitted as %s (%s)", job.id, name, _status(created))
+        log.info("azure-ml: job %s submitted as %s (%s)", job.id, name, aml_job.status(created))
         return self._handle(job.id, created)
 
     def poll(self, handle: Handle) -> ComputeStatus:
@@ -190,13 +212,17 @@ class AzureMlCompute:
         if not name:
             return ComputeStatus.GONE
         try:
-            status = _status(self.jobs.get(name))
+            status = aml_job.status(self.jobs.get(name))
+            if status == "Failed" and self._quota_failure(name):
+                return ComputeStatus.UNPLACED
         except ResourceNotFoundError:
             return ComputeStatus.GONE
         except AzureError as exc:  # unknown is not gone: the heartbeat decides
             log.warning("azure-ml: cannot read job %s now: %s", name, describe(exc))
             return ComputeStatus.RUNNING
-        return status_of(status)
+        beat = names.run_key(handle.job_id, names.HEARTBEAT_FILE)
+        started = status not in aml_job.RUNNING or self.artifacts.stat(beat) is not None
+        return aml_job.status_of(status, started)
 
     def teardown(self, handle: Handle) -> bool:
         """Cancel the job's Azure ML job(s) and confirm each is terminal."""
@@ -220,45 +246,75 @@ class AzureMlCompute:
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
-            raise self._refused(None, name, exc, verb="reading") from exc
+            raise self._refused(None, name, exc, verb="reading job") from exc
+
+    def _quota_failure(self, name: str) -> str:
+        """Azure ML's error when it failed ``name`` for want of quota, else ''. The job resource
+        carries no error: run history has it, read through the SDK's own run-history client
+        (``JobOperations._runs_operations``, not public: if it is gone, every failure is the
+        job's, as before). Unavailable when run history cannot be read now."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            details = self.jobs._runs_operations.get_run_details(name)
+        except AttributeError as exc:  # this SDK has no run-history client there
+            log.warning("azure-ml: cannot read why job %s failed: %s", name, exc)
+            return ""
+        except AzureError as exc:
+            if transient(exc):
+                why = f"azure-ml: run history of {name} cannot be read now: {describe(exc)}"
+                raise Unavailable(why) from exc
+            log.warning("azure-ml: cannot read why job %s failed: %s", name, describe(exc))
+            return ""
+        return aml_job.quota_failure(details)
 
     def _cancel(self, name: str, ending: bool) -> bool:
         """Cancel ``name`` unless it is finished; True once Azure ML reports it terminal.
 
         ``ending``: its runner is done, so Azure ML is about to end it; wait for that first.
+        The cancel's operation answers Retry-After of 10 s or more: it is never waited on. The
+        POST is sent, the job is read for ``cancel_wait_s``, and a cancel not confirmed by then
+        is left owed: the next teardown (the reaper's) reads it again and sends no second POST.
         """
         from azure.core.exceptions import AzureError
 
-        deadline = time.monotonic() + (self.config.finish_wait_s if ending else 0.0)
-        while time.monotonic() < deadline:
+        if ending and self._ends_by_itself(name):
+            return True
+        try:
+            job = self._find(name)
+            if job is None or aml_job.status(job) in aml_job.FINISHED:
+                return True
+            if aml_job.status(job) != "CancelRequested":
+                self.jobs.begin_cancel(name, polling=False)  # the POST; no poller, no thread
+        except AzureError as exc:
+            if not transient(exc) and not self._ended(name):  # it may have just ended
+                why = describe(exc)
+                raise ComputeError(f"azure-ml: cancelling job {name} failed: {why}") from exc
+            log.warning("azure-ml: cancelling job %s: %s; tried again later", name, describe(exc))
+        except ComputeError as exc:  # reading it failed: the next teardown reads it again
+            log.warning("azure-ml: job %s not confirmed ended (%s); teardown stays owed", name, exc)
+            return False
+        return self._confirmed(name, self.config.cancel_wait_s)
+
+    def _ends_by_itself(self, name: str) -> bool:
+        return self._confirmed(name, self.config.finish_wait_s, quiet=True)
+
+    def _confirmed(self, name: str, wait_s: float, quiet: bool = False) -> bool:
+        """Whether ``name`` is terminal within ``wait_s``, read every ``arm_retry_s`` (<= 1 s)."""
+        deadline = time.monotonic() + wait_s
+        while True:
             with contextlib.suppress(ComputeError):
                 if self._ended(name):
                     return True
+            if time.monotonic() >= deadline:
+                if not quiet:
+                    log.info("azure-ml: job %s is still ending; teardown stays owed", name)
+                return False
             self._sleep(min(max(self.config.arm_retry_s, 0.05), 1.0))
-        last = "not tried"
-        for delay in retry_delays(self.config.arm_retry_s):
-            self._sleep(delay)
-            try:
-                if self._ended(name):
-                    return True
-                self.jobs.begin_cancel(name).result(timeout=self.timeout_s)
-                if self._ended(name):
-                    return True
-                last = "it is not finished after its cancel"
-            except AzureError as exc:
-                if not transient(exc) and not self._ended(name):  # it may have just ended
-                    raise ComputeError(
-                        f"azure-ml: cancelling job {name} failed: {describe(exc)}"
-                    ) from exc
-                last = describe(exc)
-            except ComputeError as exc:  # reading it failed
-                last = str(exc)
-        log.warning("azure-ml: job %s not confirmed ended (%s); teardown stays owed", name, last)
-        return False
 
     def _ended(self, name: str) -> bool:
         job = self._find(name)
-        return job is None or _status(job) in FINISHED
+        return job is None or aml_job.status(job) in aml_job.FINISHED
 
     def _owned(self) -> list[Any]:
         from azure.core.exceptions import AzureError
@@ -269,7 +325,11 @@ class AzureMlCompute:
             raise ComputeError(
                 f"azure-ml: cannot list the jobs of {self._where}: {describe(exc)}"
             ) from exc
-        return [j for j in jobs if j and (j.tags or {}).get(TAG_JOB) and _status(j) not in FINISHED]
+        return [
+            j
+            for j in jobs
+            if j and (j.tags or {}).get(TAG_JOB) and aml_job.status(j) not in aml_job.FINISHED
+        ]
 
     def _names_of(self, job_id: str) -> list[str]:
         return [str(j.name) for j in self._owned() if j.tags[TAG_JOB] == job_id]
@@ -277,33 +337,31 @@ class AzureMlCompute:
     # -- what is sent ------------------------------------------------------------------------
 
     def _command(self, job: JobRecord, name: str) -> Any:
-        from azure.ai.ml import Input, Output, PyTorchDistribution, command
-        from azure.ai.ml.entities import ManagedIdentityConfiguration
-
-        request = job.spec.compute
-        folder = f"azureml://datastores/{self.config.datastore}/paths/{job.id}/"
-        distribution = None
-        if request.nodes > 1:
-            distribution = PyTorchDistribution(process_count_per_instance=max(request.gpus, 1))
-        identity = None
-        if self.config.identity_client_id:
-            identity = ManagedIdentityConfiguration(client_id=self.config.identity_client_id)
-        return command(
-            name=name,
-            display_name=job.spec.name or job.id,
-            experiment_name=self.config.experiment,
-            command=COMMAND,
-            environment=self.config.environment,
-            compute=self.config.cluster,
-            instance_count=request.nodes,
-            distribution=distribution,
-            environment_variables=self._runner_env(job.id),
-            inputs={"job": Input(type="uri_folder", path=folder, mode="direct")},
-            outputs={"outputs": Output(type="uri_folder", path=f"{folder}outputs/", mode="direct")},
-            tags={TAG_JOB: job.id},
-            timeout=int(request.max_runtime + self.deadline_margin_s),
-            identity=identity,
+        return aml_job.command_job(
+            job,
+            name,
+            self.config,
+            environment=self._environment(),
+            env=self._runner_env(job.id),
+            timeout_s=int(job.spec.compute.max_runtime + self.deadline_margin_s),
         )
+
+    def _environment(self) -> str:
+        """The job's environment: the setting's, or the runner's, registered once per version."""
+        if self.config.environment:
+            return self.config.environment
+        with self._registering:
+            if self._registered is None:
+                from azure.core.exceptions import AzureError
+
+                where = self._where
+                try:
+                    self._registered = ensure_registered(self.environments, self.runner, where)
+                except AzureError as exc:
+                    ref = f"{self.runner.name}:{self.runner.version}"
+                    raise self._refused(None, ref, exc, verb="registering environment") from exc
+                log.info("azure-ml: the runner's environment is %s", self._registered)
+            return self._registered
 
     def _runner_env(self, job_id: str) -> dict[str, str]:
         config = self.config
@@ -335,41 +393,6 @@ class AzureMlCompute:
         }
 
     def _refused(
-        self, job: JobRecord | None, name: str, exc: Exception, verb: str = "submitting"
+        self, job: JobRecord | None, name: str, exc: Exception, verb: str = "submitting job"
     ) -> ComputeError:
-        """The SDK's error as a sentence that says what to change."""
-        from azure.core.exceptions import ClientAuthenticationError
-
-        text = describe(exc)
-        status = getattr(exc, "status_code", None)
-        codes = " ".join(f"{e.get('code')} {e.get('message')}" for e in error_tree(exc)).lower()
-        cluster = f"cluster '{self.config.cluster}'"
-        if job is not None and "quota" in codes + text.lower():
-            nodes = job.spec.compute.nodes
-            return ComputeError(
-                f"azure-ml: no quota for {nodes} {self.config.node_sku} node(s) on {cluster}: "
-                f"{text}. Ask for more vCPU quota for that family in the workspace's region, "
-                "or use fewer compute.nodes"
-            )
-        if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-            return ComputeError(
-                f"azure-ml: not allowed to use {self._where}: {text}. The function app's "
-                "identity needs the AzureML Data Scientist role on the workspace"
-            )
-        if status == 404:
-            return ComputeError(
-                f"azure-ml: {self._where} was not found: {text}. Check "
-                "EPHEMERID_AML_WORKSPACE and EPHEMERID_AML_RESOURCE_GROUP"
-            )
-        if "computenotfound" in codes or ("compute" in codes and "not find" in codes):
-            return ComputeError(
-                f"azure-ml: {cluster} is not in {self._where}: {text}. Create it "
-                "(infra/modules/aml.bicep) or set EPHEMERID_AML_CLUSTER"
-            )
-        return ComputeError(f"azure-ml: {verb} job {name} on {cluster} failed: {text}")
-
-
-def _status(aml_job: Any) -> str:
-    """The job's status as Azure ML spells it (the SDK gives a str enum or a plain str)."""
-    status = getattr(aml_job, "status", None)
-    return str(getattr(status, "value", status) or "")
+        return aml_job.refused(self.config, job, name, exc, self._where, verb)

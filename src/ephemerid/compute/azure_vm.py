@@ -5,14 +5,22 @@ provision finds the VM it already started; what it sends (the VM body, its cloud
 ``ephemerid.compute.vm_body``.
 
 Placement tries, in order, each spot choice (``spot: prefer`` tries spot first), each SKU of the
-spec and each configured region or zone. Capacity and quota refusals move on to the next; when
-none fits, ``CapacityUnavailable`` makes the job wait with backoff, and after ``max_wait`` a
-``ComputeError`` fails it with every attempt listed. ``teardown`` DELETEs with
-``forceDeletion=false``, waits on the long-running operation and returns True only when a GET
-answers 404; transient ARM errors are retried with backoff, and an unconfirmed teardown returns
-False so it stays owed. ``list_owned`` is every VM of the resource group tagged ``ephemerid-job``,
-each Handle with the VM's ``ephemerid-deadline`` (the reaper deletes a VM past it; the VM
-deletes itself then too, see ``vm_body``).
+spec and each configured region or zone. Capacity and quota refusals move on to the next; a
+transient failure of the create (5xx, an exhausted 429, a retryable code on its long-running
+operation) is tried again at the same placement, ``RETRIES`` times, then counts as a refusal.
+When none fits, ``CapacityUnavailable`` makes the job wait with backoff, and after ``max_wait`` a
+``ComputeError`` fails it with every attempt listed. A ``Retry-After`` longer than the ARM client
+sleeps (``RETRY_AFTER_CAP_S``) is not waited out in the call: the job waits it out instead
+(``next_try_at``).
+
+``teardown`` DELETEs with ``forceDeletion=false``, waits on the long-running operation and
+returns True only when a GET answers 404; transient ARM errors (and a 409: another operation in
+progress) are retried with backoff, and an unconfirmed teardown returns False so it stays owed.
+``poll`` believes a 404 only once the VM is ``read_settle_s`` old and ``RETRIES + 1`` GETs in a
+row say so (ARM's reads are eventually consistent), and reads a ``Failed`` VM's power state
+before calling it gone. ``list_owned`` is every VM of the resource group tagged
+``ephemerid-job``, each Handle with the VM's ``ephemerid-deadline`` (the reaper deletes a VM past
+it; the VM deletes itself then too, see ``vm_body``).
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from typing import Any
 
 from ephemerid import __version__
 from ephemerid.azure import clients
+from ephemerid.azure.clients import RETRY_AFTER_CAP_S
 from ephemerid.azure.compute import (
+    RETRIES,
     TAG_DEADLINE,
     TAG_JOB,
     compute_name,
@@ -36,7 +46,7 @@ from ephemerid.azure.compute import (
     runner_env,
     stop_margin_s,
 )
-from ephemerid.azure.errors import describe, error_tree, transient
+from ephemerid.azure.errors import describe, request_method, retry_after_s, transient
 from ephemerid.compute import ComputeStatus, Handle, check_one_machine
 from ephemerid.compute.prices import PriceTable
 from ephemerid.compute.vm_body import (
@@ -49,32 +59,39 @@ from ephemerid.compute.vm_body import (
     placements,
     throwaway_public_key,
 )
+from ephemerid.compute.vm_state import (
+    BUSY,
+    capacity_code,
+    created_at,
+    handle_data,
+    no_capacity,
+    provisioning_state,
+    requeue,
+    vm_status,
+)
 from ephemerid.errors import (
     BadInput,
     CapacityUnavailable,
     ComputeError,
-    EphemeridError,
     SpecError,
 )
 from ephemerid.record import JobRecord, utcnow
 from ephemerid.settings import AzureVmSettings, Settings
 from ephemerid.spec import JobSpec
 
-__all__ = ["ENV_FILE", "TAG_DEADLINE", "TAG_JOB", "UNIT_FILE", "VENV", "AzureVmCompute"]
+__all__ = [
+    "ENV_FILE",
+    "TAG_DEADLINE",
+    "TAG_JOB",
+    "UNIT_FILE",
+    "VENV",
+    "AzureVmCompute",
+    "capacity_code",
+]
 log = logging.getLogger("ephemerid")
 
 # an Azure VM size: Standard_NC4as_T4_v3, Standard_ND96asr_v4, Basic_A1
 VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")
-CAPACITY_CODES = frozenset(
-    {
-        "SkuNotAvailable",
-        "AllocationFailed",
-        "ZonalAllocationFailed",
-        "OverconstrainedAllocationRequest",
-        "OverconstrainedZonalAllocationRequest",
-    }
-)
-GONE_POWER = frozenset({"stopping", "stopped", "deallocating", "deallocated"})
 
 
 def connect(config: AzureVmSettings) -> Any:
@@ -102,6 +119,7 @@ class AzureVmCompute:
         self.artifacts_uri = artifacts_uri
         self.prices = prices or PriceTable.load()
         self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
+        self.read_settle_s = config.read_settle_s
         self.stop_margin_s = min(stop_margin_s, deadline_margin_s)
         self.package = config.runner_package or f"ephemerid[azure]=={__version__}"
         self._sleep = sleep
@@ -146,31 +164,20 @@ class AzureVmCompute:
     # -- the four verbs ----------------------------------------------------------------------
 
     def provision(self, job: JobRecord) -> Handle:
-        from azure.core.exceptions import AzureError
-
         name = compute_name(self.name, "a VM", job.id, job.evictions)
-        found = self._find(name)
-        if found is not None and _state(found) in ("Creating", "Updating", "Succeeded"):
+        found = self._find(name, job)
+        if found is not None and provisioning_state(found) in (*BUSY, "Succeeded"):
             log.info("azure-vm: job %s already has VM %s: using it", job.id, name)
-            return self._handle(job.id, self._wait_created(name, found))
+            return self._handle(job.id, self._wait_created(name, found, job))
         if found is not None:
             self._clear(name)
         attempts = []
         for placement in placements(job.spec.compute, self.config.regions, self.config.default_sku):
-            try:
-                vm = self._create(job, name, placement)
-            except AzureError as exc:
-                code = capacity_code(exc)
-                if code is None:
-                    raise ComputeError(
-                        f"azure-vm: creating VM {name} ({placement}) failed: {describe(exc)}"
-                    ) from exc
-                log.info("azure-vm: job %s: %s refused: %s", job.id, placement, code)
-                attempts.append(f"{placement}: {code}")
-                self._clear(name)  # a refused VM can be left behind in state Failed
-                continue
-            return self._handle(job.id, vm)
-        raise self._no_capacity(job, attempts)
+            vm, refused = self._place(job, name, placement)
+            if vm is not None:
+                return self._handle(job.id, vm)
+            attempts.append(f"{placement}: {refused}")
+        raise no_capacity(job, self.config, attempts)
 
     def poll(self, handle: Handle) -> ComputeStatus:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -181,18 +188,11 @@ class AzureVmCompute:
         try:
             vm = self.vms.get(self.group, name, expand="instanceView")
         except ResourceNotFoundError:
-            return ComputeStatus.GONE
+            return self._confirm_gone(handle, name)
         except AzureError as exc:  # unknown is not gone: the heartbeat decides
             log.warning("azure-vm: cannot read VM %s now: %s", name, describe(exc))
             return ComputeStatus.RUNNING
-        statuses = getattr(vm.instance_view, "statuses", None) or []
-        codes = [str(s.code) for s in statuses]
-        power = next((c.split("/", 1)[1] for c in codes if c.startswith("PowerState/")), "")
-        if _state(vm) in ("Failed", "Deleting") or power in GONE_POWER:
-            return ComputeStatus.GONE
-        if _state(vm) == "Creating" or power == "starting":
-            return ComputeStatus.STARTING
-        return ComputeStatus.RUNNING
+        return vm_status(vm)
 
     def teardown(self, handle: Handle) -> bool:
         """Delete the job's VM (or every VM tagged with the job) and confirm each is gone."""
@@ -205,7 +205,7 @@ class AzureVmCompute:
 
     # -- ARM ---------------------------------------------------------------------------------
 
-    def _find(self, name: str) -> Any | None:
+    def _find(self, name: str, job: JobRecord | None = None) -> Any | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
@@ -213,7 +213,44 @@ class AzureVmCompute:
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
+            if job is not None and transient(exc):
+                raise requeue(job, self.config, f"reading VM {name}", exc) from exc
             raise ComputeError(f"azure-vm: cannot read VM {name}: {describe(exc)}") from exc
+
+    def _place(self, job: JobRecord, name: str, placement: Placement) -> tuple[Any, str]:
+        """Create the VM at ``placement``: (the VM, '') or (None, why it was refused).
+
+        A capacity or quota refusal is final here; a transient failure is tried again, at most
+        ``RETRIES`` times (a retried PUT of the same name is the same VM), then it is a refusal
+        too. A Retry-After too long to wait in this call makes the job wait it out instead.
+        """
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        last = ""
+        for delay in retry_delays(self.config.arm_retry_s):
+            self._sleep(delay)
+            try:
+                return self._create(job, name, placement), ""
+            except AzureError as exc:
+                code = capacity_code(exc)
+                if code is not None:
+                    log.info("azure-vm: job %s: %s refused: %s", job.id, placement, code)
+                    self._clear(name)  # a refused VM can be left behind in state Failed
+                    return None, code
+                # the create's own GET of the VM, read too soon (a 404 on the PUT is definite)
+                stale = isinstance(exc, ResourceNotFoundError) and request_method(exc) == "GET"
+                if not stale and not transient(exc):
+                    raise ComputeError(
+                        f"azure-vm: creating VM {name} ({placement}) failed: {describe(exc)}"
+                    ) from exc
+                if (retry_after_s(exc) or 0.0) > RETRY_AFTER_CAP_S:
+                    raise requeue(
+                        job, self.config, f"creating VM {name} ({placement})", exc
+                    ) from exc
+                last = f"transient, tried {RETRIES + 1} times: {describe(exc)}"
+                log.warning("azure-vm: job %s: creating %s: %s", job.id, placement, describe(exc))
+        self._clear(name)  # a failed try can leave the VM behind, and the next place is elsewhere
+        return None, last
 
     def _create(self, job: JobRecord, name: str, placement: Placement) -> Any:
         poller = self.vms.begin_create_or_update(self.group, name, self._body(job, name, placement))
@@ -222,16 +259,38 @@ class AzureVmCompute:
             raise ComputeError(f"azure-vm: VM {name} was not created within {self.timeout_s:.0f}s")
         return vm
 
-    def _wait_created(self, name: str, vm: Any) -> Any:
+    def _wait_created(self, name: str, vm: Any, job: JobRecord) -> Any:
         deadline = time.monotonic() + self.timeout_s
-        while _state(vm) != "Succeeded":
-            if _state(vm) not in ("Creating", "Updating") or time.monotonic() > deadline:
-                raise ComputeError(f"azure-vm: VM {name} ended {_state(vm)} while being created")
+        while provisioning_state(vm) != "Succeeded":
+            if provisioning_state(vm) not in BUSY or time.monotonic() > deadline:
+                state = provisioning_state(vm)
+                raise ComputeError(f"azure-vm: VM {name} ended {state} while being created")
             self._sleep(min(self.config.arm_retry_s, 5.0))
-            vm = self._find(name)
+            vm = self._find(name, job)
             if vm is None:
                 raise ComputeError(f"azure-vm: VM {name} was deleted while being created")
         return vm
+
+    def _confirm_gone(self, handle: Handle, name: str) -> ComputeStatus:
+        """A GET said 404. ARM's reads are eventually consistent, so a VM created moments ago
+        may not show yet: gone only once it is ``read_settle_s`` old and every GET in a row of
+        ``RETRIES + 1`` says so; a VM younger than that is STARTING (the next poll looks again)."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        created = created_at(handle.data)
+        if created is not None and (utcnow() - created).total_seconds() < self.read_settle_s:
+            log.info("azure-vm: VM %s created %s not found yet: not gone", name, created)
+            return ComputeStatus.STARTING
+        for delay in list(retry_delays(self.config.arm_retry_s))[1:]:
+            self._sleep(delay)
+            try:
+                return vm_status(self.vms.get(self.group, name, expand="instanceView"))
+            except ResourceNotFoundError:
+                continue
+            except AzureError as exc:
+                log.warning("azure-vm: cannot read VM %s now: %s", name, describe(exc))
+                return ComputeStatus.RUNNING
+        return ComputeStatus.GONE
 
     def _clear(self, name: str) -> None:
         if not self._delete(name):
@@ -266,6 +325,8 @@ class AzureVmCompute:
                         f"azure-vm: deleting VM {name} failed: {describe(exc)}"
                     ) from exc
                 last = describe(exc)
+                if (retry_after_s(exc) or 0.0) > RETRY_AFTER_CAP_S:
+                    break  # ARM asks for longer than a call should wait: the reaper comes back
         log.warning("azure-vm: VM %s not confirmed deleted (%s); teardown stays owed", name, last)
         return False
 
@@ -285,24 +346,10 @@ class AzureVmCompute:
     # -- what is sent ------------------------------------------------------------------------
 
     def _handle(self, job_id: str, vm: Any) -> Handle:
-        data = _data(vm)
+        data = handle_data(vm)
         price = self.prices.per_hour(data["sku"], data["spot"])
         deadline = read_deadline((vm.tags or {}).get(TAG_DEADLINE))
         return Handle(self.name, job_id, data, data["sku"], data["spot"], price, deadline=deadline)
-
-    def _no_capacity(self, job: JobRecord, attempts: list[str]) -> EphemeridError:
-        waited = (utcnow() - job.waiting_since).total_seconds() if job.waiting_since else 0.0
-        refused = "; ".join(attempts)
-        if waited >= self.config.max_wait_s:
-            return ComputeError(
-                f"no capacity after waiting {waited:.0f}s (max wait "
-                f"{self.config.max_wait_s:.0f}s); every placement was refused: {refused}"
-            )
-        retry = min(max(self.config.backoff_s, waited / 2), max(self.config.backoff_s, 600.0))
-        return CapacityUnavailable(
-            f"waiting for capacity (next try in {retry:.0f}s); refused: {refused}",
-            retry_after_s=retry,
-        )
 
     def _runner_env(self, job_id: str) -> dict[str, str]:
         config = self.config
@@ -331,29 +378,3 @@ class AzureVmCompute:
         if not self._ssh_key:
             self._ssh_key = throwaway_public_key()
         return self._ssh_key
-
-
-def _state(vm: Any) -> str:
-    return str(vm.provisioning_state or "")
-
-
-def _data(vm: Any) -> dict[str, Any]:
-    priority = getattr(vm.priority, "value", vm.priority)
-    return {
-        "vm": str(vm.name),
-        "region": str(vm.location),
-        "zone": str((vm.zones or [""])[0]),
-        "sku": str(vm.hardware_profile.vm_size),
-        "spot": str(priority) == "Spot",
-    }
-
-
-def capacity_code(exc: Exception) -> str | None:
-    """The capacity or quota refusal in ``exc`` (also nested in ``details``), or None."""
-    for error in error_tree(exc):
-        code = str(error.get("code", ""))
-        if code in CAPACITY_CODES:
-            return code
-        if code == "OperationNotAllowed" and "quota" in str(error.get("message", "")).lower():
-            return "OperationNotAllowed (quota)"
-    return None

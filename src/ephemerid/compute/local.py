@@ -8,9 +8,14 @@ before it says so, whatever the stored handle holds (it may be empty: ephemerid 
 starting the runner and saving the handle); the work folder, which holds the handle and the
 cgroup's path, goes only then. A slot is an exclusive ``flock`` on ``slots/<n>.lock`` that the
 runner inherits: the kernel frees it when the runner dies, so a crashed ephemerid never leaks a
-slot. With GPUs visible (``nvidia-smi -L``), slot n is GPU n and the job sees only that GPU
-through ``CUDA_VISIBLE_DEVICES``. The runner stops a job whose work folder outgrows
-``disk_limit_bytes`` (``EPHEMERID_LOCAL_DISK_LIMIT_BYTES``).
+slot. With GPUs visible, slot n is GPU n and the job sees only that GPU through
+``CUDA_VISIBLE_DEVICES``. The GPUs are counted cheaply, in this order: ``EPHEMERID_LOCAL_GPUS``
+(N: GPUs 0 to N-1), else ``CUDA_VISIBLE_DEVICES`` when set (its list; empty or -1: none), else
+the lines of ``nvidia-smi -L``. A job asking for more GPUs than that is refused with the count
+found, unless its spec sets ``compute.cpu_fallback: true``: then it runs on the CPU and its
+record says so (``sku``: ``cpu (fallback: ...)``); a GPU job takes only a slot that has a GPU.
+The runner stops a job whose work folder outgrows ``disk_limit_bytes``
+(``EPHEMERID_LOCAL_DISK_LIMIT_BYTES``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,18 @@ if TYPE_CHECKING:
 _PROC = Path("/proc")
 
 
-def detect_gpus() -> list[str]:
+def detect_gpus(count: int | None = None) -> tuple[list[str], str]:
+    """The GPUs local compute may hand out, and how they were found (for the messages)."""
+    if count is not None:
+        return [str(i) for i in range(count)], "EPHEMERID_LOCAL_GPUS"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        return ([] if ids[:1] == ["-1"] else ids), "CUDA_VISIBLE_DEVICES"
+    return _nvidia_smi(), "nvidia-smi -L"
+
+
+def _nvidia_smi() -> list[str]:
     """GPU indices that ``nvidia-smi -L`` lists; none when it is absent or fails."""
     if shutil.which("nvidia-smi") is None:
         return []
@@ -66,6 +82,7 @@ class LocalCompute:
         python: str = sys.executable,
         grace_s: float = 5.0,
         gpus: list[str] | None = None,
+        gpus_found_by: str = "as configured",
         disk_limit_bytes: int = DISK_LIMIT_BYTES,
         envs_root: Path | None = None,
     ) -> None:
@@ -75,17 +92,22 @@ class LocalCompute:
         self.python = python
         self.grace_s = grace_s
         self.disk_limit_bytes = disk_limit_bytes
-        self.gpus = detect_gpus() if gpus is None else gpus
+        if gpus is None:  # ``gpus_found_by``: how they were counted, for the refusal's message
+            gpus, gpus_found_by = detect_gpus()
+        self.gpus, self.gpus_found_by = gpus, gpus_found_by
         self.slots = slots or len(self.gpus) or 2
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         (self.work_root / "slots").mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def from_settings(cls, settings: Settings, artifacts: ArtifactStore) -> LocalCompute:
+        gpus, found_by = detect_gpus(settings.local_gpus)
         return cls(
             settings.home / "compute",
             artifacts.root_uri,
             slots=settings.local_slots,
+            gpus=gpus,
+            gpus_found_by=found_by,
             grace_s=settings.grace_s,
             disk_limit_bytes=settings.local_disk_limit_bytes,
             envs_root=settings.home / "envs",
@@ -99,6 +121,17 @@ class LocalCompute:
                 "drop compute.skus or pick azure-vm/azure-ml"
             )
         check_environment(spec)
+        asked, found = spec.compute.gpus, len(self.gpus)
+        if asked > found and not spec.compute.cpu_fallback:
+            raise SpecError(
+                f"compute.gpus: {asked} GPU(s) asked, but local compute found {found} "
+                f"({self.gpus_found_by}): ask for at most {found}, set compute.cpu_fallback: "
+                "true to run on the CPU instead, or pick azure-vm/azure-ml"
+            )
+
+    def _on_cpu(self, spec: JobSpec) -> bool:
+        """A job asking for more GPUs than there are, that its spec lets run on the CPU."""
+        return spec.compute.gpus > len(self.gpus)
 
     def close(self) -> None:
         """Nothing to let go of: the runners are processes of their own."""
@@ -108,14 +141,15 @@ class LocalCompute:
         existing = self._read_handle(workdir)
         if existing and self.poll(existing) is ComputeStatus.RUNNING:
             return existing
-        slot, fd = self._take_slot()
+        wants_gpu = job.spec.compute.gpus > 0 and not self._on_cpu(job.spec)
+        slot, fd = self._take_slot(gpu=wants_gpu)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             cgroup = procs.make_cgroup(str(workdir))
             if cgroup is not None:  # written before the runner starts: teardown finds it
                 (workdir / "cgroup").write_text(str(cgroup))
-            gpu = self.gpus[slot] if slot < len(self.gpus) and job.spec.compute.gpus else ""
-            proc = self._start_runner(job.id, workdir, cgroup, gpu, fd)
+            gpu = self.gpus[slot] if wants_gpu else ""
+            proc = self._start_runner(job, workdir, cgroup, gpu, fd)
         finally:
             os.close(fd)  # the runner holds its own copy of the lock
         self._children[job.id] = proc
@@ -127,12 +161,17 @@ class LocalCompute:
             "workdir": str(workdir),
             "cgroup": str(cgroup or ""),
         }
+        sku = ""
+        if self._on_cpu(job.spec):
+            data["cpu_fallback"] = True
+            sku = f"cpu (fallback: {job.spec.compute.gpus} GPU(s) asked, {len(self.gpus)} found)"
         (workdir / "handle.json").write_text(json.dumps(data))
-        return Handle(self.name, job.id, data)
+        return Handle(self.name, job.id, data, sku=sku)
 
     def _start_runner(
-        self, job_id: str, workdir: Path, cgroup: Path | None, gpu: str, fd: int
+        self, job: JobRecord, workdir: Path, cgroup: Path | None, gpu: str, fd: int
     ) -> subprocess.Popen[bytes]:
+        """The runner, with the job's own interpreter (recorded at submit), whoever starts it."""
         env = {
             **os.environ,
             "CUDA_VISIBLE_DEVICES": gpu,
@@ -140,13 +179,13 @@ class LocalCompute:
             procs.ENV_MARK: str(workdir),
         }
         command = [
-            self.python,
+            job.python or self.python,
             "-m",
             "ephemerid.runner",
             "--artifacts",
             self.artifacts_uri,
             "--job",
-            job_id,
+            job.id,
             "--work-dir",
             str(workdir),
             "--disk-limit-bytes",
@@ -232,8 +271,10 @@ class LocalCompute:
             return Handle(self.name, workdir.name, {}) if workdir.is_dir() else None
         return Handle(self.name, workdir.name, data)
 
-    def _take_slot(self) -> tuple[int, int]:
-        for slot in range(self.slots):
+    def _take_slot(self, gpu: bool) -> tuple[int, int]:
+        """The first free slot (for a GPU job: of the slots that have a GPU) and its lock."""
+        slots = min(self.slots, len(self.gpus)) if gpu else self.slots
+        for slot in range(slots):
             fd = os.open(self.work_root / "slots" / f"{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -241,7 +282,8 @@ class LocalCompute:
                 os.close(fd)
                 continue
             return slot, fd
-        raise CapacityUnavailable(f"local: all {self.slots} slots are busy; the job waits for one")
+        kind = "GPU slots" if gpu else "slots"
+        raise CapacityUnavailable(f"local: all {slots} {kind} are busy; the job waits for one")
 
 
 def check_environment(spec: JobSpec) -> None:

@@ -19,6 +19,12 @@ no login shell, no sudo and no groups, made right after the deadline is armed. I
 0755: the entrypoint runs on its interpreter), and a firewall rule for its uid alone rejects the
 instance metadata service, where the VM identity's token lives; the runner's unit refuses to start
 without that rule.
+
+A platform reboot or redeploy keeps the OS disk and ends every process, and iptables rules do not
+outlive it: so the rule is a oneshot unit of its own, and it and the runner's unit are enabled
+(``WantedBy=multi-user.target``), so both start again at boot. The runner's unit also restarts on
+failure, at most ``START_LIMIT_BURST`` times in ``START_LIMIT_S``. A runner started again reruns the
+job from its last uploaded checkpoint, or stands down (``ephemerid.restarts``).
 """
 
 from __future__ import annotations
@@ -41,7 +47,10 @@ from ephemerid.spec import ComputeRequest, Spot
 
 ENV_FILE = "/etc/ephemerid/runner.env"
 DEADLINE_ENV_FILE = "/etc/ephemerid/deadline.env"
-UNIT_FILE = "/etc/systemd/system/ephemerid-runner.service"
+RUNNER_UNIT = "ephemerid-runner.service"
+UNIT_FILE = f"/etc/systemd/system/{RUNNER_UNIT}"
+FIREWALL_UNIT = "ephemerid-firewall.service"
+FIREWALL_UNIT_FILE = f"/etc/systemd/system/{FIREWALL_UNIT}"
 IMDS_FILE = "/etc/ephemerid/imds.py"
 DEADLINE_UNIT_FILE = "/etc/systemd/system/ephemerid-deadline.service"
 DEADLINE_TIMER_FILE = "/etc/systemd/system/ephemerid-deadline.timer"
@@ -56,13 +65,31 @@ USERADD = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexisten
 # Fixed commands, nothing of the job in them: the job's user, kept from IMDS and the runner's files.
 JOB_USER_COMMANDS = [
     [*USERADD, "--shell", "/usr/sbin/nologin", "--user-group", JOB_USER],
-    [IPTABLES, "-A", "OUTPUT", *NO_IMDS],
+    ["systemctl", "enable", "--now", FIREWALL_UNIT],  # iptables -A, and at every boot again
     ["chmod", "0700", "/etc/ephemerid"],
 ]
+RESTART_S = 15
+START_LIMIT_BURST = 5
+START_LIMIT_S = 900
+FIREWALL = f"""[Unit]
+Description=ephemerid: keep the job's user from the instance metadata service
+Before={RUNNER_UNIT}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={IPTABLES} -A OUTPUT {" ".join(NO_IMDS)}
+
+[Install]
+WantedBy=multi-user.target
+"""
 UNIT = f"""[Unit]
 Description=ephemerid runner: one job, then this VM is deleted
 Wants=network-online.target
-After=network-online.target
+After=network-online.target {FIREWALL_UNIT}
+Requires={FIREWALL_UNIT}
+StartLimitIntervalSec={START_LIMIT_S}
+StartLimitBurst={START_LIMIT_BURST}
 
 [Service]
 Type=exec
@@ -73,7 +100,11 @@ ExecStartPre={IPTABLES} -C OUTPUT {" ".join(NO_IMDS)}
 ExecStart={VENV}/bin/python -m ephemerid.runner --artifacts ${{EPHEMERID_ARTIFACTS}} \
 --job ${{EPHEMERID_JOB}} --work-dir {WORK_DIR} --scheduled-events ${{EPHEMERID_SCHEDULED_EVENTS}} \
 --stop-by ${{EPHEMERID_STOP_BY}} --run-as {JOB_USER}
-Restart=no
+Restart=on-failure
+RestartSec={RESTART_S}
+
+[Install]
+WantedBy=multi-user.target
 """
 DEADLINE_UNIT = """[Unit]
 Description=ephemerid: this VM's deadline has passed: delete it through ARM
@@ -161,6 +192,7 @@ def cloud_init(env: dict[str, str], package: str, python: str, deadline: Deadlin
         "packages": ["python3-venv", "iptables"],
         "write_files": [
             _file(ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items()), "0600"),
+            _file(FIREWALL_UNIT_FILE, FIREWALL),
             _file(UNIT_FILE, UNIT),
             *deadline.files(python),
         ],
@@ -172,7 +204,8 @@ def cloud_init(env: dict[str, str], package: str, python: str, deadline: Deadlin
             [python, "-m", "venv", "--system-site-packages", VENV],
             [f"{VENV}/bin/pip", "install", "--no-input", "--disable-pip-version-check", package],
             ["systemctl", "daemon-reload"],
-            ["systemctl", "start", "--no-block", "ephemerid-runner.service"],
+            ["systemctl", "enable", RUNNER_UNIT],  # so that it starts again after a reboot
+            ["systemctl", "start", "--no-block", RUNNER_UNIT],
         ],
     }
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)

@@ -27,6 +27,7 @@ from ephemerid.errors import BadInput, Conflict, NotFound, Unavailable
 from ephemerid.functions.callers import Caller, KeyRing, caller_of
 from ephemerid.intake import Intake
 from ephemerid.names import JOBS_QUEUE
+from ephemerid.reads import live_json
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState, utcnow
 from ephemerid.rules import Rules
@@ -105,7 +106,11 @@ class Handlers:
         return _answer(listing)
 
     def http_get(self, req: func.HttpRequest) -> func.HttpResponse:
-        return _answer(lambda: _json(self._visible(req).to_json()))
+        def get() -> func.HttpResponse:
+            job = self._visible(req)  # its progress is read only for a caller who may see it
+            return _json(live_json(job, self.service.progress(job)))
+
+        return _answer(get)
 
     def http_cancel(self, req: func.HttpRequest) -> func.HttpResponse:
         return _answer(lambda: _json(self.service.cancel(self._visible(req).id).to_json()))

@@ -12,10 +12,13 @@ service's Scheduled Events document, where ``preempt()`` posts spot evictions; e
 metadata service (its resource id, a token of its identity) is at ``imds_url(name)``. Each
 request records its caller: ``service`` (the simulator's token) or ``identity of <vm>``.
 
-Tests and benchmarks script it: provisioning and deletion latency, 429 with ``Retry-After``,
-500s and connection resets (``faults``, ``fail_next``), capacity and quota refusals per SKU,
-region and spot (``refuse``), requests held until released (``hold``, to kill a client mid-call)
-and evictions (``preempt``). Point the real client at it with ``compute_client(sim.endpoint)``
+Tests and benchmarks script it: provisioning and deletion latency, 429 with ``Retry-After``
+(long ones too), 500s, 409 Conflict and connection resets (``faults``, ``fail_next``), capacity
+and quota refusals per SKU, region and spot, and failed create operations (``refuse``), stale
+404s on GET just after a create (``stale_reads``), a VM whose provisioning failed while it runs
+(``fail_provisioning``), requests held until released (``hold``, to kill a client mid-call) and
+evictions (``preempt``). A PUT body with a key the SDK's ``VirtualMachine`` model does not know
+is refused with 400. Point the real client at it with ``compute_client(sim.endpoint)``
 (built by ephemerid.azure.clients: a static token, and plain http allowed for loopback hosts
 only). Fake the transport, never the client. What it does not simulate is listed in
 docs/azure-vm.md. The VM answers are in ``ephemerid.testing.arm_vms``.
@@ -35,7 +38,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -59,6 +61,7 @@ __all__ = ["TOKEN", "ArmSimulator", "Refusal", "SimVm", "StaticToken", "is_loopb
 EVENTS_PATH = "/metadata/scheduledevents"
 SERVICE = "service"
 FAULTS: tuple[str, ...] = ("throttle", "error", "reset")
+SCRIPTED = (*FAULTS, "lost", "conflict")
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,14 @@ class ArmSimulator(VmRoutes):
         self._ops: dict[str, _Op] = {}
         self._refusals: list[Refusal] = []
         self._fault_rate, self._fault_kinds = 0.0, FAULTS
-        self._scripted: list[tuple[str, str | None]] = []
+        self._scripted: list[tuple[str, str | None, str]] = []
+        self._stale: dict[str | None, int] = {}
         self._hold: set[str] = set()
         self._held = 0
         self._release = threading.Event()
         self._incarnation = 1
+        self.events_asked: list[float] = []  # when each Scheduled Events call came (time.time())
+        self._events_warm_up_s, self._events_on_at = 0.0, 0.0
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -150,11 +156,17 @@ class ArmSimulator(VmRoutes):
         with self._lock:
             self._fault_rate, self._fault_kinds = rate, kinds
 
-    def fail_next(self, kind: str, *, method: str | None = None, count: int = 1) -> None:
+    def fail_next(
+        self, kind: str, *, method: str | None = None, count: int = 1, retry_after: str = ""
+    ) -> None:
         """Answer the next ``count`` requests (of ``method``) with fault ``kind``: one of FAULTS,
-        or ``lost`` (the request takes effect, then its connection is reset)."""
+        ``lost`` (the request takes effect, then its connection is reset) or ``conflict`` (409
+        Conflict: another operation on the resource is in progress). A throttle answers
+        ``Retry-After: retry_after`` (default: the simulator's ``retry_after``)."""
+        if kind not in SCRIPTED:
+            raise ValueError(f"fault '{kind}' is not one of {', '.join(SCRIPTED)}")
         with self._lock:
-            self._scripted.extend([(kind, method)] * count)
+            self._scripted.extend([(kind, method, retry_after or self.retry_after)] * count)
 
     def hold(self, *methods: str) -> None:
         """Apply requests with these methods, then keep their answer until ``release_holds``."""
@@ -169,27 +181,6 @@ class ArmSimulator(VmRoutes):
         with self._lock:
             self._hold = set()
             self._release.set()
-
-    def preempt(self, name: str, *, evict_after_s: float = 30.0) -> dict[str, Any]:
-        """Post a Preempt event for spot VM ``name``; the platform deletes it after the notice."""
-        with self._lock:
-            vm = next((v for v in self._vms.values() if v.name == name), None)
-            if vm is None or not vm.spot:
-                raise ValueError(f"only an existing spot VM can be preempted, not '{name}'")
-            vm.evict_at = time.monotonic() + evict_after_s
-            vm.event = {
-                "EventId": str(uuid.uuid4()),
-                "EventType": "Preempt",
-                "ResourceType": "VirtualMachine",
-                "Resources": [name],
-                "EventStatus": "Scheduled",
-                "NotBefore": formatdate(time.time() + evict_after_s, usegmt=True),
-                "Description": "Spot VM is being evicted",
-                "EventSource": "Platform",
-                "DurationInSeconds": -1,
-            }
-            self._incarnation += 1
-            return dict(vm.event)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -212,6 +203,7 @@ class ArmSimulator(VmRoutes):
         parsed = urlparse(url)
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if parsed.path.rstrip("/").lower() == EVENTS_PATH:
+            time.sleep(self._events_wait())
             return self._events(headers)
         if parsed.path.startswith(IMDS_PREFIX):
             with self._lock:
@@ -219,12 +211,15 @@ class ArmSimulator(VmRoutes):
         with self._lock:
             caller = self._caller(headers)
             self.requests.append(Request(method, parsed.path, query, caller or "nobody"))
-            fault = self._pick_fault(method)
+            fault, retry_after = self._pick_fault(method)
             if fault == "throttle":
                 message = "simulated throttling: retry after the Retry-After header"
-                return 429, _error("TooManyRequests", message), {"Retry-After": self.retry_after}
+                return 429, _error("TooManyRequests", message), {"Retry-After": retry_after}
             if fault == "error":
                 return 500, _error("InternalServerError", "simulated server error"), {}
+            if fault == "conflict":
+                message = "The request failed due to conflict with a concurrent request."
+                return 409, _error("Conflict", message), {}
             late_reset = fault == "lost" or (fault == "reset" and self._rng.random() < 0.5)
             if fault == "reset" and not late_reset:
                 return None
@@ -239,14 +234,14 @@ class ArmSimulator(VmRoutes):
             self._release.wait(120)
         return reply
 
-    def _pick_fault(self, method: str) -> str | None:
-        for i, (kind, only) in enumerate(self._scripted):
+    def _pick_fault(self, method: str) -> tuple[str | None, str]:
+        for i, (kind, only, retry_after) in enumerate(self._scripted):
             if only in (None, method):
                 del self._scripted[i]
-                return kind
+                return kind, retry_after
         if self._fault_rate and self._rng.random() < self._fault_rate:
-            return self._rng.choice(self._fault_kinds)
-        return None
+            return self._rng.choice(self._fault_kinds), self.retry_after
+        return None, self.retry_after
 
     def _tick(self) -> None:
         self.ml.tick()
@@ -264,9 +259,13 @@ class ArmSimulator(VmRoutes):
     def _route(
         self, method: str, path: str, query: dict[str, str], headers: Any, raw: bytes
     ) -> Reply:
+        if path.startswith("/discovery/"):  # Azure ML's per-workspace service URLs: no token
+            return self.ml.discovery()
         caller = self._caller(headers)
         if caller is None:
             return 401, _error("AuthenticationFailed", "no valid bearer token"), {}
+        if path.startswith("/history/"):  # Azure ML's run history: no api-version
+            return self.ml.history(method, path)
         if "api-version" not in query:
             return 400, _error("MissingApiVersionParameter", "api-version is required"), {}
         parts = [p.lower() for p in path.strip("/").split("/")]

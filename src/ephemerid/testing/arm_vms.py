@@ -3,7 +3,14 @@
 ``VmRoutes`` is mixed into ``ArmSimulator`` (ephemerid.testing.arm), which owns the state, the
 lock and the faults; these are the answers to GET, PUT and DELETE of a VM, the list of a resource
 group, and the long-running operations those start. ``Refusal`` scripts capacity and quota
-refusals; ``SimVm`` is a VM as the simulator holds it.
+refusals, and failures of the create's long-running operation (``on="operation"``); ``SimVm`` is
+a VM as the simulator holds it (``power`` overrides the power state its provisioning state
+implies, as ``fail_provisioning`` does). A PUT whose body the SDK's ``VirtualMachine`` model does
+not accept key for key is refused (ephemerid.testing.vm_model), and so is one that would move
+an existing VM to another region (``InvalidResourceLocation``). ``_stale`` GETs answer 404 for a
+VM that exists, as a read of ARM's eventually consistent store can just after a create. What
+Azure's platform does to a VM on request (``preempt``, ``evict``, ``reboot``, ``slow_events``,
+``stale_reads``, ``fail_provisioning``) is in ephemerid.testing.arm_platform.
 
 Each VM also has its own instance metadata service at ``imds_url(name)`` (on Azure it is
 169.254.169.254 inside the VM): ``metadata/instance/compute`` (its resource id) and
@@ -18,7 +25,11 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+from ephemerid.testing.arm_platform import PlatformActions
+from ephemerid.testing.vm_model import body_problems
 
 Reply = tuple[int, Any, dict[str, str]]
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000e1"
@@ -29,13 +40,21 @@ ASYNC_CODES = frozenset(
 )
 
 
+CAPACITY = ASYNC_CODES | {"SkuNotAvailable", "OverconstrainedZonalAllocationRequest"}
+
+
 def arm_error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
 @dataclass
 class Refusal:
-    """PUTs matching sku, region and spot (None: any) fail with ``code``, ``times`` times."""
+    """PUTs matching sku, region and spot (None: any) fail with ``code``, ``times`` times.
+
+    ``on``: where the failure comes, ``put`` (a 409 answer) or ``operation`` (the create's
+    long-running operation ends Failed and leaves a Failed VM); by default as Azure does it for
+    ``code``: allocation failures on the operation, the rest on the PUT.
+    """
 
     code: str
     sku: str | None = None
@@ -43,6 +62,11 @@ class Refusal:
     spot: bool | None = None
     nested: bool = False
     times: int | None = None
+    on: str = ""
+
+    @property
+    def on_operation(self) -> bool:
+        return self.on == "operation" or (not self.on and self.code in ASYNC_CODES)
 
     def matches(self, sku: str, region: str, spot: bool) -> bool:
         return (
@@ -60,9 +84,11 @@ class Refusal:
                 f"{family} quota. Additional details - Location: {region}, Current Limit: 0, "
                 "Current Usage: 0, Additional Required: 4"
             )
-        else:
+        elif self.code in CAPACITY:
             kind = "spot" if spot else "on-demand"
             message = f"simulated {self.code}: no {kind} capacity for {sku} in {region}"
+        else:
+            message = f"simulated {self.code}: creating the {sku} VM in {region} failed; retry"
         inner = {"code": self.code, "message": message}
         if not self.nested:
             return inner
@@ -86,7 +112,10 @@ class SimVm:
     op: str = ""
     evict_at: float | None = None
     event: dict[str, Any] | None = None
+    power: str | None = None  # the power state, when not the one ``state`` implies
+    reboots: int = 0  # how many times the platform rebooted it (the VM player plays each)
     vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time_created: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
     def props(self) -> dict[str, Any]:
@@ -130,7 +159,7 @@ class _Op:
     status: str = ""  # set when the operation ends early (Canceled)
 
 
-class VmRoutes:
+class VmRoutes(PlatformActions):
     """The Microsoft.Compute answers; called by ``ArmSimulator._route`` under its lock."""
 
     lro: str
@@ -141,8 +170,11 @@ class VmRoutes:
     _vms: dict[tuple[str, str], SimVm]
     _ops: dict[str, _Op]
     _refusals: list[Refusal]
+    _stale: dict[str | None, int]  # VM name (None: any) -> GETs left that answer a stale 404
 
     vm_tokens: dict[str, tuple[str, str]]  # a token of a VM's identity -> (its group, its name)
+    _lock: Any
+    _incarnation: int
 
     @property
     def endpoint(self) -> str:
@@ -173,12 +205,14 @@ class VmRoutes:
     def _view(self, vm: SimVm, instance_view: bool = False) -> dict[str, Any]:
         props = json.loads(json.dumps(vm.props))
         (props.get("osProfile") or {}).pop("customData", None)  # ARM never returns it
-        props.update(provisioningState=vm.state, vmId=vm.vm_id)
+        props.update(provisioningState=vm.state, vmId=vm.vm_id, timeCreated=vm.time_created)
         if instance_view:
-            power = {"Creating": "starting", "Succeeded": "running", "Deleting": "stopping"}
-            statuses = [{"code": f"ProvisioningState/{vm.state.lower()}"}]
-            if vm.state in power:
-                statuses.append({"code": f"PowerState/{power[vm.state]}"})
+            implied = {"Creating": "starting", "Succeeded": "running", "Deleting": "stopping"}
+            power = vm.power or implied.get(vm.state)
+            failed = f"/{vm.error['code']}" if vm.state == "Failed" and vm.error else ""
+            statuses = [{"code": f"ProvisioningState/{vm.state.lower()}{failed}"}]
+            if power:
+                statuses.append({"code": f"PowerState/{power}"})
             props["instanceView"] = {"statuses": statuses}
         view = {k: v for k, v in vm.body.items() if k != "properties"}
         view.update(
@@ -202,6 +236,10 @@ class VmRoutes:
 
     def _get(self, key: tuple[str, str], query: dict[str, str]) -> Reply:
         vm = self._vms.get(key)
+        stale = next((n for n in (key[1], None) if self._stale.get(n, 0) > 0), "")
+        if vm is not None and stale != "":
+            self._stale[stale] -= 1
+            vm = None  # this read reached a replica that has not seen the VM yet
         if vm is None:
             message = f"The Resource 'Microsoft.Compute/virtualMachines/{key[1]}' was not found."
             return 404, arm_error("ResourceNotFound", message), {}
@@ -219,7 +257,18 @@ class VmRoutes:
         if not sku or not region:
             message = "location and properties.hardwareProfile.vmSize are required"
             return 400, arm_error("InvalidParameter", message), {}
+        problems = body_problems(body)
+        if problems:
+            message = f"The request content was invalid: {'; '.join(problems)}"
+            return 400, arm_error("InvalidRequestContent", message), {}
         vm = self._vms.get(key)
+        if vm is not None and vm.location.lower() != str(region).lower():
+            message = (
+                f"The resource '{name}' already exists in location '{vm.location}' in resource "
+                f"group '{group}'. A resource with the same name cannot be created in location "
+                f"'{region}'. Please select a new resource name."
+            )
+            return 400, arm_error("InvalidResourceLocation", message), {}
         if vm is not None and vm.state == "Deleting":
             message = (
                 f"Operation 'PUT' is not allowed on VM '{name}' since it is marked for deletion."
@@ -233,7 +282,7 @@ class VmRoutes:
         error = refusal.error(sku, region, spot) if refusal else None
         if refusal is not None and refusal.times is not None:
             refusal.times -= 1
-        if refusal is not None and refusal.code not in ASYNC_CODES:
+        if refusal is not None and not refusal.on_operation:
             return 409, {"error": error}, {}
         now = time.monotonic()
         vm = SimVm(group, name, body, until=now + self.provision_s, error=error)

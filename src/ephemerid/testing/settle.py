@@ -36,12 +36,14 @@ def settle(
     timeout: float | None,
     on_tick: Callable[[], None] | None = None,
     poll_s: float = 0.05,
+    drive: bool = True,
 ) -> list[JobRecord]:
     """Drive ``job_ids`` until each is settled; their records, in the order given.
 
     Each tick: ``on_tick()`` first, then a job whose result has landed is completed and, if one
     waits for capacity, waiting jobs are dispatched. ``timeout`` None waits for ever (the CLI,
     which Ctrl-C ends); otherwise NotSettled names each job not settled and its state.
+    ``drive`` False only watches: something else (the local agent) moves the jobs on.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -52,7 +54,8 @@ def settle(
             return jobs
         if deadline is not None and time.monotonic() > deadline:
             raise NotSettled(_not_settled(jobs, timeout or 0.0))
-        _tick(service, [job for job in jobs if not settled(job)])
+        if drive:
+            _tick(service, [job for job in jobs if not settled(job)])
         time.sleep(poll_s)
 
 
