@@ -45,7 +45,6 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,41 +59,19 @@ from ephemerid.artifacts import (
 )
 from ephemerid.checkpoint import CheckpointSync
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
-from ephemerid.envs.build import BuildFailed, Environments, Ready, package_path
-from ephemerid.envs.container import in_container
+from ephemerid.envs.build import BuildFailed
+from ephemerid.envs.setup import JobSetup
 from ephemerid.errors import ContractError
 from ephemerid.heartbeat import Beats
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LogPump, MetricsPump
+from ephemerid.rank import Rank
 from ephemerid.restarts import Busy, GaveUp, Starts
 from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
 
 # What a runner stages in its work folder; a start after the first clears it all first.
 STAGED: tuple[str, ...] = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
 STAGED += ("params.json", names.METRICS_FILE)
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a distributed launch; ``Rank()`` is a job of one process."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Rank:
-        env = dict(os.environ) if env is None else env
-        try:
-            rank, world = int(env.get("RANK") or 0), int(env.get("WORLD_SIZE") or 1)
-        except ValueError as exc:
-            raise ValueError(f"RANK and WORLD_SIZE must be whole numbers: {exc}") from exc
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world}")
-        return cls(rank, world)
-
-    @property
-    def leader(self) -> bool:
-        return self.rank == 0
 
 
 class Runner:
@@ -112,8 +89,6 @@ class Runner:
         run_as: str | None = None,
         envs_root: Path | None = None,
     ) -> None:
-        self.envs_root = envs_root  # where environments are built and kept (else per job)
-        self.ready: Ready | None = None
         self.rank, self.stop_by = rank or Rank(), stop_by
         self.run_as = run_as  # its user is looked up when staging
         self.user: pwd.struct_passwd | None = None
@@ -136,6 +111,9 @@ class Runner:
         self._stop, self._ran = threading.Event(), threading.Event()
         self.beats = Beats(store, job_id, self.pump, self.metrics, self._stop, self.say)
         self.owner = True  # whether this start runs the job (and so writes its result)
+        # envs_root: where environments are built and kept (else in the work folder: per job)
+        self.setup = JobSetup(self.work, job_id, self.rank.rank, self.say, self.pump.write)
+        self.setup.envs_root = envs_root or self.setup.envs_root
 
     def say(self, message: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -160,7 +138,7 @@ class Runner:
             else:
                 threading.Thread(target=self.beats.flush_often, daemon=True).start()
             entry, env = self._stage(launch)
-            self._environment(launch, env, result)
+            self.setup.prepare(launch, env, result)
             stop = self._execute(launch, entry, env, result)
             if stop is not None and not stop.upload:
                 self.say("outputs and checkpoint not uploaded: the job passed its disk limit")
@@ -177,8 +155,7 @@ class Runner:
             self.say(result.reason)
         finally:
             self._stop.set()
-            if self.ready is not None:
-                self.ready.close()
+            self.setup.close()
             if self.rank.leader:  # the metrics the code logged, kept whatever else went wrong
                 self._last_metrics(result)
             self.pump.close()
@@ -248,31 +225,6 @@ class Runner:
             self._hand_over([dirs[n] for n in ("output", "checkpoint", "home", "tmp")])
         return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)
 
-    def _environment(self, launch: Launch, env: dict[str, str], result: Result) -> None:
-        """Build the job's environment (or find it built): its time is the job's setup."""
-        plan = launch.environment
-        if plan is None or plan.image:
-            return
-        root = self.envs_root or self.work / "envs"
-        code = self.work / "code"
-        self.ready = ready = Environments(root).prepare(plan, code, self.work, self.pump.write)
-        how = "built" if ready.built else "cached"
-        self.say(f"environment {plan.id} ({how}) ready in {ready.seconds:.2f}s")
-        result.setup_s = ready.seconds
-        paths = [env.get("PYTHONPATH", ""), str(package_path(self.work))]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-
-    def _command(self, launch: Launch, entry: Path, env: dict[str, str]) -> list[str]:
-        """The user's code: in its environment's Python, its image, or the runner's own."""
-        python = str(self.ready.python) if self.ready else sys.executable
-        command = [python, "-u", str(entry), *launch.args]
-        image = launch.environment.image if launch.environment else ""
-        if not image:
-            return command
-        env["PYTHONPATH"] = str(package_path(self.work))
-        name = f"ephemerid-{self.job_id}-{self.rank.rank}"
-        return in_container(image, name, self.work, entry.parent, command[1:], env)
-
     def _hand_over(self, folders: list[Path]) -> None:
         """Give the job's user what it writes; the rest of the work folder stays the runner's."""
         try:
@@ -289,7 +241,8 @@ class Runner:
     ) -> Stop | None:
         max_runtime = launch.max_runtime_s
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
-        command = self._command(launch, entry, env)
+        command = self.setup.command(launch, entry, env, self.user)
+        user = None if self.setup.in_container else self.user  # docker's client is the runner's
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = started = _now()
         mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
@@ -301,9 +254,9 @@ class Runner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             process_group=0,
-            user=self.user.pw_uid if self.user else None,
-            group=self.user.pw_gid if self.user else None,
-            extra_groups=[] if self.user else None,
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
         self.starts.entrypoint(proc.pid)  # its process group: a next start ends what is left
         if self.rank.leader:
