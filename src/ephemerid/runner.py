@@ -138,7 +138,7 @@ class Runner:
             else:
                 threading.Thread(target=self.beats.flush_often, daemon=True).start()
             entry, env = self._stage(launch)
-            self.setup.prepare(launch, env, result)
+            self.setup.prepare(launch, env, result, self.user)
             stop = self._execute(launch, entry, env, result)
             if stop is not None and not stop.upload:
                 self.say("outputs and checkpoint not uploaded: the job passed its disk limit")

@@ -23,7 +23,7 @@ import pytest
 
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, open_artifacts, put_bytes
-from ephemerid.contract import Launch, Result, RunStatus
+from ephemerid.contract import Launch, LaunchEnvironment, Result, RunStatus
 
 JOB = "train-0000000000aa"
 SCRIPT = """
@@ -165,3 +165,43 @@ def test_run_as_a_user_that_does_not_exist_fails_the_job_naming_it(open_dir: Pat
     result = Result.loads(get_bytes(store, names.run_key(JOB, names.RESULT_FILE)))
     assert done.returncode == 1 and result.status is RunStatus.FAILED
     assert "--run-as no-such-eph-user" in result.reason and "no such user" in result.reason
+
+
+def test_the_jobs_environment_is_built_by_the_job_user_never_by_root(
+    job_user: pwd.struct_passwd, open_dir: Path
+) -> None:
+    """A package's build runs its own code: on a VM that is the job's code, kept from root's."""
+    from wheels import make_wheel
+
+    wheel = make_wheel(open_dir / "made", "ephvmpkg", "1.0", "VALUE = 7\n")
+    store = staged(
+        open_dir, "import ephvmpkg, os; print('value', ephvmpkg.VALUE, os.getuid())\n", {}
+    )
+    put_bytes(store, f"uploads/code/{wheel.name}", wheel.read_bytes())
+    launch = Launch.loads(get_bytes(store, names.run_key(JOB, names.JOB_FILE)))
+    planned = LaunchEnvironment(id="e" * 16, packages=[f"./{wheel.name}"])
+    put_bytes(
+        store,
+        names.run_key(JOB, names.JOB_FILE),
+        launch.model_copy(update={"environment": planned}).dumps(),
+    )
+    python, paths = interpreter()
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *paths])}
+    runner = [python, "-m", "ephemerid.runner", "--artifacts", store.root_uri]
+    work = open_dir / "work"
+
+    done = subprocess.run(
+        [*runner, "--job", JOB, "--work-dir", str(work), "--run-as", job_user.pw_name],
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
+
+    result = Result.loads(get_bytes(store, names.run_key(JOB, names.RESULT_FILE)))
+    log = get_bytes(store, names.run_key(JOB, names.LOG_FILE)).decode()
+    assert done.returncode == 0 and result.status is RunStatus.SUCCEEDED, (result.reason, log)
+    assert f"value 7 {job_user.pw_uid}" in log
+    built = work / "envs" / planned.id
+    assert (built / "pyvenv.cfg").stat().st_uid == job_user.pw_uid  # the installer was the user
+    assert (built / "ephemerid-env.json").is_file()

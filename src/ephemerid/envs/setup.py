@@ -57,8 +57,15 @@ class JobSetup:
         self.docker_config: Path | None = None  # the VM's login, kept from the job's home
         self.in_container = False  # the docker client runs as the runner; the code, as the user
 
-    def prepare(self, launch: Launch, env: dict[str, str], result: Result) -> None:
-        """Build, find or pull the job's environment: its time is the job's setup."""
+    def prepare(
+        self,
+        launch: Launch,
+        env: dict[str, str],
+        result: Result,
+        user: pwd.struct_passwd | None = None,
+    ) -> None:
+        """Build, find or pull the job's environment: its time is the job's setup. ``user``:
+        the job's OS user (azure-vm), who runs the installer too."""
         plan = launch.environment
         if plan is None:
             return
@@ -73,7 +80,8 @@ class JobSetup:
             return
         code = self.work / "code"
         root = self.envs_root
-        self.ready = ready = Environments(root).prepare(plan, code, self.work, self.write)
+        built = Environments(root, user=user)
+        self.ready = ready = built.prepare(plan, code, self.work, self.write)
         how = "built" if ready.built else "cached"
         self.say(f"environment {plan.id} ({how}) ready in {ready.seconds:.2f}s")
         result.setup_s = ready.seconds
