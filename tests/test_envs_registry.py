@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,73 +22,13 @@ from ephemerid.artifacts import ArtifactStore, get_bytes, open_artifacts, put_by
 from ephemerid.contract import Launch, LaunchEnvironment, RunStatus
 from ephemerid.envs.registry import NULL_USER, registry_of
 from ephemerid.runner import Runner
-
-AAD_TOKEN = "aad-token-of-the-vm-identity"
-REFRESH_TOKEN = "acr-refresh-token-never-shown"
-CLIENT_ID = "11111111-2222-3333-4444-555555555555"
-DOCKER = r"""#!/usr/bin/env python3
-import json, os, subprocess, sys
-args = sys.argv[1:]
-stdin = sys.stdin.read()
-with open(LOG, "a") as log:
-    log.write(json.dumps({"argv": args, "stdin": stdin}) + "\n")
-verb = args[2] if args[0] == "--config" else args[0]
-if verb == "run":
-    image = IMAGE
-    command = args[args.index(image) + 1 :]
-    command[0] = sys.executable  # the image's python
-    sys.exit(subprocess.call(command))
-print(f"docker {verb}: done")
-"""
-
-
-class Azure(BaseHTTPRequestHandler):
-    """IMDS's token route and the registry's exchange, as Azure answers them."""
-
-    seen: list[dict[str, Any]]
-    refuse = False
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        self.seen.append(
-            {
-                "path": url.path,
-                "query": dict(urllib.parse.parse_qsl(url.query)),
-                "metadata": self.headers.get("Metadata"),
-            }
-        )
-        self._answer(200, {"access_token": AAD_TOKEN, "token_type": "Bearer"})
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-        self.seen.append({"path": self.path, "form": form})
-        if self.refuse:
-            self._answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "denied"}]})
-        else:
-            self._answer(200, {"refresh_token": REFRESH_TOKEN})
-
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+from registries import AAD_TOKEN, CLIENT_ID, REFRESH_TOKEN, Azure, docker_on_path, serve
 
 
 @pytest.fixture
 def azure() -> Iterator[type[Azure]]:
-    handler = type("Handler", (Azure,), {"seen": [], "refuse": False})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    handler.port = server.server_address[1]  # type: ignore[attr-defined]
-    yield handler
-    server.shutdown()
-    server.server_close()
+    with serve() as handler:
+        yield handler
 
 
 @pytest.fixture
@@ -99,12 +36,8 @@ def vm(azure: type[Azure], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
     """A VM told its registry and identity, with docker on PATH: (the image, docker's log)."""
     registry = f"127.0.0.1:{azure.port}"  # type: ignore[attr-defined]
     image = f"{registry}/train:1.4"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "docker.jsonl"
-    script = DOCKER.replace("LOG", repr(str(log))).replace("IMAGE", repr(image))
-    (bin_dir / "docker").write_text(script)
-    (bin_dir / "docker").chmod(0o755)
+    bin_dir, log = tmp_path / "bin", tmp_path / "docker.jsonl"
+    docker_on_path(bin_dir, log, image)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("EPHEMERID_VM_REGISTRY", registry)
     monkeypatch.setenv("EPHEMERID_IMDS", f"http://{registry}")
