@@ -270,3 +270,33 @@ def test_a_job_in_its_registered_environment_builds_nothing_on_the_node(
     assert done.setup_s == 0.0
     assert f"environment {job.environment} is this compute's own: nothing to build" in log
     assert "ran in the registered environment" in log
+
+
+@pytest.mark.parametrize(
+    ("text", "registered"),
+    [
+        (
+            "scikit-learn==1.5.2  # pinned\n--prefer-binary\n",
+            ["scikit-learn==1.5.2", "--prefer-binary"],
+        ),
+        ("--find-links ./wheels\nmine==1.0\n", None),  # a folder of the code: built on the node
+        ("-r base.txt\n", None),
+    ],
+)
+def test_a_requirements_file_is_registered_as_its_lines_unless_it_names_the_codes_files(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path, text: str, registered: list[str] | None
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    (code_dir / "requirements.txt").write_text(text)
+    (code_dir / "base.txt").write_text("numpy\n")
+    (code_dir / "wheels").mkdir()
+    (code_dir / "wheels" / "mine-1.0-py3-none-any.whl").write_bytes(b"w")
+    with ephemerid(env) as azure:
+        job = azure.submit(spec_for(code_dir, environment={"requirements": "requirements.txt"})).job
+
+    assert job.state is JobState.RUNNING, job.reason
+    pips = [
+        yaml.safe_load(p["condaFile"])["dependencies"][-1]["pip"]
+        for p in job_versions(sim).values()
+    ]
+    assert pips == ([["ephemerid[azure]==0.1.0", *registered]] if registered else [])

@@ -181,6 +181,7 @@ def _plain_lines(plan: LaunchEnvironment, artifacts: ArtifactStore, code: str) -
         lines = list(plan.packages)
     for line in lines:
         word = line.split()[0].partition("=")[0]
+        word = word[:2] if word.startswith("-") and not word.startswith("--") else word  # -rx
         if word in PATH_OPTIONS or word.startswith((".", "/")) or word.endswith(_LOCAL_FILE):
             return None
     return lines
