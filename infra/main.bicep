@@ -72,11 +72,17 @@ param amlIdleSeconds int = 120
 @description('Azure ML cluster: low-priority nodes (cheaper, can be preempted).')
 param amlLowPriority bool = false
 
+@description('Also create a container registry that job VMs pull environment.image from with their identity (AcrPull); VMs then keep the NAT gateway to reach it.')
+param enableRegistry bool = false
+
 // The Azure ML names, known before the workspace exists: the function app is told them.
 var amlWorkspace = enableAzureMl ? 'mlw-${token}' : ''
 var amlCluster = 'gpu'
 
 var token = toLower(uniqueString(subscription().id, environmentName, location))
+// The registry's name and login server, known before it exists (alphanumerics only, 5-50).
+var registryName = enableRegistry ? 'cr${token}' : ''
+var vmRegistry = enableRegistry ? '${registryName}${environment().suffixes.acrLoginServer}' : ''
 var tags = { 'azd-env-name': environmentName }
 
 resource appGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -109,7 +115,8 @@ module compute 'modules/compute.bicep' = {
     vmPrincipalId: identities.outputs.vmPrincipalId
     // Azure ML nodes without public IPs reach Azure ML, Batch and the image registry outbound
     // only: with Azure ML on, the subnet keeps its NAT gateway.
-    natGateway: jobsNatGateway || enableAzureMl
+    // So do job VMs that pull images from the registry (it has a public endpoint only).
+    natGateway: jobsNatGateway || enableAzureMl || enableRegistry
   }
 }
 
@@ -130,6 +137,18 @@ module app 'modules/app.bicep' = {
     amlClusterSku: amlClusterSku
     amlIdleSeconds: amlIdleSeconds
     amlLowPriority: amlLowPriority
+    vmRegistry: vmRegistry
+  }
+}
+
+module registry 'modules/registry.bicep' = if (enableRegistry) {
+  name: 'registry'
+  scope: appGroup
+  params: {
+    location: location
+    tags: tags
+    registryName: registryName
+    vmIdentityName: identities.outputs.vmIdentityName
   }
 }
 
@@ -162,3 +181,4 @@ output AZURE_STORAGE_ACCOUNT_NAME string = app.outputs.storageAccountName
 output AZURE_EVENTGRID_TOPIC_NAME string = app.outputs.systemTopicName
 output EPHEMERID_COMPUTE_RESOURCE_GROUP string = computeGroup.name
 output EPHEMERID_SERVICEBUS_NAMESPACE string = app.outputs.serviceBusNamespace
+output EPHEMERID_VM_REGISTRY string = vmRegistry

@@ -43,6 +43,7 @@ BUILT_IN_ROLES = {
     "networkContributor": "4d97b98b-1d4f-4787-a291-c67834d212e7",
     "managedIdentityOperator": "f1a07417-d97a-45cb-824c-7a7467783830",
     "azureMlDataScientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
+    "acrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
 }
 # What the code does -> the roles (any one of each set) its identity needs for it.
 NEEDS = {
@@ -356,11 +357,15 @@ def test_every_azure_operation_the_code_performs_has_a_role_for_the_function_ide
 
 
 def test_nothing_is_granted_subscription_wide_and_the_vms_only_get_the_job_containers() -> None:
+    """...and pulling from the registry made for them (tests/test_deploy_registry.py)."""
     assignments = role_assignments()
 
     assert assignments, "no role assignments found: the parser lost them"
     assert not [a for a in assignments if a["file"] == "main.bicep"]  # the subscription scope
     vm = [a for a in assignments if "vmIdentity" in a["principal"]]
+    pull = [a for a in vm if a["file"] == "modules/registry.bicep"]
+    assert [(a["roles"], a["scope"]) for a in pull] == [({"acrPull"}, "registry")]
+    vm = [a for a in vm if a not in pull]
     assert vm and all(a["roles"] == {"storageBlobDataContributor"} for a in vm)
     assert all(a["scope"].startswith("jobContainer[") for a in vm)
     assert "Owner" not in " ".join(

@@ -15,6 +15,8 @@ param amlCluster string
 param amlClusterSku string
 param amlIdleSeconds int
 param amlLowPriority bool
+@description('The login server of the registry job VMs pull environment.image from; empty: none.')
+param vmRegistry string = ''
 
 var roles = loadJsonContent('../roles.json')
 // The names the code uses (ephemerid.names, ephemerid.functions); tests/test_deploy.py checks.
@@ -218,6 +220,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'EPHEMERID_COMPUTE_REGIONS', value: computeRegions }
         { name: 'EPHEMERID_VM_IDENTITY_ID', value: vmIdentity.id }
         { name: 'EPHEMERID_VM_IDENTITY_CLIENT_ID', value: vmIdentity.properties.clientId }
+        { name: 'EPHEMERID_VM_REGISTRY', value: vmRegistry }
         // the azure-ml backend (docs/azure-ml.md): the cluster's nodes run as the VMs' identity;
         // no EPHEMERID_AML_ENVIRONMENT: the app registers its runner environment by content
         { name: 'EPHEMERID_AML_RESOURCE_GROUP', value: empty(amlWorkspace) ? '' : resourceGroup().name }

@@ -59,8 +59,8 @@ from ephemerid.artifacts import (
 )
 from ephemerid.checkpoint import CheckpointSync
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
-from ephemerid.envs.build import BuildFailed, Ready
-from ephemerid.envs.runtime import prepare, user_command
+from ephemerid.envs.build import BuildFailed
+from ephemerid.envs.setup import JobSetup
 from ephemerid.errors import ContractError
 from ephemerid.heartbeat import Beats
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
@@ -89,8 +89,6 @@ class Runner:
         run_as: str | None = None,
         envs_root: Path | None = None,
     ) -> None:
-        self.envs_root = envs_root  # where environments are built and kept (else per job)
-        self.ready: Ready | None = None
         self.rank, self.stop_by = rank or Rank(), stop_by
         self.run_as = run_as  # its user is looked up when staging
         self.user: pwd.struct_passwd | None = None
@@ -113,6 +111,9 @@ class Runner:
         self._stop, self._ran = threading.Event(), threading.Event()
         self.beats = Beats(store, job_id, self.pump, self.metrics, self._stop, self.say)
         self.owner = True  # whether this start runs the job (and so writes its result)
+        # envs_root: where environments are built and kept (else in the work folder: per job)
+        self.setup = JobSetup(self.work, job_id, self.rank.rank, self.say, self.pump.write)
+        self.setup.envs_root = envs_root or self.setup.envs_root
 
     def say(self, message: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -137,7 +138,7 @@ class Runner:
             else:
                 threading.Thread(target=self.beats.flush_often, daemon=True).start()
             entry, env = self._stage(launch)
-            self._environment(launch, env, result)
+            self.setup.prepare(launch, env, result, self.user)
             stop = self._execute(launch, entry, env, result)
             if stop is not None and not stop.upload:
                 self.say("outputs and checkpoint not uploaded: the job passed its disk limit")
@@ -154,10 +155,9 @@ class Runner:
             self.say(result.reason)
         finally:
             self._stop.set()
+            self.setup.close()
             if self.rank.leader:  # the metrics the code logged, kept whatever else went wrong
                 result.metrics = self.metrics.finish(self.say)
-            if self.ready is not None:
-                self.ready.close()
             self.pump.close()
             result.finished_at = result.finished_at or _now()
             result.reason = self.mask(result.reason)
@@ -225,18 +225,6 @@ class Runner:
             self._hand_over([dirs[n] for n in ("output", "checkpoint", "home", "tmp")])
         return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)
 
-    def _environment(self, launch: Launch, env: dict[str, str], result: Result) -> None:
-        """Build the job's environment (or find it built): its time is the job's setup."""
-        root = self.envs_root or self.work / "envs"
-        self.ready = prepare(launch, root, self.work, env, self.pump.write, self.say)
-        if self.ready is not None:
-            result.setup_s = self.ready.seconds
-
-    def _command(self, launch: Launch, entry: Path, env: dict[str, str]) -> list[str]:
-        """The user's code: in its environment's Python, its image, or the runner's own."""
-        name = f"ephemerid-{self.job_id}-{self.rank.rank}"
-        return user_command(launch, self.ready, entry, env, self.work, name)
-
     def _hand_over(self, folders: list[Path]) -> None:
         """Give the job's user what it writes; the rest of the work folder stays the runner's."""
         try:
@@ -253,7 +241,8 @@ class Runner:
     ) -> Stop | None:
         max_runtime = launch.max_runtime_s
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
-        command = self._command(launch, entry, env)
+        command = self.setup.command(launch, entry, env, self.user)
+        user = None if self.setup.in_container else self.user  # docker's client is the runner's
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = started = _now()
         mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
@@ -265,9 +254,9 @@ class Runner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             process_group=0,
-            user=self.user.pw_uid if self.user else None,
-            group=self.user.pw_gid if self.user else None,
-            extra_groups=[] if self.user else None,
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
         self.starts.entrypoint(proc.pid)  # its process group: a next start ends what is left
         if self.rank.leader:

@@ -181,6 +181,8 @@ class AzureVmSettings(_Settings):
     default_sku: str = Field("Standard_NC4as_T4_v3", alias="EPHEMERID_VM_SKU")
     python: str = Field("python3", alias="EPHEMERID_VM_PYTHON")
     ssh_public_key: str = Field("", alias="EPHEMERID_VM_SSH_PUBLIC_KEY")
+    # the infra's container registry (login server): environment.image pulls with the VM identity
+    registry: str = Field("", alias="EPHEMERID_VM_REGISTRY", pattern=r"^([a-z0-9.-]+(:[0-9]+)?)?$")
     # default: ephemerid[azure]==<this version>
     runner_package: str = Field("", alias="EPHEMERID_RUNNER_PACKAGE")
     # a local ARM simulator (ephemerid.testing.arm); empty: Azure

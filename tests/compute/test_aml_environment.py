@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from compute.aml import ENVIRONMENT, GROUP, WORKSPACE, aml_env, register
-from compute.cloud import ephemerid, record
-from drive import spec_for, write_script
+from compute.aml import ENVIRONMENT, GROUP, WORKSPACE, AmlPlayer, aml_env, register
+from compute.cloud import ephemerid, record, settle
+from drive import log_of, spec_for, write_script
 from ephemerid.app import build_service
 from ephemerid.azure import clients
 from ephemerid.compute.aml_environment import RunnerEnvironment, default_conda
@@ -191,3 +191,112 @@ def test_a_conda_file_beside_a_named_environment_is_refused_at_start(
     settings = {"EPHEMERID_AML_ENVIRONMENT": ENVIRONMENT, "EPHEMERID_AML_IMAGE": "mine:1"}
     with pytest.raises(BadInput, match="unset one or the other"):
         build_service(Settings.from_env({**env, **settings}))
+
+
+# -- a job's own environment ----------------------------------------------------------------
+
+
+def job_versions(sim: ArmSimulator) -> dict[str, Any]:
+    """Each registered version of ephemerid-job: its properties."""
+    found = sim.ml.environments(GROUP, WORKSPACE).versions
+    return {v: e.props for (n, v), e in found.items() if n == "ephemerid-job"}
+
+
+def test_a_jobs_pip_environment_is_registered_once_and_a_second_job_registers_nothing(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    environment = {"pip": ["scikit-learn==1.5.2"]}
+    with ephemerid(env) as azure:
+        first = azure.submit(spec_for(code_dir, environment=environment, idempotency_key="1")).job
+        second = azure.submit(spec_for(code_dir, environment=environment, idempotency_key="2")).job
+    with ephemerid(env) as restarted:  # another function instance: it finds it, registers none
+        third = restarted.submit(spec_for(code_dir, environment=environment, idempotency_key="3"))
+
+    assert [j.state for j in (first, second, third.job)] == [JobState.RUNNING] * 3
+    assert first.environment == second.environment == third.job.environment
+    [(version, props)] = job_versions(sim).items()
+    conda = yaml.safe_load(props["condaFile"])
+    assert conda["dependencies"][-1]["pip"] == ["ephemerid[azure]==0.1.0", "scikit-learn==1.5.2"]
+    assert props["image"] == RunnerEnvironment.load().image  # the runner's base image
+    assert len(environment_puts(sim)) == 1  # the job's environment only, not the runner's too
+    assert {environment_of(sim, i) for i in range(3)} == {version}
+    for created in sim.ml.created:
+        told = created.props["environmentVariables"]
+        assert told["EPHEMERID_ENVIRONMENT_READY"] == first.environment
+
+
+def test_an_image_environment_is_registered_as_the_image_itself(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    image = "crephemerid.azurecr.io/train:1.4"
+    with ephemerid(env) as azure:
+        job = azure.submit(spec_for(code_dir, environment={"image": image})).job
+
+    [(version, props)] = job_versions(sim).items()
+    assert job.state is JobState.RUNNING and environment_of(sim) == version
+    assert props["image"] == image and not props.get("condaFile")
+
+
+def test_an_environment_naming_a_wheel_of_the_code_is_built_by_the_runner_on_the_node(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    (code_dir / "wheels").mkdir()
+    (code_dir / "wheels" / "mine-1.0-py3-none-any.whl").write_bytes(b"not needed here")
+    environment = {"pip": ["./wheels/mine-1.0-py3-none-any.whl"]}
+    with ephemerid(env) as azure:
+        job = azure.submit(spec_for(code_dir, environment=environment)).job
+
+    assert job.state is JobState.RUNNING
+    assert job_versions(sim) == {}
+    assert environment_of(sim) == RunnerEnvironment.load().version  # the runner's own
+    assert "EPHEMERID_ENVIRONMENT_READY" not in sim.ml.created[0].props["environmentVariables"]
+
+
+def test_a_job_in_its_registered_environment_builds_nothing_on_the_node(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path, tmp_path: Path
+) -> None:
+    write_script(code_dir, "print('ran in the registered environment')\n")
+    # no index could give this: the node must not try to install it (Azure ML's image has it)
+    environment = {"pip": ["ephemerid-test-not-on-any-index==9.9"]}
+    with AmlPlayer(sim, tmp_path / "nodes"), ephemerid(env) as azure:
+        job = azure.submit(spec_for(code_dir, environment=environment)).job
+        [done] = settle(azure, [job.id])
+        log = log_of(azure, job.id)
+
+    assert done.state is JobState.SUCCEEDED, done.reason
+    assert done.setup_s == 0.0
+    assert f"environment {job.environment} is this compute's own: nothing to build" in log
+    assert "ran in the registered environment" in log
+
+
+@pytest.mark.parametrize(
+    ("text", "registered"),
+    [
+        (
+            "scikit-learn==1.5.2  # pinned\n--prefer-binary\n",
+            ["scikit-learn==1.5.2", "--prefer-binary"],
+        ),
+        ("--find-links ./wheels\nmine==1.0\n", None),  # a folder of the code: built on the node
+        ("-r base.txt\n", None),
+    ],
+)
+def test_a_requirements_file_is_registered_as_its_lines_unless_it_names_the_codes_files(
+    env: dict[str, str], sim: ArmSimulator, code_dir: Path, text: str, registered: list[str] | None
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    (code_dir / "requirements.txt").write_text(text)
+    (code_dir / "base.txt").write_text("numpy\n")
+    (code_dir / "wheels").mkdir()
+    (code_dir / "wheels" / "mine-1.0-py3-none-any.whl").write_bytes(b"w")
+    with ephemerid(env) as azure:
+        job = azure.submit(spec_for(code_dir, environment={"requirements": "requirements.txt"})).job
+
+    assert job.state is JobState.RUNNING, job.reason
+    pips = [
+        yaml.safe_load(p["condaFile"])["dependencies"][-1]["pip"]
+        for p in job_versions(sim).values()
+    ]
+    assert pips == ([["ephemerid[azure]==0.1.0", *registered]] if registered else [])

@@ -820,3 +820,85 @@ def test_eph_submit_with_backend_azure_vm_runs_on_a_vm_and_status_shows_its_cost
     assert f"{T4} on-demand" in status.stderr  # eph prints for people on stderr
     assert f"${job['cost_usd']:.4f}" in status.stderr
     assert sim.inventory() == []
+
+
+# -- the job's environment ------------------------------------------------------------------
+
+REGISTRY = "crephemerid.azurecr.io"
+
+
+def test_a_requirements_job_on_a_vm_brings_its_environment_in_the_launch_not_in_cloud_init(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('trained')\n")
+    (code_dir / "requirements.txt").write_text("ephsecretpkg==1.0 ; python_version > '3'\n")
+    spec = spec_for(
+        code_dir, compute={"skus": [T4]}, environment={"requirements": "requirements.txt"}
+    )
+
+    job = azure.submit(spec).job
+
+    [vm] = sim.inventory()
+    custom = vm.custom_data()
+    for text in ("ephsecretpkg", "requirements.txt", "python_version", str(job.environment)):
+        assert text not in custom
+    launch = json.loads(get_bytes(azure.artifacts, names.run_key(job.id, names.JOB_FILE)))
+    assert launch["environment"]["id"] == job.environment
+    assert launch["environment"]["requirements"] == "requirements.txt"
+    boot_env, _ = boot_files(vm)
+    assert "EPHEMERID_VM_REGISTRY" not in boot_env  # no registry: nothing about images either
+
+
+def test_an_image_on_azure_vm_is_refused_at_submit_where_no_registry_is_configured(
+    azure: Service, sim: ArmSimulator, code_dir: Path
+) -> None:
+    spec = vm_spec(code_dir)
+    spec = spec.model_copy(
+        update={
+            "environment": spec_for(
+                code_dir, environment={"image": f"{REGISTRY}/train:1.4"}
+            ).environment
+        }
+    )
+
+    with pytest.raises(SpecError, match="none is configured \\(EPHEMERID_VM_REGISTRY\\)"):
+        azure.submit(spec)
+
+    assert sim.inventory() == []  # nothing rented
+
+
+def test_an_image_from_a_registry_that_is_not_acr_is_refused_at_submit(
+    tmp_path: Path, sim: ArmSimulator, code_dir: Path
+) -> None:
+    env = azure_env(tmp_path / "home", sim, EPHEMERID_VM_REGISTRY=REGISTRY)
+    write_script(code_dir, "print('x')\n")
+    spec = spec_for(code_dir, compute={"skus": [T4]}, environment={"image": "pytorch/pytorch:2.5"})
+
+    with ephemerid(env) as service, pytest.raises(SpecError) as refused:
+        service.submit(spec)
+
+    assert "is on docker.io: azure-vm pulls only from Azure Container Registry" in str(
+        refused.value
+    )
+    assert f"push or import it to {REGISTRY}" in str(refused.value)
+    assert sim.inventory() == []
+
+
+def test_an_image_job_tells_the_vm_its_registry_and_identity_and_nothing_of_the_image(
+    tmp_path: Path, sim: ArmSimulator, code_dir: Path
+) -> None:
+    env = azure_env(tmp_path / "home", sim, EPHEMERID_VM_REGISTRY=REGISTRY)
+    image = f"{REGISTRY}/ephimage:1.4"
+    write_script(code_dir, "print('x')\n")
+    spec = spec_for(code_dir, compute={"skus": [T4]}, environment={"image": image})
+
+    with ephemerid(env) as service:
+        job = service.submit(spec).job
+        launch = json.loads(get_bytes(service.artifacts, names.run_key(job.id, names.JOB_FILE)))
+        [vm] = sim.inventory()
+
+    assert "ephimage" not in vm.custom_data()
+    boot_env, _ = boot_files(vm)
+    assert boot_env["EPHEMERID_VM_REGISTRY"] == REGISTRY
+    assert boot_env["EPHEMERID_VM_IDENTITY_CLIENT_ID"] == env["EPHEMERID_VM_IDENTITY_CLIENT_ID"]
+    assert launch["environment"] == {**launch["environment"], "id": job.environment, "image": image}

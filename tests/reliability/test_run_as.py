@@ -18,12 +18,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ephemerid import names
 from ephemerid.artifacts import ArtifactStore, get_bytes, open_artifacts, put_bytes
-from ephemerid.contract import Launch, Result, RunStatus
+from ephemerid.contract import Launch, LaunchEnvironment, Result, RunStatus
+from registries import docker_on_path, serve
 
 JOB = "train-0000000000aa"
 SCRIPT = """
@@ -112,6 +114,13 @@ def interpreter() -> tuple[str, list[str]]:
     return other, [p for p in site.getsitepackages() if reachable(Path(p))]
 
 
+@pytest.fixture
+def azure() -> Iterator[type[Any]]:
+    """The VM's metadata service and the registry, on loopback (tests/registries.py)."""
+    with serve() as handler:
+        yield handler
+
+
 def test_the_entrypoint_runs_as_the_job_user_reads_no_root_file_and_its_outputs_upload(
     job_user: pwd.struct_passwd, open_dir: Path
 ) -> None:
@@ -165,3 +174,88 @@ def test_run_as_a_user_that_does_not_exist_fails_the_job_naming_it(open_dir: Pat
     result = Result.loads(get_bytes(store, names.run_key(JOB, names.RESULT_FILE)))
     assert done.returncode == 1 and result.status is RunStatus.FAILED
     assert "--run-as no-such-eph-user" in result.reason and "no such user" in result.reason
+
+
+def test_the_jobs_environment_is_built_by_the_job_user_never_by_root(
+    job_user: pwd.struct_passwd, open_dir: Path
+) -> None:
+    """A package's build runs its own code: on a VM that is the job's code, kept from root's."""
+    from wheels import make_wheel
+
+    wheel = make_wheel(open_dir / "made", "ephvmpkg", "1.0", "VALUE = 7\n")
+    store = staged(
+        open_dir, "import ephvmpkg, os; print('value', ephvmpkg.VALUE, os.getuid())\n", {}
+    )
+    put_bytes(store, f"uploads/code/{wheel.name}", wheel.read_bytes())
+    launch = Launch.loads(get_bytes(store, names.run_key(JOB, names.JOB_FILE)))
+    planned = LaunchEnvironment(id="e" * 16, packages=[f"./{wheel.name}"])
+    put_bytes(
+        store,
+        names.run_key(JOB, names.JOB_FILE),
+        launch.model_copy(update={"environment": planned}).dumps(),
+    )
+    python, paths = interpreter()
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *paths])}
+    runner = [python, "-m", "ephemerid.runner", "--artifacts", store.root_uri]
+    work = open_dir / "work"
+
+    done = subprocess.run(
+        [*runner, "--job", JOB, "--work-dir", str(work), "--run-as", job_user.pw_name],
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
+
+    result = Result.loads(get_bytes(store, names.run_key(JOB, names.RESULT_FILE)))
+    log = get_bytes(store, names.run_key(JOB, names.LOG_FILE)).decode()
+    assert done.returncode == 0 and result.status is RunStatus.SUCCEEDED, (result.reason, log)
+    assert f"value 7 {job_user.pw_uid}" in log
+    built = work / "envs" / planned.id
+    assert (built / "pyvenv.cfg").stat().st_uid == job_user.pw_uid  # the installer was the user
+    assert (built / "ephemerid-env.json").is_file()
+
+
+def test_an_image_job_runs_in_a_container_as_the_job_user_on_the_hosts_network(
+    job_user: pwd.struct_passwd, open_dir: Path, azure: type[Any]
+) -> None:
+    """docker's client is the runner's (root: the job's user may not reach the docker socket);
+    the code in the container is the job user's, on the host's network, where the firewall rule
+    for that uid keeps it from IMDS."""
+    registry = f"127.0.0.1:{azure.port}"
+    image = f"{registry}/train:1.4"
+    docker_log = open_dir / "docker.jsonl"
+    docker_on_path(open_dir / "bin", docker_log, image)
+    store = staged(open_dir, "print('in the image')\n", {})
+    launch = Launch.loads(get_bytes(store, names.run_key(JOB, names.JOB_FILE)))
+    planned = LaunchEnvironment(id="f" * 16, image=image)
+    put_bytes(
+        store,
+        names.run_key(JOB, names.JOB_FILE),
+        launch.model_copy(update={"environment": planned}).dumps(),
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {
+        **os.environ,
+        "PYTHONPATH": src,
+        "PATH": f"{open_dir / 'bin'}:{os.environ['PATH']}",
+        "EPHEMERID_VM_REGISTRY": registry,
+        "EPHEMERID_IMDS": f"http://{registry}",
+    }
+    runner = [sys.executable, "-m", "ephemerid.runner", "--artifacts", store.root_uri]
+
+    subprocess.run(
+        [*runner, "--job", JOB, "--work-dir", str(open_dir / "w"), "--run-as", job_user.pw_name],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+
+    result = Result.loads(get_bytes(store, names.run_key(JOB, names.RESULT_FILE)))
+    assert result.status is RunStatus.SUCCEEDED, result.reason
+    calls = [json.loads(line) for line in docker_log.read_text().splitlines()]
+    assert [c["argv"][2] for c in calls] == ["login", "pull", "run"]
+    assert {c["uid"] for c in calls} == {0}  # the runner's client, never the job's user
+    pairs = list(zip(calls[-1]["argv"], calls[-1]["argv"][1:], strict=False))
+    assert ("--user", f"{job_user.pw_uid}:{job_user.pw_gid}") in pairs
+    assert ("--network", "host") in pairs

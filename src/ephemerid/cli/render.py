@@ -170,7 +170,7 @@ def _times(console: Console, job: JobRecord, progress: Progress) -> None:
     if held is None and job.compute_requested_at and not job.released_at:  # held now
         runtime = progress.elapsed_s(job)
         held = (utcnow() - job.compute_requested_at).total_seconds()
-        idle, so_far = max(held - (runtime or 0.0), 0.0), " so far"
+        idle, so_far = max(held - (runtime or 0.0) - (job.setup_s or 0.0), 0.0), " so far"
     console.print(
         f"  {'runtime':<21} {seconds(runtime)}   held {seconds(held)}"
         f"   idle paid {seconds(idle)}{so_far}"

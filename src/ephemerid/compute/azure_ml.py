@@ -7,12 +7,11 @@ engine's: it scales nodes up for the job, queues jobs while it is full, and scal
 ``idle_s`` after the last one, which the job's bill counts as its tail. The job runs the same
 runner as every backend, in ``EPHEMERID_AML_ENVIRONMENT`` or, by default, ephemerid's own runner
 environment, registered on the first provision under a version that is its content's digest
-(``compute/aml_environment.py``: versions cannot change on Azure ML); its command line is fixed
-text, and the job id and bucket URI reach it as environment values,
-checked against a strict pattern. The job's run folder and outputs are declared as
-``uri_folder`` on the ``runs`` datastore (direct: nothing is mounted, the runner moves the
-files), and the job carries Azure ML's own timeout, max runtime plus margins: the compute's
-own deadline.
+(``compute/aml_environment.py``: versions cannot change on Azure ML), or the job's own
+``environment``, registered likewise. Its command line is fixed text; the job id and bucket URI
+reach it as environment values, checked against a strict pattern. The job's run folder and
+outputs are ``uri_folder`` on the ``runs`` datastore (direct: nothing is mounted, the runner
+moves the files); the job carries Azure ML's own timeout (max runtime plus margins), its deadline.
 
 ``compute.nodes > 1`` makes a distributed job: ``instance_count`` nodes with a
 ``PyTorchDistribution`` of one process per GPU (``compute.gpus`` is per node); each process is a
@@ -49,8 +48,9 @@ from ephemerid.azure.compute import (
 )
 from ephemerid.azure.errors import describe, transient
 from ephemerid.compute import ComputeStatus, Handle, aml_job
-from ephemerid.compute.aml_environment import RunnerEnvironment, ensure_registered
+from ephemerid.compute.aml_environment import Registered, RunnerEnvironment, for_job
 from ephemerid.compute.prices import PriceTable
+from ephemerid.envs.setup import ENV_READY
 from ephemerid.errors import BadInput, CapacityUnavailable, ComputeError, SpecError, Unavailable
 from ephemerid.record import JobRecord
 from ephemerid.settings import AzureMlSettings, Settings
@@ -102,8 +102,7 @@ class AzureMlCompute:
         self.timeout_s, self.deadline_margin_s = timeout_s, deadline_margin_s
         self._sleep = sleep
         self.runner = runner or RunnerEnvironment.load()
-        self._registering = threading.Lock()
-        self._registered: str | None = None  # the runner environment's reference, once known
+        self._registered = Registered()  # environment versions known to be there, by version
         self._where = f"workspace '{config.workspace}' (resource group '{config.resource_group}')"
         if self.artifacts_uri.startswith("az://") and not config.blob_service_uri:
             raise BadInput(
@@ -170,8 +169,7 @@ class AzureMlCompute:
         the runner's environment again)."""
         with self._connecting:
             self._client = None
-        with self._registering:
-            self._registered = None
+        self._registered.forget()
 
     def provision(self, job: JobRecord) -> Handle:
         """Submit the job's Azure ML job, or find the one submitted; one that Azure ML failed
@@ -337,31 +335,34 @@ class AzureMlCompute:
     # -- what is sent ------------------------------------------------------------------------
 
     def _command(self, job: JobRecord, name: str) -> Any:
+        environment, env = self._environment(job), self._runner_env(job.id)
+        if environment[1]:  # the job runs in its own environment: its runner builds nothing
+            env[ENV_READY] = environment[1]
         return aml_job.command_job(
             job,
             name,
             self.config,
-            environment=self._environment(),
-            env=self._runner_env(job.id),
+            environment=environment[0],
+            env=env,
             timeout_s=int(job.spec.compute.max_runtime + self.deadline_margin_s),
         )
 
-    def _environment(self) -> str:
-        """The job's environment: the setting's, or the runner's, registered once per version."""
-        if self.config.environment:
-            return self.config.environment
-        with self._registering:
-            if self._registered is None:
-                from azure.core.exceptions import AzureError
+    def _environment(self, job: JobRecord) -> tuple[str, str]:
+        """The job's environment (its own, registered once per version, or the runner's: the
+        setting's, or ephemerid's own, registered once per version), and its identity if own."""
+        from azure.core.exceptions import AzureError
 
-                where = self._where
-                try:
-                    self._registered = ensure_registered(self.environments, self.runner, where)
-                except AzureError as exc:
-                    ref = f"{self.runner.name}:{self.runner.version}"
-                    raise self._refused(None, ref, exc, verb="registering environment") from exc
-                log.info("azure-ml: the runner's environment is %s", self._registered)
-            return self._registered
+        own = for_job(self.artifacts, job.id, self.runner) if job.environment else None
+        if own is None and self.config.environment:
+            return self.config.environment, ""
+        wanted = own[0] if own else self.runner
+        try:
+            ref = self._registered.reference(lambda: self.environments, wanted, self._where)
+        except AzureError as exc:
+            what, verb = f"{wanted.name}:{wanted.version}", "registering environment"
+            raise self._refused(None, what, exc, verb=verb) from exc
+        log.info("azure-ml: job %s runs in environment %s", job.id, ref)
+        return ref, own[1] if own else ""
 
     def _runner_env(self, job_id: str) -> dict[str, str]:
         config = self.config

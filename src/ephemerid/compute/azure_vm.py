@@ -69,6 +69,7 @@ from ephemerid.compute.vm_state import (
     requeue,
     vm_status,
 )
+from ephemerid.envs.registry import ENV_CLIENT_ID, ENV_REGISTRY, check_pullable
 from ephemerid.errors import (
     BadInput,
     CapacityUnavailable,
@@ -160,6 +161,8 @@ class AzureVmCompute:
                 f"compute.skus: {', '.join(repr(s) for s in bad)} is not an Azure VM size name: "
                 "write it as Azure does, e.g. Standard_NC4as_T4_v3"
             )
+        if spec.environment is not None and spec.environment.image:
+            check_pullable(spec.environment.image, self.config.registry)
 
     # -- the four verbs ----------------------------------------------------------------------
 
@@ -356,7 +359,12 @@ class AzureVmCompute:
         env = runner_env(
             self.artifacts_uri, job_id, config.blob_service_uri, config.identity_client_id
         )
-        return {**env, "EPHEMERID_SCHEDULED_EVENTS": config.scheduled_events_url}
+        env["EPHEMERID_SCHEDULED_EVENTS"] = config.scheduled_events_url
+        if config.registry:  # which registry, and which identity, pulls an environment.image
+            env[ENV_REGISTRY] = config.registry
+            if config.identity_client_id:
+                env[ENV_CLIENT_ID] = config.identity_client_id
+        return env
 
     def _body(self, job: JobRecord, name: str, placement: Placement) -> dict[str, Any]:
         body = VmBody(self.config, self.package, self._public_key())

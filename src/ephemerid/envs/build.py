@@ -25,6 +25,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -97,8 +98,13 @@ def python_of(folder: Path) -> Path:
 
 
 class Environments:
-    def __init__(self, root: Path, installer: str | None = None) -> None:
-        self.root = root
+    """``user``: the OS user the installer runs as (azure-vm's job user: a package's build
+    script is the job's code, never root's); None, the runner's own."""
+
+    def __init__(
+        self, root: Path, installer: str | None = None, user: pwd.struct_passwd | None = None
+    ) -> None:
+        self.root, self.user = root, user
         chosen = installer or os.environ.get(INSTALLER_ENV, "")
         self.uv = None if chosen == "pip" else find_uv()
 
@@ -149,8 +155,9 @@ class Environments:
         write(f"building environment {plan.id} with {installer}\n".encode())
         try:
             requirements, cwd = self._requirements(plan, code, work)
+            self._hand_over(folder)
             for step in self._steps(plan, folder, requirements):
-                _run(step, cwd, self._env(), write)
+                _run(step, cwd, self._env(), write, self.user)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -167,6 +174,14 @@ class Environments:
         (folder / USED).touch()
         (folder / MARKER).write_text(json.dumps(marker))
         write(f"environment {plan.id} built in {marker['build_s']:.1f}s\n".encode())
+
+    def _hand_over(self, folder: Path) -> None:
+        """The folders the installer writes, made for its user (when it is not the runner's)."""
+        if self.user is None:
+            return
+        for path in (folder, self.root / UV_CACHE):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
 
     def _requirements(self, plan: LaunchEnvironment, code: Path, work: Path) -> tuple[Path, Path]:
         """The requirements file to install and the folder its relative paths start from."""
@@ -224,7 +239,13 @@ def _passed(name: str) -> bool:
     return name in _PASSED or name.startswith(_PASSED_PREFIXES) or name.endswith(_PASSED_SUFFIXES)
 
 
-def _run(command: list[str], cwd: Path, env: dict[str, str], write: Write) -> None:
+def _run(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    write: Write,
+    user: pwd.struct_passwd | None = None,
+) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     try:
         proc = subprocess.Popen(
@@ -234,6 +255,9 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], write: Write) -> No
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
     except OSError as exc:
         raise BuildFailed(f"could not start the installer {command[0]}: {exc}") from exc

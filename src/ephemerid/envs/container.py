@@ -30,23 +30,25 @@ def docker_command(
     env: Mapping[str, str],
     gpu: str = "",
     package: Path | None = None,
+    user: str = "",
+    network: str = "",
+    config: Path | None = None,
 ) -> list[str]:
-    """``docker run`` for ``command`` in ``image``: the user's code as the runner's own user."""
-    argv = [
-        "docker",
-        "run",
-        "--rm",
-        "--init",
-        "--name",
-        name,
-        "--user",
-        f"{os.getuid()}:{os.getgid()}",
-    ]
+    """``docker run`` for ``command`` in ``image``: the user's code as ``user`` (``uid:gid``;
+    default the runner's own). ``gpu``: a device number, or ``all``; ``network``: ``host`` on a
+    VM, so the firewall rule for the job's user holds inside; ``config``: the docker client's
+    own folder (its registry login), never the job's home."""
+    argv = ["docker", *(["--config", str(config)] if config else []), "run", "--rm", "--init"]
+    argv += ["--name", name, "--user", user or f"{os.getuid()}:{os.getgid()}"]
+    if config:  # pulled already, with the VM's identity: run never pulls on its own
+        argv += ["--pull", "never"]
+    if network:
+        argv += ["--network", network]
     argv += ["--volume", f"{work}:{work}", "--workdir", str(cwd)]
     if package is not None:
         argv += ["--volume", f"{package}:{package}:ro"]
     if gpu:
-        argv += ["--gpus", f"device={gpu}"]
+        argv += ["--gpus", "all" if gpu == "all" else f"device={gpu}"]
     for variable in sorted(env):
         if variable not in _IMAGE_OWN:
             argv += ["--env", variable]
