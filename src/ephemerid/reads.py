@@ -22,7 +22,7 @@ from ephemerid.errors import BadInput, NotFound
 from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 from ephemerid.rejections import Rejection
 from ephemerid.store import JobStore
-from ephemerid.track import Latest, Metric
+from ephemerid.track import Latest, Metric, history
 
 log = logging.getLogger("ephemerid")
 
@@ -125,6 +125,10 @@ class Reads:
                 return f.read()
         except NotFound:
             return b""
+
+    def metric_history(self, job_id: str) -> dict[str, builtins.list[tuple[int | None, float]]]:
+        """Each metric's values as the job's code logged them: (step, value), oldest first."""
+        return history(self.read_metrics(job_id).splitlines())
 
     def progress(self, job: JobRecord) -> Progress:
         """What ``job``'s runner has reported: when its code started, each metric's last value."""

@@ -6,7 +6,8 @@ the log, so a running job shows each metric's last value and step. Outside a run
 stderr, so a script works the same when run by hand.
 
 The file has one writer (``Metric.line``, through ``log_metric``) and one reader (``Latest``,
-``latest``): the lines come from user code, so the reader skips any line that is not a metric.
+``latest``, ``history``): the lines come from user code, so the reader skips any line that is
+not a metric.
 """
 
 from __future__ import annotations
@@ -116,6 +117,15 @@ def latest(lines: Iterable[bytes | str]) -> dict[str, Metric]:
     for metric in map(_metric_of, lines):
         if metric is not None:
             found[metric.name] = metric
+    return found
+
+
+def history(lines: Iterable[bytes | str]) -> dict[str, list[tuple[int | None, float]]]:
+    """Every value of every metric in the lines of a metrics.jsonl: (step, value), in order."""
+    found: dict[str, list[tuple[int | None, float]]] = {}
+    for metric in map(_metric_of, lines):
+        if metric is not None:
+            found.setdefault(metric.name, []).append((metric.step, metric.value))
     return found
 
 
