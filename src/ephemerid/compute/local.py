@@ -134,9 +134,19 @@ class LocalCompute:
         return spec.compute.gpus > len(self.gpus)
 
     def close(self) -> None:
-        """Nothing to let go of: the runners are processes of their own."""
+        """The runners are processes of their own and run on; the ended ones are reaped."""
+        self._reap_ended()
+
+    def _reap_ended(self) -> None:
+        """Collect the runners this process started that have ended (another process, the
+        home's agent, may have torn them down), so a long-lived caller (a notebook) keeps no
+        zombies."""
+        for job_id, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[job_id]
 
     def provision(self, job: JobRecord) -> Handle:
+        self._reap_ended()
         workdir = self._workdir(job.id)
         existing = self._read_handle(workdir)
         if existing and self.poll(existing) is ComputeStatus.RUNNING:
