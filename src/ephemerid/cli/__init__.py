@@ -24,6 +24,7 @@ from ephemerid.cli.models import models_app
 from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
+from ephemerid.cli.runs import runs_app
 from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reads import live_json
 from ephemerid.reaper import reap
@@ -38,6 +39,7 @@ SCRIPT_ARGS: list[str] = []  # what followed `--` on the command line (main sets
 app.add_typer(models_app, name="models")
 app.add_typer(agent_app, name="agent")
 app.add_typer(envs_app, name="envs")
+app.add_typer(runs_app, name="runs")
 _service = service_for
 
 
