@@ -16,6 +16,7 @@ import pytest
 import ephemerid
 from drive import wait_for, write_script
 from ephemerid.agent import AgentLock, stop
+from ephemerid.client import WaitTimedOut
 from ephemerid.errors import BadInput, NotFound, SpecError
 from ephemerid.record import JobState
 
@@ -112,6 +113,20 @@ def test_the_api_works_inside_a_running_event_loop(client: ephemerid.Client, cod
         return record.state
 
     assert asyncio.run(notebook_cell()) is JobState.SUCCEEDED
+
+
+def test_a_wait_that_runs_out_names_the_state_and_cancel_ends_the_job(
+    client: ephemerid.Client, code: Path
+) -> None:
+    write_script(code, "import time\nprint('sleeping', flush=True)\ntime.sleep(120)\n", "slow.py")
+    job = client.submit(code=code, entrypoint="slow.py", key="slow")
+    wait_for(lambda: "sleeping" in "".join(job.logs()), "the slow job to start", 60)
+
+    with pytest.raises(WaitTimedOut, match=f"job {job.id} is still RUNNING"):
+        job.wait(timeout=0.5)
+    job.cancel()
+
+    assert job.wait(timeout=60).state is JobState.CANCELLED
 
 
 def test_the_same_key_gives_the_same_job_and_jobs_lists_it(
