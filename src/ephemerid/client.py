@@ -23,22 +23,19 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ephemerid import agent as local_agent
+from ephemerid.agent.driver import Driver, keep_running
 from ephemerid.app import build_service
 from ephemerid.compare import compare
 from ephemerid.errors import BadInput, EphemeridError, MissingExtra
 from ephemerid.outputs import Output, download_to, list_outputs
 from ephemerid.reads import Progress
-from ephemerid.reaper import reap
-from ephemerid.record import ComputeState, JobRecord, JobState
+from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 from ephemerid.spec import load_spec, validate_spec
 
 log = logging.getLogger("ephemerid")
 POLL_S = 0.3
-AGENT_CHECK_S = 3.0  # how often a wait checks that the home's agent is still there
-SETTLED_COMPUTE = (ComputeState.NONE, ComputeState.RELEASED)
 
 
 class WaitTimedOut(EphemeridError, TimeoutError):
@@ -84,7 +81,7 @@ class Client:
         laid over them. A spec is validated as ``eph submit`` validates it (SpecError names the
         field); the same ``key`` gives the same job back.
         """
-        data = _spec_data(spec, code, entrypoint, kind)
+        data = spec_data(spec, code, entrypoint, kind)
         data.setdefault("params", {}).update(params or {})
         data.setdefault("inputs", {}).update(inputs or {})
         if args is not None:
@@ -99,7 +96,7 @@ class Client:
             checked, key=key, source="api", owner=self.owner, admin=True, python=sys.executable
         )
         if submitted.job.open:
-            self._keep_agent()
+            keep_running(self.service, log.warning)
         return Job(self, submitted.job)
 
     def job(self, job_id: str) -> Job:
@@ -135,15 +132,6 @@ class Client:
         if isinstance(job, JobRecord):
             return self.service.get(job.id)
         return self.service.get(job)
-
-    def _keep_agent(self) -> bool:
-        """Start the home's agent if none runs; whether one runs."""
-        try:
-            local_agent.ensure_running(self.settings)
-        except EphemeridError as exc:
-            log.warning("the home's agent could not start (%s): Job.wait drives the job", exc)
-            return False
-        return True
 
 
 class Job:
@@ -204,18 +192,14 @@ class Job:
         start, this wait drives the job itself.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        checked, drive = time.monotonic(), False
-        while not _settled(record := self.refresh()):
-            now = time.monotonic()
-            if deadline is not None and now > deadline:
+        driver = Driver(self._service, log.warning)
+        while not (record := self.refresh()).settled:
+            if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimedOut(
                     f"job {self.id} is still {record.state.value} (compute "
                     f"{record.compute_state.value}) after {timeout:g}s: wait longer, or cancel it"
                 )
-            if drive:
-                reap(self._service)
-            elif now - checked > AGENT_CHECK_S:
-                checked, drive = now, not self._client._keep_agent()
+            driver.tick(self.id)
             time.sleep(POLL_S)
         return record
 
@@ -254,12 +238,16 @@ class Outputs:
         return download_to(self._service.artifacts, found, Path(folder), "download")
 
 
-def _spec_data(
+def spec_data(
     spec: str | Path | Mapping[str, Any] | None,
     code: str | Path | None,
     entrypoint: str | None,
     kind: str | None,
 ) -> dict[str, Any]:
+    """The fields of a job from a spec (a YAML/JSON file or a dict) with ``code``,
+    ``entrypoint`` and ``kind`` laid over it, or from those alone (``.`` and ``train.py`` by
+    default): what ``Client.submit`` and ``eph submit`` validate. A relative local ``code`` in
+    a spec file is relative to that file."""
     if spec is None:
         code_dir = str(Path(code or ".").resolve())
         return {"kind": kind or "train", "code": code_dir, "entrypoint": entrypoint or "train.py"}
@@ -287,10 +275,6 @@ def _state(value: JobState | str) -> JobState:
     except ValueError:
         known = ", ".join(s.value for s in JobState)
         raise BadInput(f"state '{value}' is unknown: use one of {known}") from None
-
-
-def _settled(job: JobRecord) -> bool:
-    return job.state.terminal and job.compute_state in SETTLED_COMPUTE
 
 
 def _frame(rows: list[dict[str, Any]]) -> Any:

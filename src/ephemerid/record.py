@@ -123,6 +123,14 @@ class JobRecord:
         )
 
     @property
+    def settled(self) -> bool:
+        """Over for the user and for the bill: terminal, with no compute held."""
+        return self.state.terminal and self.compute_state in (
+            ComputeState.NONE,
+            ComputeState.RELEASED,
+        )
+
+    @property
     def open(self) -> bool:
         """Unfinished for the user, or not yet for the bill, or a model owed: the reaper's."""
         unreleased = self.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)

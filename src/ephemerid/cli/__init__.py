@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ephemerid import __version__
-from ephemerid import agent as local_agent
+from ephemerid.agent.driver import Driver, keep_running
 from ephemerid.cli.agent import agent_app, schedules
 from ephemerid.cli.envs import envs_app
 from ephemerid.cli.follow import Follow, JsonLines, TextView, View
@@ -25,13 +25,14 @@ from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.cli.runs import runs_app
+from ephemerid.client import spec_data
 from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reads import live_json
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
-from ephemerid.spec import load_spec, validate_spec
-from ephemerid.testing.settle import settle, settled
+from ephemerid.spec import validate_spec
+from ephemerid.testing.settle import settle
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 DETACHED = 130  # Ctrl-C while following: the job goes on, the command stops
@@ -96,7 +97,7 @@ def submit(
     submitted = service.submit(spec, key=key, source="cli", owner=owner, admin=True)
     job = submitted.job
     if detach and job.open:  # the agent completes it (while following: _follow starts it)
-        _keep_agent(service)
+        keep_running(service, _warn)
     if not json_:
         verb = "submitted" if submitted.created else "already submitted (same key)"
         console.print(f"{verb}: [bold]{job.id}[/] {job.state.value} {job.reason}")
@@ -128,15 +129,9 @@ def _spec_data(
     max_runtime: str | None,
     backend: str | None,
 ) -> dict[str, Any]:
-    if spec_file is not None:
-        data = load_spec(spec_file).model_dump(mode="json", exclude_none=True)
-        code_dir = Path(data["code"])
-        if "://" not in data["code"] and not code_dir.is_absolute():
-            data["code"] = str((spec_file.parent / code_dir).resolve())
-    else:
-        if code is None or entrypoint is None:
-            raise BadInput("give a spec file, or both --code DIR and --entrypoint SCRIPT")
-        data = {"kind": kind, "code": str(code.resolve()), "entrypoint": entrypoint}
+    if spec_file is None and (code is None or entrypoint is None):
+        raise BadInput("give a spec file, or both --code DIR and --entrypoint SCRIPT")
+    data = spec_data(spec_file, code, entrypoint, None if spec_file else kind)
     data.setdefault("params", {}).update(_pairs(params, "--param", typed=True))
     data.setdefault("inputs", {}).update(_pairs(inputs, "--input"))
     compute = data.setdefault("compute", {})
@@ -173,14 +168,8 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _keep_agent(service: Service) -> bool:
-    """Start the home's agent if none runs; whether one runs."""
-    try:
-        local_agent.ensure_running(service.settings)
-    except EphemeridError as exc:
-        console.print(f"[yellow]warning:[/] {exc}")
-        return False
-    return True
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
 
 
 def _follow(service: Service, job: JobRecord, view: View) -> JobRecord:
@@ -189,17 +178,11 @@ def _follow(service: Service, job: JobRecord, view: View) -> JobRecord:
     this command drives the job itself.
     """
     following = Follow(service, job, view)
-    ticks = 0
-    drive = False
+    driver = Driver(service, _warn)
 
     def tick() -> None:
-        nonlocal ticks, drive
         following.tick()
-        ticks += 1
-        if ticks % 10 == 1 and not drive and not settled(service.get(job.id)):
-            drive = not _keep_agent(service)  # every 3 s: is the agent still there?
-        if drive:
-            reap(service)
+        driver.tick(job.id)
 
     try:
         [job] = settle(service, [job.id], timeout=None, on_tick=tick, poll_s=0.3, drive=False)

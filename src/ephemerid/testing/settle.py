@@ -17,7 +17,7 @@ from ephemerid.errors import EphemeridError
 from ephemerid.record import ComputeState, JobRecord, JobState
 from ephemerid.service import Service
 
-SETTLED_COMPUTE = (ComputeState.NONE, ComputeState.RELEASED)
+SETTLED_COMPUTE = (ComputeState.NONE, ComputeState.RELEASED)  # what JobRecord.settled allows
 
 
 class NotSettled(EphemeridError, TimeoutError):
@@ -26,7 +26,7 @@ class NotSettled(EphemeridError, TimeoutError):
 
 def settled(job: JobRecord) -> bool:
     """Over for the user and for the bill: terminal, with no compute held."""
-    return job.state.terminal and job.compute_state in SETTLED_COMPUTE
+    return job.settled
 
 
 def settle(
