@@ -121,6 +121,22 @@ def azure() -> Iterator[type[Any]]:
         yield handler
 
 
+def run_as(
+    store: ArtifactStore, work: Path, user: pwd.struct_passwd, timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    """The runner, as the VM runs it, starting the entrypoint as ``user``."""
+    python, paths = interpreter()
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *paths])}
+    runner = [python, "-m", "ephemerid.runner", "--artifacts", store.root_uri]
+    return subprocess.run(
+        [*runner, "--job", JOB, "--work-dir", str(work), "--run-as", user.pw_name],
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
 def test_the_entrypoint_runs_as_the_job_user_reads_no_root_file_and_its_outputs_upload(
     job_user: pwd.struct_passwd, open_dir: Path
 ) -> None:
@@ -128,18 +144,9 @@ def test_the_entrypoint_runs_as_the_job_user_reads_no_root_file_and_its_outputs_
     secret.write_text("EPHEMERID_STORAGE=only-the-runner-reads-this\n")
     secret.chmod(0o600)
     store = staged(open_dir, SCRIPT, {"secret": str(secret)})
-    python, paths = interpreter()
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *paths])}
-    runner = [python, "-m", "ephemerid.runner", "--artifacts", store.root_uri]
     work = open_dir / "work"
 
-    done = subprocess.run(
-        [*runner, "--job", JOB, "--work-dir", str(work), "--run-as", job_user.pw_name],
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
+    done = run_as(store, work, job_user, timeout=120)
 
     result = Result.loads(get_bytes(store, names.run_key(JOB, names.RESULT_FILE)))
     log = get_bytes(store, names.run_key(JOB, names.LOG_FILE)).decode()
@@ -194,18 +201,9 @@ def test_the_jobs_environment_is_built_by_the_job_user_never_by_root(
         names.run_key(JOB, names.JOB_FILE),
         launch.model_copy(update={"environment": planned}).dumps(),
     )
-    python, paths = interpreter()
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *paths])}
-    runner = [python, "-m", "ephemerid.runner", "--artifacts", store.root_uri]
     work = open_dir / "work"
 
-    done = subprocess.run(
-        [*runner, "--job", JOB, "--work-dir", str(work), "--run-as", job_user.pw_name],
-        env=env,
-        capture_output=True,
-        timeout=180,
-    )
+    done = run_as(store, work, job_user, timeout=180)
 
     result = Result.loads(get_bytes(store, names.run_key(JOB, names.RESULT_FILE)))
     log = get_bytes(store, names.run_key(JOB, names.LOG_FILE)).decode()
