@@ -107,7 +107,7 @@ class Client:
         self, states: Iterable[JobState | str] | None = None, limit: int | None = None
     ) -> list[Job]:
         """Jobs, newest first; only those in ``states`` when given; at most ``limit``."""
-        wanted = None if states is None else [_state(s) for s in states]
+        wanted = None if states is None else [JobState.parse(s) for s in states]
         if limit is not None and limit < 1:
             raise BadInput(f"limit {limit}: give a whole number of 1 or more, or None")
         return [Job(self, record) for record in self.service.list(wanted)[:limit]]
@@ -267,14 +267,6 @@ def spec_data(
     if kind is not None:
         data["kind"] = kind
     return data
-
-
-def _state(value: JobState | str) -> JobState:
-    try:
-        return value if isinstance(value, JobState) else JobState(value.upper())
-    except ValueError:
-        known = ", ".join(s.value for s in JobState)
-        raise BadInput(f"state '{value}' is unknown: use one of {known}") from None
 
 
 def _frame(rows: list[dict[str, Any]]) -> Any:

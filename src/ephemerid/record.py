@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from ephemerid.errors import BadInput
 from ephemerid.spec import JobSpec
 
 
@@ -22,6 +23,16 @@ class JobState(str, Enum):
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
     CANCELLED = "CANCELLED"
+
+    @classmethod
+    def parse(cls, value: JobState | str, flag: str = "state") -> JobState:
+        """A state by its name, in any case; BadInput naming ``flag`` and the states there are."""
+        if isinstance(value, JobState):
+            return value
+        try:
+            return cls(value.upper())
+        except ValueError as exc:
+            raise BadInput(f"{flag}: {exc}; use one of {', '.join(s.value for s in cls)}") from exc
 
     @property
     def terminal(self) -> bool:

@@ -229,12 +229,7 @@ def list_jobs(
     json_: Json = False,
 ) -> None:
     """Jobs, newest first."""
-    try:
-        states = [JobState(s.upper()) for s in state] if state else None
-    except ValueError as exc:
-        raise BadInput(
-            f"--state: {exc}; use one of {', '.join(s.value for s in JobState)}"
-        ) from exc
+    states = [JobState.parse(s, "--state") for s in state] if state else None
     service = _service(home)
     jobs = service.list(states)[:limit]
     if json_:
