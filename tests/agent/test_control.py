@@ -17,7 +17,10 @@ from ephemerid.settings import Settings
 
 
 @pytest.fixture
-def home(settings: Settings) -> Iterator[Path]:
+def home(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # the agents started here stay until the test stops them: on a loaded machine the starts
+    # can take longer than the suite's short idle exit, and an agent gone idle holds no lock
+    monkeypatch.setenv("EPHEMERID_AGENT_IDLE_S", "600")
     yield settings.home
     stop(settings.home)
 

@@ -200,18 +200,30 @@ def test_a_second_foreground_agent_is_refused_naming_the_first(eph: Eph, home: P
 
 
 def test_the_agent_exits_once_nothing_is_open_and_the_next_submit_starts_one(
-    eph: Eph, home: Path, code_dir: Path
+    eph: Eph, home: Path, code_dir: Path, tmp_path: Path
 ) -> None:
-    write_script(code_dir, QUICK_SCRIPT)
-    job = submit(eph, code_dir, EPHEMERID_AGENT_IDLE_S="1")
+    gate = Gate(tmp_path / "gate")
+    write_script(code_dir, HOLD_SCRIPT)
+    job = submit(eph, code_dir, "--param", f"gate={gate.path}", EPHEMERID_AGENT_IDLE_S="1")
+    gate.pid()  # the job runs, so the agent stays however long this machine takes
     first = AgentLock(home).holder()
     assert first is not None
 
+    gate.open()
     wait_gone([first.pid], timeout=60)
     assert settled(records(home)[job["id"]])
     assert AgentLock(home).holder() is None
 
-    again = submit(eph, code_dir, "--key", "second", EPHEMERID_AGENT_IDLE_S="1")
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "open").touch()  # the next job ends at once
+    again = submit(
+        eph,
+        code_dir,
+        "--key",
+        "second",
+        f"--param=gate={tmp_path / 'open'}",
+        EPHEMERID_AGENT_IDLE_S="1",
+    )
     wait_for(lambda: settled(records(home)[again["id"]]), "the next job to finish", timeout=60)
 
 
