@@ -23,6 +23,8 @@ class JobState(str, Enum):
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
     CANCELLED = "CANCELLED"
+    # a sweep's trial stopped early, behind the others at the same step (the reason says so)
+    PRUNED = "PRUNED"
 
     @classmethod
     def parse(cls, value: JobState | str, flag: str = "state") -> JobState:
@@ -39,7 +41,9 @@ class JobState(str, Enum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED})
+TERMINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.PRUNED}
+)
 
 
 class ComputeState(str, Enum):
@@ -106,6 +110,9 @@ class JobRecord:
     # the job's environment (envs.identity), "" for the runner's own; seconds building it
     environment: str = ""
     setup_s: float | None = None
+    # a sweep's trial: the sweep's id; a sweep: its search and its trials (ephemerid.sweeps)
+    parent: str = ""
+    sweep: dict[str, Any] | None = None
     version: int = 0
 
     def evolve(self, **changes: Any) -> JobRecord:
@@ -121,6 +128,11 @@ class JobRecord:
         copied = object.__new__(type(self))
         copied.__dict__.update(self.__dict__, updated_at=utcnow(), **changes)
         return copied
+
+    @property
+    def kind(self) -> str:
+        """``train``, ``predict`` or ``sweep`` (whose spec is its trials' template)."""
+        return "sweep" if self.sweep is not None else self.spec.kind.value
 
     @property
     def model_owed(self) -> bool:

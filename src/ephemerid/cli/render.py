@@ -28,6 +28,7 @@ STATE_STYLE = {
     JobState.FAILED: "red",
     JobState.TIMED_OUT: "red",
     JobState.CANCELLED: "yellow",
+    JobState.PRUNED: "magenta",
     JobState.WAITING_FOR_CAPACITY: "yellow",
 }
 
@@ -102,7 +103,7 @@ def jobs_table(
         state = f"[{STATE_STYLE.get(job.state, 'cyan')}]{job.state.value}[/]"
         row = [
             job.id,
-            job.spec.kind.value,
+            job.kind,
             state,
             seconds(job.runtime_s),
             seconds(job.held_s),
@@ -122,7 +123,7 @@ def job_detail(console: Console, job: JobRecord, progress: Progress | None = Non
     if progress.started_at:
         data["started_at"] = progress.started_at.isoformat()
     style = STATE_STYLE.get(job.state, "cyan")
-    console.print(f"[bold]{job.id}[/] [{style}]{job.state.value}[/] ({job.spec.kind.value})")
+    console.print(f"[bold]{job.id}[/] [{style}]{job.state.value}[/] ({job.kind})")
     for name in (
         "source",
         "backend",
