@@ -26,13 +26,15 @@ from typing import Any
 from ephemerid.agent.driver import Driver, keep_running
 from ephemerid.app import build_service
 from ephemerid.compare import compare
-from ephemerid.errors import BadInput, EphemeridError, MissingExtra
+from ephemerid.errors import BadInput, EphemeridError, MissingExtra, SpecError
 from ephemerid.outputs import Output, download_to, list_outputs
 from ephemerid.reads import Progress
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.settings import Settings
-from ephemerid.spec import load_spec, validate_spec
+from ephemerid.spec import load_spec, read_document, validate_spec
+from ephemerid.sweeps.spec import validate_sweep
+from ephemerid.sweeps.state import view as sweep_view
 
 log = logging.getLogger("ephemerid")
 POLL_S = 0.3
@@ -92,6 +94,19 @@ class Client:
                 compute[name] = value
         what = f"spec file '{spec}'" if isinstance(spec, str | Path) else "job spec"
         checked = validate_spec(data, what)
+        submitted = self.service.submit(
+            checked, key=key, source="api", owner=self.owner, admin=True, python=sys.executable
+        )
+        if submitted.job.open:
+            keep_running(self.service, log.warning)
+        return Job(self, submitted.job)
+
+    def submit_sweep(self, spec: str | Path | Mapping[str, Any], *, key: str | None = None) -> Job:
+        """Submit a sweep (``kind: sweep``: a YAML/JSON file or a dict) and start the home's
+        agent; its handle, at once. ``wait()`` waits for every trial; ``sweep`` says how the
+        search goes, ``trials()`` gives each trial's handle, ``compare`` ranks them."""
+        what = f"sweep file '{spec}'" if isinstance(spec, str | Path) else "sweep spec"
+        checked = validate_sweep(sweep_data(spec), what)
         submitted = self.service.submit(
             checked, key=key, source="api", owner=self.owner, admin=True, python=sys.executable
         )
@@ -170,6 +185,19 @@ class Job:
         if record.state.terminal and record.metrics:
             return dict(record.metrics)
         return {n: m.value for n, m in self._service.progress(record).metrics.items()}
+
+    @property
+    def sweep(self) -> dict[str, Any]:
+        """A sweep's progress: trials made, running, pruned, failed, the best so far, each trial
+        (BadInput for a job that is not a sweep)."""
+        record = self.refresh()
+        if record.sweep is None:
+            raise BadInput(f"job {self.id} is a {record.kind} job, not a sweep")
+        return sweep_view(record)
+
+    def trials(self) -> builtins.list[Job]:
+        """A sweep's trials, by number: each an ordinary job."""
+        return [Job(self._client, t) for t in self._service.sweep_trials(self.id)]
 
     def history(self) -> dict[str, list[tuple[int | None, float]]]:
         """Every value of every metric, as logged: name -> [(step, value), ...]."""
@@ -266,6 +294,25 @@ def spec_data(
         data["entrypoint"] = entrypoint
     if kind is not None:
         data["kind"] = kind
+    return data
+
+
+def sweep_data(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A sweep's fields from a file or a dict; a relative local ``trial.code`` in a file is
+    relative to that file. What ``Client.submit_sweep`` and ``eph submit`` validate."""
+    if isinstance(spec, Mapping):
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in spec.items()}
+    if not isinstance(spec, str | Path):
+        raise BadInput(f"spec must be a path to a sweep file or a dict, got {type(spec).__name__}")
+    path = Path(spec)
+    data = read_document(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"sweep file '{path}' must be a mapping of fields")
+    trial = data.get("trial")
+    if isinstance(trial, dict) and isinstance(trial.get("code"), str):
+        code = trial["code"]
+        if "://" not in code and not Path(code).is_absolute():
+            data["trial"] = {**trial, "code": str((path.parent / code).resolve())}
     return data
 
 

@@ -18,11 +18,14 @@ from ephemerid.record import JobRecord
 def compare(
     service: Reads, jobs: Sequence[JobRecord], by: str | None = None, desc: bool = False
 ) -> list[dict[str, Any]]:
-    """A row per job, in the order given, or sorted by metric ``by`` (ascending unless ``desc``;
-    runs without it last). BadInput for no jobs, or a ``by`` that none of the runs has."""
+    """A row per job, in the order given (a sweep's trials in its place), or sorted by metric
+    ``by`` (ascending unless ``desc``; runs without it last). BadInput for no jobs, or a ``by``
+    that none of the runs has."""
     if not jobs:
         raise BadInput("compare needs at least one job: name the jobs to compare")
-    rows = [row(service, job) for job in jobs]
+    runs = [t for job in jobs for t in (service.sweep_trials(job.id) if job.sweep else [job])]
+    unique = {job.id: job for job in reversed(runs)}  # each run once, where it first comes
+    rows = [row(service, unique[job_id]) for job_id in dict.fromkeys(j.id for j in runs)]
     if by is None:
         return rows
     known = metric_names(rows)
@@ -40,6 +43,7 @@ def row(service: Reads, job: JobRecord) -> dict[str, Any]:
     metrics = job.metrics if ended else {n: m.value for n, m in progress.metrics.items()}
     return {
         "id": job.id,
+        "sweep": job.parent,
         "state": job.state.value,
         "params": dict(job.spec.params),
         "metrics": dict(sorted(metrics.items())),

@@ -41,6 +41,7 @@ from ephemerid.record import JobRecord, utcnow
 from ephemerid.rules import Rules, merge
 from ephemerid.service import Service, Submitted
 from ephemerid.spec import JobSpec, check_nesting, validate_spec
+from ephemerid.sweeps.spec import SweepSpec, validate_any
 
 log = logging.getLogger("ephemerid")
 MAX_BODY_BYTES = 256 * 1024
@@ -83,7 +84,7 @@ class Intake:
         what = f"{source} message {message_id}"
         try:
             spec = parse_request(body, what=what, defaults=self.queue_defaults())
-            check_remote_code(spec.code)
+            check_remote_code(spec.trial.code if isinstance(spec, SweepSpec) else spec.code)
             key = f"{source}:{message_id}"
             submitted = self.service.submit(
                 spec, key=key, source=what, namespace=namespace(source), owner=source
@@ -102,7 +103,7 @@ class Intake:
         scope = namespace("http", caller)
         try:
             spec = parse_request(body, what="request body")
-            check_remote_code(spec.code)
+            check_remote_code(spec.trial.code if isinstance(spec, SweepSpec) else spec.code)
             key = f"{scope}:{idempotency_key}" if idempotency_key else None
             return self.service.submit(
                 spec, key=key, source="http", namespace=scope, owner=caller, admin=admin
@@ -168,8 +169,8 @@ def fire_schedules(
 
 def parse_request(
     body: bytes | str, *, what: str, defaults: dict[str, Any] | None = None
-) -> JobSpec:
-    """The JobSpec in ``body``; SpecError naming what is wrong otherwise."""
+) -> JobSpec | SweepSpec:
+    """The JobSpec (or SweepSpec) in ``body``; SpecError naming what is wrong otherwise."""
     raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
     if len(raw) > MAX_BODY_BYTES:
         raise SpecError(f"{what} is {len(raw)} bytes; a job request is at most {MAX_BODY_BYTES}")
@@ -180,6 +181,11 @@ def parse_request(
         raise SpecError(f"{what} is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a JSON object (a job spec), got {type(data).__name__}")
+    if data.get("kind") == "sweep":  # the queue rule's defaults go under its trial
+        trial = data.get("trial")
+        if isinstance(trial, dict):
+            data = {**data, "trial": merge(defaults or {}, trial)}
+        return validate_any(data, what)
     return validate_spec(merge(defaults or {}, data), what)
 
 

@@ -22,6 +22,7 @@ from ephemerid.errors import BadInput, NotFound
 from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 from ephemerid.rejections import Rejection
 from ephemerid.store import JobStore
+from ephemerid.sweeps.state import trial_ids
 from ephemerid.track import Latest, Metric, history
 
 log = logging.getLogger("ephemerid")
@@ -82,6 +83,19 @@ class Reads:
 
     def list_open(self) -> builtins.list[JobRecord]:
         return self.store.list_open()
+
+    def sweep_trials(self, sweep_id: str) -> builtins.list[JobRecord]:
+        """The trial jobs of sweep ``sweep_id``, by number (NotFound for a job not a sweep)."""
+        sweep = self.store.get(sweep_id)
+        if sweep.sweep is None:
+            raise NotFound(f"'{sweep_id}' is a {sweep.kind} job, not a sweep")
+        found = []
+        for job_id in trial_ids(sweep):
+            try:
+                found.append(self.store.get(job_id))
+            except NotFound:
+                continue
+        return found
 
     def read_log(self, job_id: str, offset: int = 0, rank: int = 0) -> bytes:
         """The job's log from ``offset`` (rank n's own log for a distributed job); b"" if none."""

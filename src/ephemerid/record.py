@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum
@@ -63,6 +64,14 @@ def job_id_for(kind: str, key: str) -> str:
     """Readable and derived from the idempotency key: the same event names the same job."""
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
     return f"{kind}-{digest}"
+
+
+def idempotency_key(own: str | None, key: str | None, namespace: str | None) -> str:
+    """The key a submit is known by: the spec's own (a sender's, inside ``namespace`` when one is
+    given, so a sender cannot claim another source's key), else the caller's, else a new one."""
+    if own and namespace:
+        own = f"{namespace}:{own}"
+    return own or key or f"uuid:{uuid.uuid4()}"
 
 
 @dataclass(frozen=True)
@@ -255,3 +264,11 @@ _TIMES = (
     "waiting_since",
     "next_try_at",
 )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a submit made: the job (or sweep), and whether this call created it."""
+
+    job: JobRecord
+    created: bool

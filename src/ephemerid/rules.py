@@ -3,7 +3,8 @@
 A rule has one trigger (``blob``, ``queue`` or ``schedule``) and a ``job`` template whose strings
 may name event values in braces: ``{name}`` and any other field captured from the blob pattern,
 ``{blob}``, ``{uri}``, ``{etag}``, ``{date}``, ``{time}``, ``{rule}``; for schedules,
-``{scheduled}``. Values are inserted as plain data, then the result is validated as a JobSpec.
+``{scheduled}``. Values are inserted as plain data, then the result is validated as a JobSpec
+(or, for ``kind: sweep``, a SweepSpec, whose trial gets the defaults).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from ephemerid.spec import (
     explain,
     explain_errors,
     parse_document,
-    validate_spec,
 )
+from ephemerid.sweeps.spec import SweepSpec, validate_any
 
 EVENT_FIELDS = frozenset({"blob", "uri", "etag", "date", "time", "rule", "scheduled"})
 _FORMATTER = string.Formatter()
@@ -97,7 +98,7 @@ class RulesFile(BaseModel):
 @dataclass(frozen=True)
 class Match:
     rule: Rule
-    spec: JobSpec
+    spec: JobSpec | SweepSpec
 
 
 class Rules:
@@ -178,8 +179,8 @@ class Rules:
             if rule.schedule
         ]
 
-    def fill(self, rule: Rule, values: dict[str, str], at: datetime) -> JobSpec:
-        return validate_spec(self._filled(rule, values, at), f"job made by rule '{rule.name}'")
+    def fill(self, rule: Rule, values: dict[str, str], at: datetime) -> JobSpec | SweepSpec:
+        return validate_any(self._filled(rule, values, at), f"job made by rule '{rule.name}'")
 
     def _filled(self, rule: Rule, values: dict[str, str], at: datetime) -> dict[str, Any]:
         event = {
@@ -188,14 +189,24 @@ class Rules:
             "rule": rule.name,
             **values,
         }
-        job = merge(self.parsed.defaults, rule.job)
+        job = self._template(rule)
         filled = _fill(job, event)
-        code = filled.get("code")
+        trial = filled.get("trial") if filled.get("kind") == "sweep" else None
+        target = trial if isinstance(trial, dict) else filled  # a sweep's code is its trial's
+        code = target.get("code")
         if isinstance(code, str) and "://" not in code and not Path(code).is_absolute():
-            filled["code"] = str((self.base / code).resolve())
+            target["code"] = str((self.base / code).resolve())
         if isinstance(filled.get("name"), str):  # a name the event's values break is made valid
             filled["name"] = job_name(filled["name"])
         return filled
+
+    def _template(self, rule: Rule) -> dict[str, Any]:
+        """The rule's job with the defaults under it: under a sweep's trial for a sweep."""
+        if rule.job.get("kind") == "sweep":
+            trial = rule.job.get("trial")
+            trial = merge(self.parsed.defaults, trial) if isinstance(trial, dict) else trial
+            return {**rule.job, "trial": trial}
+        return merge(self.parsed.defaults, rule.job)
 
     def _check_template(self, rule: Rule) -> None:
         allowed = EVENT_FIELDS | rule.fields()
@@ -212,11 +223,11 @@ class Rules:
         """The template, filled with stand-ins, must be a JobSpec (a queue rule's, the part of
         one it gives: the message brings the rest), so a typo stops the start, not each event.
         A field whose value comes from the event (``kind: "{kind}"``) is left to the event."""
-        job = merge(self.parsed.defaults, rule.job)
+        job = self._template(rule)
         from_event = {k for k, v in job.items() if any("{" in text for text in _strings(v))}
         filled = self._filled(rule, {name: "placeholder" for name in fields}, datetime.now(UTC))
         try:
-            JobSpec.model_validate(filled)
+            (SweepSpec if filled.get("kind") == "sweep" else JobSpec).model_validate(filled)
         except ValidationError as exc:
             errors = [
                 e

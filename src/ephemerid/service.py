@@ -13,9 +13,7 @@ import builtins
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 
 from ephemerid import names, sandbox, transitions
@@ -35,12 +33,22 @@ from ephemerid.errors import (
 )
 from ephemerid.models import ModelRegistry
 from ephemerid.reads import Reads
-from ephemerid.record import ComputeState, JobRecord, JobState, job_id_for, utcnow
+from ephemerid.record import (
+    ComputeState,
+    JobRecord,
+    JobState,
+    Submitted,
+    idempotency_key,
+    job_id_for,
+    utcnow,
+)
 from ephemerid.recovery import Recovery
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
-from ephemerid.staging import Staging
+from ephemerid.staging import Plan, Staging
 from ephemerid.store import JobStore
+from ephemerid.sweeps.controller import Sweeps
+from ephemerid.sweeps.spec import SweepSpec
 from ephemerid.transitions import Change
 
 log = logging.getLogger("ephemerid")
@@ -50,13 +58,7 @@ SUBMIT_IN_FLIGHT = timedelta(seconds=10)
 Listener = Callable[[JobRecord], None]
 
 
-@dataclass(frozen=True)
-class Submitted:
-    job: JobRecord
-    created: bool
-
-
-class Service(Reads, Recovery):
+class Service(Reads, Recovery, Sweeps):
     def __init__(
         self,
         store: JobStore,
@@ -100,7 +102,7 @@ class Service(Reads, Recovery):
 
     def submit(
         self,
-        spec: JobSpec,
+        spec: JobSpec | SweepSpec,
         *,
         key: str | None = None,
         source: str = "api",
@@ -108,6 +110,7 @@ class Service(Reads, Recovery):
         owner: str = "",
         admin: bool = False,
         python: str | None = None,
+        parent: str = "",
     ) -> Submitted:
         """Accept ``spec`` once per idempotency key; refuse bad input before renting anything.
 
@@ -117,18 +120,28 @@ class Service(Reads, Recovery):
         answered from the store before anything else is checked: it costs one read. A spec
         that the backend cannot run, or whose code, inputs or model are not there, is refused
         (SpecError) with nothing stored. ``owner`` is kept on the record; a job takes another
-        job's outputs as an input only if that job has the same owner, or ``admin``.
+        job's outputs as an input only if that job has the same owner, or ``admin``. A sweep
+        (``SweepSpec``) is accepted the same way, and fans out its trials (``Sweeps``); a trial
+        names its sweep in ``parent``.
         """
-        own = spec.idempotency_key
-        if own and namespace:
-            own = f"{namespace}:{own}"
-        key = own or key or f"uuid:{uuid.uuid4()}"
+        if isinstance(spec, SweepSpec):
+            python = python or sys.executable
+            return self.submit_sweep(
+                spec,
+                key=key,
+                source=source,
+                namespace=namespace,
+                owner=owner,
+                admin=admin,
+                python=python,
+            )
+        key = idempotency_key(spec.idempotency_key, key, namespace)
         job_id = job_id_for(spec.kind.value, key)
         known = self._known(job_id, key)
         if known is not None:
             return Submitted(self._redelivered(known, source), created=False)
         backend = self._checked_backend(spec)
-        plan = self.staging.check(spec, None if admin else self._owned_by(owner))
+        plan = self._check_staging(spec, owner, admin)
         record = JobRecord(
             id=job_id,
             key=key,
@@ -139,6 +152,7 @@ class Service(Reads, Recovery):
             python=python or sys.executable,
             model_version=plan.model.ref if plan.model else "",
             environment=plan.environment.id if plan.environment else "",
+            parent=parent,
         )
         job, created = self.store.create_if_absent(record)
         if not created:
@@ -165,6 +179,10 @@ class Service(Reads, Recovery):
             return self.start(job.id)
         log.info("duplicate delivery for job %s (%s): nothing to do", job.id, source)
         return job
+
+    def _check_staging(self, spec: JobSpec, owner: str, admin: bool) -> Plan:
+        """What staging ``spec`` takes (SpecError when its code, inputs or model are not there)."""
+        return self.staging.check(spec, None if admin else self._owned_by(owner))
 
     def _owned_by(self, owner: str) -> Callable[[str], bool]:
         def owns(job_id: str) -> bool:
@@ -200,6 +218,8 @@ class Service(Reads, Recovery):
         it written now, and a job whose launch cannot be written fails with nothing rented.
         """
         job = self.store.get(job_id)
+        if job.sweep is not None:  # a sweep rents nothing itself: its trials do
+            return self.advance_sweep(job_id)
         if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
             return job
         if job.backend not in self.backends:
@@ -299,7 +319,7 @@ class Service(Reads, Recovery):
         job = self.release(job)
         job = self.register_model(job)
         self.dispatch_waiting()
-        return job
+        return self._tell_sweep(job)
 
     def register_model(self, job: JobRecord) -> JobRecord:
         """Register a succeeded train job's ``model/`` output (at most once per job)."""
@@ -339,7 +359,7 @@ class Service(Reads, Recovery):
                     f"its compute {'is torn down' if gone else 'is still owed a teardown'}: "
                     f"free space where the store is, then run `eph cancel {job_id}` again"
                 ) from again
-        return self.release(job)
+        return self._tell_sweep(self.release(job))
 
     def _fail(self, job_id: str, reason: str) -> JobRecord:
         return self._transition(job_id, transitions.ended(JobState.FAILED, reason))[0]

@@ -304,10 +304,10 @@ class Settings(_Settings):
     # how many times a runner started again on the same compute (a reboot) reruns the job
     runner_restarts: Restarts = Field(RESTARTS, alias="EPHEMERID_RUNNER_RESTARTS")
     price_table: Path | None = Field(None, alias="EPHEMERID_PRICE_TABLE")
-    # the local agent (ephemerid.agent): it exits once nothing is open for this long, and makes
-    # a slow pass (reaper, bucket listing) this often besides watching the bucket
+    # the local agent exits once nothing is open this long; its slow pass (reaper...) this often
     agent_idle_s: Seconds = Field(60.0, alias="EPHEMERID_AGENT_IDLE_S")
     agent_poll_s: Interval = Field(5.0, alias="EPHEMERID_AGENT_POLL_S")
+    sweep_max_trials: int = Field(500, ge=1, le=10_000, alias="EPHEMERID_SWEEP_MAX_TRIALS")
     storage: StorageSettings = StorageSettings.model_validate({})  # frozen: one for every Settings
     azure_vm: AzureVmSettings | None = None
     azure_ml: AzureMlSettings | None = None

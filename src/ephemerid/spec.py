@@ -48,7 +48,7 @@ MAX_PARAMS_BYTES = 1024 * 1024  # also bounds the walk over shared YAML aliases
 class JobKind(str, Enum):
     TRAIN = "train"
     PREDICT = "predict"
-    # "sweep" is planned: a sweep fans out into train jobs sharing one parent.
+    # a sweep (kind: sweep) is not a JobSpec: ephemerid.sweeps.spec.SweepSpec
 
 
 class Spot(str, Enum):
@@ -328,14 +328,19 @@ def parse_document(text: str, what: str) -> Any:
         raise SpecError(f"{what} is not valid YAML/JSON{where}: {problem}") from exc
 
 
-def load_spec(path: Path) -> JobSpec:
+def read_document(path: Path) -> Any:
+    """The YAML/JSON document in spec file ``path``; SpecError says what is wrong with it."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read spec file '{path}': {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"spec file '{path}' is not UTF-8 text: {exc.reason}") from exc
-    return validate_spec(parse_document(text, f"spec file '{path}'"), f"spec file '{path}'")
+    return parse_document(text, f"spec file '{path}'")
+
+
+def load_spec(path: Path) -> JobSpec:
+    return validate_spec(read_document(path), f"spec file '{path}'")
 
 
 # -- limits: how big and how deep untrusted data may be, checked without recursion -----------

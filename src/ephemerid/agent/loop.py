@@ -32,7 +32,7 @@ from typing import TypeVar
 from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import Stat
-from ephemerid.errors import EphemeridError
+from ephemerid.errors import EphemeridError, NotFound
 from ephemerid.intake import Intake
 from ephemerid.reaper import reap
 from ephemerid.record import utcnow
@@ -153,6 +153,8 @@ class Agent:
     def _event(self, service: Service, intake: Intake, key: str) -> None:
         if names.job_of_result(key):
             _guarded(f"result {key}", lambda: intake.blob(key, None))
+        elif key.endswith(f"/{names.METRICS_FILE}"):  # a sweep's trial logged: prune it?
+            _guarded(f"metrics {key}", lambda: _trial_logged(service, key))
         elif key.startswith(f"{names.INCOMING}/"):
             stat = _guarded(f"blob {key}", lambda: service.artifacts.stat(key))
             if stat is not None:
@@ -211,6 +213,18 @@ def _guarded(what: str, step: Callable[[], T]) -> T | None:
         return None
 
 
+def _trial_logged(service: Service, key: str) -> None:
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != names.RUNS:
+        return
+    try:
+        job = service.get(parts[1])
+    except NotFound:
+        return
+    if job.parent and not job.state.terminal:
+        service.advance_sweep(job.parent)
+
+
 def _bucket_folder(service: Service) -> Path | None:
     uri = service.artifacts.root_uri
     return Path(uri.removeprefix("file://")) if uri.startswith("file://") else None
@@ -223,14 +237,14 @@ def _watch(root: Path, put: Callable[[str], None], stopping: threading.Event) ->
     except ImportError:  # the slow pass still finds everything
         log.warning("watchfiles is missing: the agent polls every EPHEMERID_AGENT_POLL_S")
         return
-    result_name = names.RESULT_FILE
+    wanted_names = (names.RESULT_FILE, names.METRICS_FILE)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # not a line per change
 
     def wanted(change: watchfiles.Change, path: str) -> bool:
         name = Path(path).name
         if change is watchfiles.Change.deleted or name.startswith("."):
             return False
-        return name == result_name or f"/{names.INCOMING}/" in path
+        return name in wanted_names or f"/{names.INCOMING}/" in path
 
     try:
         for changes in watchfiles.watch(

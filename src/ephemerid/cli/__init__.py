@@ -25,13 +25,15 @@ from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.cli.runs import runs_app
+from ephemerid.cli.sweeps import exit_code, submit_sweep, sweep_app, sweep_detail
 from ephemerid.client import spec_data
 from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reads import live_json
 from ephemerid.reaper import reap
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
-from ephemerid.spec import validate_spec
+from ephemerid.spec import read_document, validate_spec
+from ephemerid.sweeps.state import view
 from ephemerid.testing.settle import settle
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -41,6 +43,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(agent_app, name="agent")
 app.add_typer(envs_app, name="envs")
 app.add_typer(runs_app, name="runs")
+app.add_typer(sweep_app, name="sweep")
 _service = service_for
 
 
@@ -73,8 +76,11 @@ def submit(
 
     Arguments after ``--`` go to the script: ``eph submit ... -- --epochs 3`` (they replace the
     spec's ``args``). Ctrl-C while it follows the job detaches (exit code 130): the job keeps
-    running; ``eph logs -f JOB`` follows it again and ``eph cancel JOB`` stops it.
+    running; ``eph logs -f JOB`` follows it again and ``eph cancel JOB`` stops it. A sweep file
+    (``kind: sweep``) is submitted as `eph sweep submit` does.
     """
+    if spec_file is not None and _is_sweep(spec_file):
+        raise typer.Exit(exit_code(submit_sweep(spec_file, key, home, json_, detach)))
     data = _spec_data(
         spec_file,
         code,
@@ -108,6 +114,11 @@ def submit(
     elif not detach:
         job_detail(console, job, service.progress(job))
     raise typer.Exit(_exit_code(job))
+
+
+def _is_sweep(spec_file: Path) -> bool:
+    data = read_document(spec_file)
+    return isinstance(data, dict) and data.get("kind") == "sweep"
 
 
 def _exit_code(job: JobRecord) -> int:
@@ -214,9 +225,11 @@ def status(job_id: str, home: Home = None, json_: Json = False) -> None:
     job = service.get(job_id)
     progress = service.progress(job)
     if json_:
-        dump(live_json(job, progress))
+        dump({**live_json(job, progress), **({"sweep": view(job)} if job.sweep else {})})
     else:
         job_detail(console, job, progress)
+        if job.sweep is not None:
+            sweep_detail(console, job)
 
 
 @app.command("list")
