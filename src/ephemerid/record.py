@@ -226,6 +226,7 @@ class JobRecord:
         for name, value in data.items():
             if isinstance(value, datetime):
                 data[name] = value.isoformat()
+        data["kind"] = self.kind
         data["open"] = self.open
         data["runtime_s"] = self.runtime_s
         data["held_s"] = self.held_s
@@ -234,7 +235,7 @@ class JobRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        derived = ("open", "runtime_s", "held_s", "cost_usd")
+        derived = ("kind", "open", "runtime_s", "held_s", "cost_usd")
         values = {k: v for k, v in data.items() if k not in derived}
         values["spec"] = JobSpec.model_validate(values["spec"])
         values["state"] = JobState(values["state"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from ephemerid import names
 from ephemerid.artifacts import get_bytes
 from ephemerid.compare import compare
+from ephemerid.reaper import reap
 from ephemerid.record import JobState
 from ephemerid.service import Service
 from ephemerid.spec import ModelRef
@@ -44,6 +45,7 @@ def test_a_grid_runs_each_point_once_and_registers_the_best(
     assert shown["best"]["value"] == best.metrics["val_loss"]
     assert sweep.metrics == {"val_loss": best.metrics["val_loss"]}
     assert shown["counts"] == {"running": 0, "succeeded": 6, "pruned": 0, "failed": 0}
+    assert shown["cost_usd"] == round(sum(t.cost_usd or 0.0 for t in trials), 6)
     # the alias points at the best trial's model
     version = sweeps.models.resolve(ModelRef(name="lin", alias="staging"))
     assert version.job_id == best.id
@@ -75,6 +77,22 @@ def test_a_random_search_samples_inside_the_space_and_a_resubmit_adds_nothing(
     assert len({t.spec.params["lr"] for t in trials}) == 4
     assert (again.created, again.job.id) == (False, sweep.id)
     assert len([j for j in sweeps.list() if j.parent == sweep.id]) == 4
+
+
+def test_moving_an_ended_sweep_on_again_changes_nothing(sweeps: Service, train_code: Path) -> None:
+    search = {"method": "grid", "space": {"lr": [0.05, 0.1]}, "metric": "val_loss"}
+    sweep = run_sweep(sweeps, sweep_data(train_code, search))
+    assert sweep.sweep is not None
+    journal = sweep.sweep["journal"]
+
+    for _ in range(3):  # reaper passes, redelivered events
+        reap(sweeps)
+        sweeps.advance_sweep(sweep.id)
+    after = sweeps.get(sweep.id)
+
+    assert after.sweep is not None and after.sweep["journal"] == journal  # Optuna's log too
+    assert after.state is JobState.SUCCEEDED
+    assert after.sweep["trials"] == sweep.sweep["trials"]
 
 
 def test_bayes_tells_optuna_each_trials_value_and_compare_ranks_them(

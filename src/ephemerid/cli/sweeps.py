@@ -124,6 +124,7 @@ def sweep_detail(out: Console, sweep: JobRecord) -> None:
         f"  {'trials':<21} {counts['running']} running, {counts['succeeded']} succeeded, "
         f"{counts['pruned']} pruned, {counts['failed']} failed"
     )
+    out.print(f"  {'trials cost':<21} ${data['cost_usd']:.4f}")
     best = data["best"]
     if best:
         params = _params(best["params"])

@@ -322,6 +322,7 @@ class Sweeps:
                 "params": dict(trial.params),
                 "value": value if spec.search.metric else None,
                 "reason": job.reason if job and job.state.terminal else "",
+                "cost_usd": job.cost_usd if job else None,
             }
             rows.append(row)
             if spec.search.metric and value is not None and job is not None:

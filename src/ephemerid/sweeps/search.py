@@ -91,13 +91,18 @@ class SweepSearch:
     def __init__(self, store: JobStore, sweep_id: str, search: Search) -> None:
         self.search = search
         self.sweep_id = sweep_id
-        self.storage = JournalStorage(RecordJournal(store, sweep_id))
+        journal = RecordJournal(store, sweep_id)
+        made = bool(list(journal.read_logs(0)))
+        self.storage = JournalStorage(journal)
         direction: Literal["minimize", "maximize"] = (
             "maximize" if search.goal is Goal.MAXIMIZE else "minimize"
         )
-        self.study = optuna.create_study(
-            storage=self.storage, study_name=STUDY, direction=direction, load_if_exists=True
-        )
+        if made:  # loaded, never created again: a create is a line in the journal, each time
+            self.study = optuna.load_study(storage=self.storage, study_name=STUDY)
+        else:  # the first step (under the sweep's lease: one process makes it)
+            self.study = optuna.create_study(
+                storage=self.storage, study_name=STUDY, direction=direction, load_if_exists=True
+            )
         self.study_id = self.storage.get_study_id_from_name(STUDY)
         self.distributions = {n: distribution(d) for n, d in search.dimensions.items()}
         if search.early_stop is not None:

@@ -86,6 +86,8 @@ def view(record: JobRecord) -> dict[str, Any]:
             ),
         },
         "best": (record.sweep or {}).get("best"),
+        # what its trials' compute cost, as of the sweep's last step
+        "cost_usd": round(sum(t.get("cost_usd") or 0.0 for t in rows), 6),
         "model_version": record.model_version,
         "trials": rows,
     }
