@@ -18,7 +18,8 @@ What is measured (all from the trials' records; ``submit`` is the wall time just
 ``submit_sweep`` was called):
 
 - **fan-out**: ``submit`` -> the ``max_parallel``-th trial's ``live_at`` (its runner started)
-  and ``started_at`` (the user's code started), the ``max_parallel``-th of each when sorted;
+  and ``started_at`` (the runner launched the user's code: that process's own interpreter start
+  and imports count in the trial's runtime), the ``max_parallel``-th of each when sorted;
 - **slot idle**: a trial after the first ``max_parallel`` only exists once one before it ended
   (the sweep asks for the next trial when it hears of an end), so the k-th such trial, in order
   of ``compute_requested_at``, took the slot of the k-th release, in order of ``released_at``.
@@ -29,15 +30,21 @@ What is measured (all from the trials' records; ``submit`` is the wall time just
 - **overhead**: the sweep's wall time (``submit`` -> the sweep's ``finished_at``) over the ideal
   (the sum of the trials' own runtimes, ``started_at`` -> ``finished_at``, divided by
   ``max_parallel``), as a ratio; and per trial the runner's overhead, ``live_at`` ->
-  ``started_at`` and ``finished_at`` -> ``released_at``, p50.
+  ``started_at`` and ``finished_at`` -> ``released_at`` (split at ``result.json``'s mtime: the
+  runner's tail, then the agent's event and completion), p50;
+- **the sweep's own work**: how many times its record was written (its version), its size, and
+  one step of the ended sweep timed once the agent is stopped: the least an event that steps
+  the sweep costs (the study replayed from the record's journal, the summary and lease written).
 
     python bench/sweeps.py
     python bench/sweeps.py --trials 24 --parallel 4 --work-s 0.7
+    python bench/sweeps.py --warm-agent   # the home's agent already running at the submit
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -90,10 +97,17 @@ def sweep_data(code: Path, trials: int, parallel: int, work_s: float) -> dict[st
     }
 
 
-def run(root: Path, trials: int, parallel: int, work_s: float) -> dict[str, Any]:
-    """Submit the sweep from a fresh home; its record, its trials' and the submit's times."""
+def run(
+    root: Path, trials: int, parallel: int, work_s: float, warm_agent: bool = False
+) -> dict[str, Any]:
+    """Submit the sweep from a fresh home; its record, its trials' and the submit's times.
+
+    With ``warm_agent`` the home's agent is started (and holds its lock) before the submit, as
+    after an earlier submit from the same notebook: its start then does not compete with the
+    first trials' runners for the CPU."""
     import ephemerid
     from ephemerid.agent import stop
+    from ephemerid.agent.control import ensure_running
 
     code, home = root / "code", root / "home"
     code.mkdir()
@@ -107,6 +121,8 @@ def run(root: Path, trials: int, parallel: int, work_s: float) -> dict[str, Any]
         EPHEMERID_RULES=str(root / "no-rules.yaml"),
     )
     with ephemerid.Client() as client:
+        if warm_agent:
+            ensure_running(client.settings)
         submitted = time.time()
         sweep = client.submit_sweep(sweep_data(code, trials, parallel, work_s))
         returned = time.time()
@@ -115,12 +131,36 @@ def run(root: Path, trials: int, parallel: int, work_s: float) -> dict[str, Any]
         finally:
             stop(home)
         jobs = client.service.sweep_trials(sweep.id)
+        steps = _time_steps(client.service, sweep.id)
+        written = {job.id: _result_written(home, job.id) for job in jobs}
     return {
         "submitted": submitted,
         "returned": returned,
         "sweep": record,
         "trials": jobs,
+        "step_s": steps,
+        "result_written": written,
     }
+
+
+def _result_written(home: Path, job_id: str) -> float:
+    """When the runner wrote the trial's ``result.json`` (its mtime): the completion event."""
+    from ephemerid import names
+
+    return (home / "bucket" / names.run_key(job_id, names.RESULT_FILE)).stat().st_mtime_ns / 1e9
+
+
+def _time_steps(service: Any, sweep_id: str, times: int = 5) -> list[float]:
+    """Seconds of one step of the ended sweep (the agent stopped, nothing else running): what
+    each event that steps a sweep costs at least (its study replayed from the record's journal,
+    the summary written, the lease taken and let go). Read after the trials' records."""
+    service.advance_sweep(sweep_id)  # Optuna imported and warm: a step as the agent takes it
+    out = []
+    for _ in range(times):
+        began = time.perf_counter()
+        service.advance_sweep(sweep_id)
+        out.append(time.perf_counter() - began)
+    return out
 
 
 def _wait_settled(client: Any, sweep_id: str, timeout: float) -> Any:
@@ -148,6 +188,7 @@ def _t(when: datetime | None) -> float:
 
 def measure(out: dict[str, Any], parallel: int) -> dict[str, Any]:
     submitted, sweep, jobs = out["submitted"], out["sweep"], out["trials"]
+    written = out["result_written"]
     requested = sorted(_t(j.compute_requested_at) for j in jobs)
     live = sorted(_t(j.live_at) for j in jobs)
     started = sorted(_t(j.started_at) for j in jobs)
@@ -166,6 +207,8 @@ def measure(out: dict[str, Any], parallel: int) -> dict[str, Any]:
         "requested_to_live_s": [_t(j.live_at) - _t(j.compute_requested_at) for j in jobs],
         "live_to_started_s": [_t(j.started_at) - _t(j.live_at) for j in jobs],
         "finished_to_released_s": [_t(j.released_at) - _t(j.finished_at) for j in jobs],
+        "finished_to_result_s": [written[j.id] - _t(j.finished_at) for j in jobs],
+        "result_to_released_s": [_t(j.released_at) - written[j.id] for j in jobs],
         "runtime_s": runtimes,
     }
     return {
@@ -173,9 +216,12 @@ def measure(out: dict[str, Any], parallel: int) -> dict[str, Any]:
         "sweep_state": sweep.state.value,
         "sweep_reason": sweep.reason,
         "sweep_record_writes": sweep.version,
+        "sweep_record_bytes": len(json.dumps(sweep.sweep)),
+        "sweep_step_s": common.summary(out["step_s"]),
         "states": sorted({j.state.value for j in jobs}),
         "trials_run": len(jobs),
         "submit_returned_s": out["returned"] - submitted,
+        "first_requested_s": requested[0] - submitted,
         "fan_out_requested_s": requested[parallel - 1] - submitted,
         "fan_out_live_s": live[parallel - 1] - submitted,
         "fan_out_started_s": started[parallel - 1] - submitted,
@@ -222,13 +268,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     s, p95 = results["summaries"], results["p95"]
     fan_met = results["fan_out_started_s"] <= GOAL_FAN_OUT_S
     idle_met = s["slot_idle_s"]["p50"] <= GOAL_SLOT_IDLE_S
+    agent = "already running" if args.warm_agent else "started by the submit"
     common.table(
         f"sweep of {args.trials} trials, max_parallel {args.parallel}, {args.work_s} s of work "
-        f"each: {results['sweep_state']}, trials {', '.join(results['states'])}, "
-        f"at most {results['most_held_at_once']} held at once",
+        f"each, the agent {agent}: {results['sweep_state']}, trials "
+        f"{', '.join(results['states'])}, at most {results['most_held_at_once']} held at once",
         ["from the sweep's submit", "seconds"],
         [
             ["submit_sweep returned", f"{results['submit_returned_s']:.2f}"],
+            ["the first trial's compute requested", f"{results['first_requested_s']:.2f}"],
             [f"trial {args.parallel}'s compute requested", f"{results['fan_out_requested_s']:.2f}"],
             [f"trial {args.parallel}'s runner live", f"{results['fan_out_live_s']:.2f}"],
             [
@@ -239,6 +287,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             ["sweep ended (wall)", f"{results['wall_s']:.2f}"],
             [f"ideal: trials' runtimes / {args.parallel}", f"{results['ideal_s']:.2f}"],
             ["overhead: wall / ideal", f"{results['overhead_ratio']:.2f}x"],
+            [
+                f"one step of the sweep (p50; the sweep's record written "
+                f"{results['sweep_record_writes']} times)",
+                f"{results['sweep_step_s']['p50']:.3f}",
+            ],
         ],
     )
 
@@ -258,6 +311,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             row("per trial: requested -> live (provision)", "requested_to_live_s"),
             row("per trial: live -> code started (runner start)", "live_to_started_s"),
             row("per trial: code ended -> released", "finished_to_released_s"),
+            row("  of it: code ended -> result.json written (runner)", "finished_to_result_s"),
+            row("  of it: result.json -> released (the agent)", "result_to_released_s"),
             row("per trial: its own runtime", "runtime_s"),
         ],
     )
@@ -268,6 +323,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24, help="the sweep's max_trials")
     parser.add_argument("--parallel", type=int, default=4, help="max_parallel and local slots")
     parser.add_argument("--work-s", type=float, default=0.7, help="each trial's own work")
+    parser.add_argument(
+        "--warm-agent",
+        action="store_true",
+        help="start the home's agent before the submit (as after an earlier submit)",
+    )
     args = parser.parse_args()
     if args.parallel < 1 or args.trials <= args.parallel:
         raise SystemExit(
@@ -280,7 +340,8 @@ def main() -> None:
             f"[dim]{args.trials} trials, max_parallel {args.parallel}, "
             f"{args.work_s} s of work each...[/dim]"
         )
-        results = measure(run(Path(tmp), args.trials, args.parallel, args.work_s), args.parallel)
+        out = run(Path(tmp), args.trials, args.parallel, args.work_s, args.warm_agent)
+        results = measure(out, args.parallel)
     results["goal_fan_out_s"] = GOAL_FAN_OUT_S
     results["goal_fan_out_met"] = results["fan_out_started_s"] <= GOAL_FAN_OUT_S
     results["goal_slot_idle_s"] = GOAL_SLOT_IDLE_S
