@@ -22,7 +22,17 @@ import pytest
 from mlflow import MlflowClient
 from pydantic import SecretStr
 
-from drive import log_of, run, service_with, spec_for, text_of, write_script
+from drive import (
+    Gate,
+    finish,
+    held_spec,
+    log_of,
+    run,
+    service_with,
+    spec_for,
+    text_of,
+    write_script,
+)
 from ephemerid import names
 from ephemerid.contract import Launch, Result
 from ephemerid.record import JobRecord, JobState
@@ -102,6 +112,24 @@ def test_a_failing_jobs_run_ends_failed(tracked: Service, code_dir: Path, tmp_pa
     assert found.info.status == "FAILED"
     assert found.data.metrics == {"x": 1.0}
     assert found.data.tags["ephemerid.state"] == "FAILED"
+
+
+def test_a_cancelled_jobs_run_is_ended_killed_and_tagged_by_the_service(
+    tracked: Service, code_dir: Path, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path / "gate")
+    job = tracked.submit(held_spec(code_dir, gate)).job
+    gate.pid()  # the code runs: its run was made first
+
+    tracked.cancel(job.id)
+    job = finish(tracked, job.id)
+
+    assert job.state is JobState.CANCELLED
+    [found] = runs_in(store_uri(tmp_path))
+    assert found.info.run_name == job.id
+    assert found.info.status == "KILLED"
+    assert found.data.tags["ephemerid.state"] == "CANCELLED"
+    assert "ephemerid.cost_usd" in found.data.tags
 
 
 def test_a_secret_param_is_not_logged_to_mlflow(

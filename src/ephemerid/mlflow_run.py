@@ -48,6 +48,7 @@ ENDED_AS = {
     RunStatus.EVICTED: "KILLED",  # it runs again elsewhere: the same run goes on then
 }
 STATE_ENDS_AS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED"}  # any other end: KILLED
+STOPPED = frozenset({"CANCELLED", "PRUNED"})  # the service's decision, which no runner knows
 MAX_PARAM_CHARS = 6000  # what MLflow stores of a param's value
 
 Say = Callable[[str], None]
@@ -179,7 +180,8 @@ class SettledRuns:
         client.set_tag(run_id, COST_TAG, "unknown" if cost is None else f"{cost:.6f}")
         client.set_tag(run_id, HELD_TAG, "unknown" if held is None else f"{held:.1f}")
         client.set_tag(run_id, STATE_TAG, job.state.value)
-        if client.get_run(run_id).info.status == "RUNNING":  # its runner was stopped first
+        running = client.get_run(run_id).info.status == "RUNNING"  # its runner was stopped first
+        if running or job.state.value in STOPPED:
             client.set_terminated(run_id, STATE_ENDS_AS.get(job.state.value, "KILLED"))
 
     def _reported(self, job_id: str) -> str | None:
