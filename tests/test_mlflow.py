@@ -34,7 +34,8 @@ from drive import (
     write_script,
 )
 from ephemerid import names
-from ephemerid.contract import Launch, Result
+from ephemerid.contract import Launch, LaunchMlflow, Result, RunStatus
+from ephemerid.mlflow_run import JobRun
 from ephemerid.record import JobRecord, JobState
 from ephemerid.service import Service
 from ephemerid.settings import Settings
@@ -289,3 +290,34 @@ def test_the_tracking_uri_is_read_from_its_setting_and_never_shown(tmp_path: Pat
     assert settings.mlflow_tracking_uri.get_secret_value() == uri
     assert PASSWORD not in repr(settings)
     assert Settings.from_env({}, home=tmp_path).mlflow_tracking_uri.get_secret_value() == ""
+
+
+def test_a_job_run_again_goes_on_in_its_own_run(tmp_path: Path) -> None:
+    launch = LaunchMlflow(tracking_uri=store_uri(tmp_path), experiment="ephemerid")
+    said: list[str] = []
+    first = JobRun(launch, "train-again", said.append)
+    first.start({"lr": 0.1}, [])
+    first.end(RunStatus.EVICTED)
+
+    again = JobRun(launch, "train-again", said.append)
+    env = again.start({"lr": 0.1}, [])
+    again.end(RunStatus.SUCCEEDED)
+
+    [found] = runs_in(store_uri(tmp_path))
+    assert env["MLFLOW_RUN_ID"] == found.info.run_id == first.run_id
+    assert found.info.status == "FINISHED"
+    assert any("runs again, in the same run" in line for line in said)
+
+
+def test_the_specs_mlflow_experiment_name_picks_the_experiment(
+    tracked: Service, code_dir: Path, tmp_path: Path
+) -> None:
+    write_script(code_dir, "import mlflow\nmlflow.log_metric('m', 2.0)\n")
+
+    job = run(tracked, spec_for(code_dir, env={"MLFLOW_EXPERIMENT_NAME": "mine"}), timeout=120)
+
+    assert job.state is JobState.SUCCEEDED, job.reason
+    [found] = runs_in(store_uri(tmp_path))
+    client = MlflowClient(tracking_uri=store_uri(tmp_path))
+    assert client.get_experiment(found.info.experiment_id).name == "mine"
+    assert found.data.metrics == {"m": 2.0}
