@@ -120,6 +120,20 @@ class LaunchEnvironment(BaseModel):
     image: str = ""
 
 
+class LaunchMlflow(BaseModel):
+    """A launch's ``mlflow``: where the job's MLflow run is made (``ephemerid.mlflow_run``).
+
+    Optional within contract 1: a runner that does not know it runs the job untracked. The URI
+    may hold credentials, as ``secret_params`` do: the runner masks it wherever it writes.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    tracking_uri: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)
+    tags: dict[str, str] = Field(default_factory=dict)  # the run's, from the job's record
+
+
 class Launch(_Document):
     """``runs/<job>/job.json``: all a runner is told, written once by the service at submit.
 
@@ -146,6 +160,7 @@ class Launch(_Document):
     env: dict[str, str] = Field(default_factory=dict)  # the spec's own, for the entrypoint
     secret_params: list[str] = Field(default_factory=list)  # masked in the log
     environment: LaunchEnvironment | None = None  # None: the runner's own environment
+    mlflow: LaunchMlflow | None = None  # None: no MLflow run (EPHEMERID_MLFLOW_TRACKING_URI unset)
 
     @model_validator(mode="before")
     @classmethod
@@ -177,6 +192,8 @@ class Result(_Document):
     output_count: int | None = Field(default=None, ge=0)
     output_bytes: int | None = Field(default=None, ge=0)
     setup_s: float | None = Field(default=None, ge=0)  # building (or waiting for) the environment
+    # the job's MLflow run (launch.mlflow); None when it has none, or from an older runner
+    mlflow_run_id: str | None = None
 
     def summarize(self, manifest: Outputs) -> None:
         """List the first of ``manifest``'s outputs, and count them all and their bytes."""

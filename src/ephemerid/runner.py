@@ -32,6 +32,9 @@ says which in the log; when the entrypoint ends it ends whatever the entrypoint 
 ``--run-as USER`` (azure-vm) starts the entrypoint as that OS user, with no extra groups, owning
 only the folders it writes (output, checkpoint, home, tmp, the metrics file); the runner alone
 reads its own environment and uploads.
+
+When the launch names an MLflow tracking URI, rank 0 makes (or finds again) the job's MLflow run
+before the entrypoint starts, points the code at it, and ends it after (``ephemerid.mlflow_run``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from ephemerid.errors import ContractError
 from ephemerid.heartbeat import Beats
 from ephemerid.imds import ScheduledEvents, parse_deadline, seconds_until
 from ephemerid.joblog import LogPump, MetricsPump
+from ephemerid.mlflow_run import JobRun
 from ephemerid.rank import Rank
 from ephemerid.restarts import Busy, GaveUp, Starts
 from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
@@ -111,6 +115,7 @@ class Runner:
         self._stop, self._ran = threading.Event(), threading.Event()
         self.beats = Beats(store, job_id, self.pump, self.metrics, self._stop, self.say)
         self.owner = True  # whether this start runs the job (and so writes its result)
+        self.tracking: JobRun | None = None  # the job's MLflow run, when the launch asks for one
         # envs_root: where environments are built and kept (else in the work folder: per job)
         self.setup = JobSetup(self.work, job_id, self.rank.rank, self.say, self.pump.write)
         self.setup.envs_root = envs_root or self.setup.envs_root
@@ -156,6 +161,8 @@ class Runner:
         finally:
             self._stop.set()
             self.setup.close()
+            if self.tracking is not None:  # ended as the run ended, before the result is written
+                result.mlflow_run_id = self.tracking.end(result.status)
             if self.rank.leader:  # the metrics the code logged, kept whatever else went wrong
                 result.metrics = self.metrics.finish(self.say)
             self.pump.close()
@@ -187,9 +194,11 @@ class Runner:
         key = names.run_key(self.job_id, names.JOB_FILE)
         launch = Launch.loads(get_bytes(self.store, key), where=key)
         self.pump.limit = self.metrics.limit = launch.log_limit_bytes
-        if launch.secret_params:  # the script may print them: the log never shows them
-            values = [launch.params[n] for n in launch.secret_params if n in launch.params]
-            secrets = [v if isinstance(v, str) else json.dumps(v) for v in values]
+        values = [launch.params[n] for n in launch.secret_params if n in launch.params]
+        secrets = [v if isinstance(v, str) else json.dumps(v) for v in values]
+        if launch.mlflow is not None:  # a tracking URI may hold credentials
+            secrets += sandbox.uri_secrets(launch.mlflow.tracking_uri)
+        if secrets:  # the script may print them: the log never shows them
             self.mask = self.pump.mask = self.metrics.mask = self.mask.with_secrets(secrets)
         return launch
 
@@ -221,6 +230,9 @@ class Runner:
             names.ENV_PARAMS: str(params),
             names.ENV_METRICS: str(self.work / names.METRICS_FILE),
         }
+        if launch.mlflow is not None and self.rank.leader:  # the job's run, made before it starts
+            self.tracking = JobRun(launch.mlflow, self.job_id, self.say)
+            contract.update(self.tracking.start(launch.params, launch.secret_params))
         if self.run_as is not None:
             self._hand_over([dirs[n] for n in ("output", "checkpoint", "home", "tmp")])
         return entry, sandbox.user_env(os.environ, launch.env, contract, self.work)

@@ -21,6 +21,7 @@ import site
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from ephemerid import names
 
@@ -66,6 +67,8 @@ KNOWN_SECRETS = frozenset(
         "AZURE_CLIENT_SECRET",
         "EPHEMERID_DEV_FUNCTION_KEY",
         "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "EPHEMERID_MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_URI",
     }
 )
 SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CONNECTIONSTRING", "SAS", "CREDENTIAL")
@@ -116,6 +119,21 @@ def _python_path(own: str) -> str:
     if root not in found:
         paths.append(str(root))
     return os.pathsep.join(paths)
+
+
+def uri_secrets(uri: str) -> list[str]:
+    """What of a URI may be a credential, for a Mask: all of it, its ``user:password`` and its
+    password, its query string and each of its values."""
+    if not uri:
+        return []
+    parts = urlsplit(uri)
+    found = [uri]
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        found += [userinfo, userinfo.partition(":")[2]]
+    if parts.query:
+        found += [parts.query, *(v for _, v in parse_qsl(parts.query))]
+    return [f for f in found if f]
 
 
 class Mask:

@@ -31,6 +31,7 @@ from ephemerid.errors import (
     SpecError,
     Unavailable,
 )
+from ephemerid.mlflow_run import SettledRuns
 from ephemerid.models import ModelRegistry
 from ephemerid.reads import Reads
 from ephemerid.record import (
@@ -74,7 +75,10 @@ class Service(Reads, Recovery, Sweeps):
         self.models = ModelRegistry(artifacts)
         self.staging = Staging(artifacts, self.models, settings)
         # every reason is stored masked: an error message may quote a connection string
+        mlflow_uri = settings.mlflow_tracking_uri.get_secret_value()  # it may hold credentials
         self.mask = sandbox.Mask.of_env({**os.environ, **settings.storage.as_env()})
+        self.mask = self.mask.with_secrets(sandbox.uri_secrets(mlflow_uri))
+        self.mlflow_runs = SettledRuns(mlflow_uri, artifacts, self.mask)
         self._listeners: list[Listener] = [notify] if notify else []
 
     def close(self) -> None:
@@ -256,7 +260,10 @@ class Service(Reads, Recovery, Sweeps):
         if job.compute_state in (ComputeState.NONE, ComputeState.RELEASED):
             return job
         change = transitions.released if self._teardown(job) else transitions.teardown_owed
-        return self._transition(job.id, change)[0]
+        job, changed = self._transition(job.id, change)
+        if changed and job.settled:  # once, best effort: the job's MLflow run gets its cost
+            self.mlflow_runs.settled(job)
+        return job
 
     def _teardown(self, job: JobRecord) -> bool:
         try:

@@ -17,16 +17,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-)
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ephemerid.contract import (
@@ -308,6 +301,8 @@ class Settings(_Settings):
     agent_idle_s: Seconds = Field(60.0, alias="EPHEMERID_AGENT_IDLE_S")
     agent_poll_s: Interval = Field(5.0, alias="EPHEMERID_AGENT_POLL_S")
     sweep_max_trials: int = Field(500, ge=1, le=10_000, alias="EPHEMERID_SWEEP_MAX_TRIALS")
+    # each job an MLflow run there (ephemerid.mlflow_run); it may hold credentials: kept secret
+    mlflow_tracking_uri: SecretStr = Field(SecretStr(""), alias="EPHEMERID_MLFLOW_TRACKING_URI")
     storage: StorageSettings = StorageSettings.model_validate({})  # frozen: one for every Settings
     azure_vm: AzureVmSettings | None = None
     azure_ml: AzureMlSettings | None = None

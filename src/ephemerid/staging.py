@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ephemerid import names
+from ephemerid import mlflow_run, names
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes, safe_key
 from ephemerid.codefolder import check_size, code_files
-from ephemerid.contract import Launch, LaunchEnvironment
+from ephemerid.contract import Launch, LaunchEnvironment, LaunchMlflow
 from ephemerid.envs.identity import CodeFiles, identify
 from ephemerid.errors import EphemeridError, NotFound, SpecError
 from ephemerid.models import ModelRegistry, ModelVersion
@@ -78,6 +78,7 @@ class Staging:
             env=spec.env,
             secret_params=spec.secret_params,
             environment=plan.environment,
+            mlflow=self._mlflow(job, spec),
         )
         put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
@@ -101,6 +102,15 @@ class Staging:
         if spec.model is not None and job.model_version:
             spec = spec.model_copy(update={"model": ModelRef.parse(job.model_version)})
         self.write_launch(job, self.check(spec))
+
+    def _mlflow(self, job: JobRecord, spec: JobSpec) -> LaunchMlflow | None:
+        """Where the job's MLflow run is made, when a tracking URI is configured."""
+        uri = self.settings.mlflow_tracking_uri.get_secret_value()
+        if not uri:
+            return None
+        experiment = spec.env.get("MLFLOW_EXPERIMENT_NAME") or mlflow_run.EXPERIMENT
+        tags = mlflow_run.run_tags(job.id, job.parent)
+        return LaunchMlflow(tracking_uri=uri, experiment=experiment, tags=tags)
 
     # -- checks ------------------------------------------------------------------------------
 

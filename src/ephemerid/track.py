@@ -5,6 +5,11 @@ by the runner). The runner uploads the lines to ``runs/<job>/metrics.jsonl`` as 
 the log, so a running job shows each metric's last value and step. Outside a run the values go to
 stderr, so a script works the same when run by hand.
 
+When ``MLFLOW_TRACKING_URI`` is set (the runner sets it, with the job's run, when ephemerid is
+configured for MLflow: ``ephemerid.mlflow_run``) and mlflow imports here, each metric and param is
+also logged to MLflow, in the active run. A failing MLflow call never fails the code: it says so
+once on stderr, and MLflow is not tried again in this process.
+
 The file has one writer (``Metric.line``, through ``log_metric``) and one reader (``Latest``,
 ``latest``, ``history``): the lines come from user code, so the reader skips any line that is
 not a metric.
@@ -69,11 +74,40 @@ def log_metric(name: str, value: float, step: int | None = None) -> None:
     if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
         raise ValueError(f"metric '{name}': step must be a whole number or None, got {step!r}")
     _write(Metric(name, number, None if step is None else int(step), time.time()).line())
+    _MLFLOW.log("log_metric", name, number, step=step)
 
 
 def log_param(name: str, value: Any) -> None:
     entry = {"type": "param", "name": name, "value": value, "at": time.time()}
     _write(json.dumps(entry, default=str))
+    _MLFLOW.log("log_param", name, value)
+
+
+class _Mlflow:
+    """Metrics and params also logged to MLflow, while that works (tried once per process)."""
+
+    def __init__(self) -> None:
+        self.module: Any = None
+        self.off = False
+
+    def log(self, call: str, *args: Any, **kwargs: Any) -> None:
+        if self.off or not os.environ.get("MLFLOW_TRACKING_URI"):
+            return
+        try:
+            if self.module is None:
+                import mlflow
+
+                self.module = mlflow
+            getattr(self.module, call)(*args, **kwargs)
+        except ImportError:  # not in this environment: the metrics file has it all
+            self.off = True
+        except Exception as exc:
+            self.off = True
+            said = f"[track] MLflow logging is off for this run: {call} failed: {exc}"
+            print(said, file=sys.stderr)
+
+
+_MLFLOW = _Mlflow()
 
 
 def _write(line: str) -> None:
