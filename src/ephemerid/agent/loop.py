@@ -221,7 +221,7 @@ def _trial_logged(service: Service, key: str) -> None:
         job = service.get(parts[1])
     except NotFound:
         return
-    if job.parent and not job.state.terminal:
+    if job.parent and not job.state.terminal and service.prunes(job.parent):
         service.advance_sweep(job.parent)
 
 

@@ -24,9 +24,6 @@ import collections
 import json
 import os
 import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +114,10 @@ class Registries:
             )
 
     def _refresh_token(self, registry: str) -> str:
+        import urllib.error  # here, not at the top: the runner imports this module at each start
+        import urllib.parse
+        import urllib.request
+
         aad = self._aad_token()
         form = {"grant_type": "access_token", "service": registry.partition(":")[0]}
         body = urllib.parse.urlencode({**form, "access_token": aad}).encode()
@@ -138,6 +139,9 @@ class Registries:
         return token
 
     def _aad_token(self) -> str:
+        import urllib.parse
+        import urllib.request
+
         query = {"api-version": IDENTITY_API, "resource": ARM_RESOURCE}
         if self.client_id:
             query["client_id"] = self.client_id

@@ -131,6 +131,11 @@ class Sweeps:
             return self.store.get(job.id)
         return job
 
+    def prunes(self, sweep_id: str) -> bool:
+        """Whether the sweep stops losing trials early: only then are metrics an event for it."""
+        sweep = self.store.get(sweep_id).sweep or {}
+        return bool(sweep.get("spec", {}).get("search", {}).get("early_stop"))
+
     # -- one step, under the lease -----------------------------------------------------------
 
     def advance_sweep(self, sweep_id: str) -> JobRecord:
@@ -332,9 +337,13 @@ class Sweeps:
         finished = search.exhausted() and all(r["state"] != state.ACTIVE for r in rows)
 
         def summary(job: JobRecord) -> dict[str, Any] | None:
-            values: dict[str, Any] = {"sweep": {**job.sweep, "trials": rows, "best": best}}  # type: ignore[dict-item]
-            if best is not None and spec.search.metric:
-                values["metrics"] = {spec.search.metric: best["value"]}
+            state = job.sweep or {}
+            metrics = {spec.search.metric: best["value"]} if best and spec.search.metric else {}
+            if state.get("trials") == rows and state.get("best") == best:
+                return None  # nothing new: no write
+            values: dict[str, Any] = {"sweep": {**state, "trials": rows, "best": best}}
+            if metrics:
+                values["metrics"] = metrics
             return values
 
         self._transition(sweep_id, summary)
