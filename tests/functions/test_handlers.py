@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,35 @@ def test_the_queue_rule_follows_the_queue_the_trigger_binds_to(
     [job] = service.store.list()
     assert job.spec.params == {"source": "app"}
     finish(service, job.id)
+
+
+def test_http_submits_a_sweep_whose_trials_the_timer_and_result_events_move_on(
+    functions: dict[str, Callable[..., Any]], service: Service, code_uri: str
+) -> None:
+    trial = {"code": code_uri, "entrypoint": "job.py"}
+    search = {"method": "grid", "space": {"n": [1, 2]}, "max_parallel": 1}
+    body = json.dumps({"kind": "sweep", "name": "http", "trial": trial, "search": search})
+    headers = {"Idempotency-Key": "sweep-7"}
+    created = functions["submit_job"](request("POST", "jobs", body.encode(), headers=headers))
+    again = functions["submit_job"](request("POST", "jobs", body.encode(), headers=headers))
+    sweep_id = json.loads(created.get_body())["id"]
+
+    assert (created.status_code, again.status_code) == (201, 200)
+    assert json.loads(again.get_body())["id"] == sweep_id
+    for _ in range(600):  # each timer tick, and each result as its blob event, as Azure would
+        functions["tick"](TimerRequest())
+        for job in service.list():
+            if job.parent == sweep_id and service.has_result(job.id):
+                functions["on_run_result"](blob_event(service, f"runs/{job.id}/result.json"))
+        if service.get(sweep_id).settled:
+            break
+        time.sleep(0.1)
+    got = json.loads(
+        functions["get_job"](
+            request("GET", f"jobs/{sweep_id}", route_params={"id": sweep_id})
+        ).get_body()
+    )
+
+    assert (got["kind"], got["state"]) == ("sweep", "SUCCEEDED")
+    assert [t["state"] for t in got["sweep"]["trials"]] == ["SUCCEEDED", "SUCCEEDED"]
+    assert sorted(t["params"]["n"] for t in got["sweep"]["trials"]) == [1, 2]
