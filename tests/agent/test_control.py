@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -94,3 +95,13 @@ def test_the_started_agent_inherits_no_secret_of_the_starting_shell(
     assert environ[b"EPHEMERID_AGENT_POLL_S"] == b"7"  # the settings travel
     assert environ[b"EPHEMERID_HOME"] == str(home).encode()
     assert Path(os.readlink(f"/proc/{info.pid}/cwd")) == home
+
+
+def test_an_agent_whose_home_is_removed_exits_and_reaps_nothing_there_again(
+    settings: Settings, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EPHEMERID_AGENT_POLL_S", "0.2")
+    info = ensure_running(settings)
+    shutil.rmtree(home)  # a user resetting the home while its agent runs
+
+    assert wait_for(lambda: not alive(info.pid), "the orphaned agent to exit", 60)

@@ -54,7 +54,7 @@ def serve(settings: Settings, kind: str = "agent") -> Agent:
         log=str(lock.log_path),
     )
     with lock.held(info):
-        agent = Agent(settings)
+        agent = Agent(settings, home_gone=lambda: not lock.still_held())
         previous = signal.signal(signal.SIGTERM, lambda *_: agent.stop())
         log.info("agent %d drives %s (rules: %s)", info.pid, info.home, info.rules)
         try:

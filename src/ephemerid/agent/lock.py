@@ -64,6 +64,16 @@ class AgentLock:
         self._fd = fd
         return True
 
+    def still_held(self) -> bool:
+        """Whether the lock file this process holds is still the home's: False once the home was
+        removed (``rm -rf``) or its lock file replaced, when another agent may drive a new one."""
+        if self._fd is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            return False
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing it frees the lock

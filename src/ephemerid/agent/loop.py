@@ -66,8 +66,10 @@ class Agent:
         *,
         rules: Rules | None = None,
         clock: Callable[[], datetime] = utcnow,
+        home_gone: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
+        self.home_gone = home_gone  # its home removed: it must never reap a new home's compute
         self.rules = rules if rules is not None else rules_of(settings)
         self.clock = clock
         self.started_at = clock()
@@ -110,6 +112,9 @@ class Agent:
         while not self._stopping.is_set():
             now_m = time.monotonic()
             if now_m >= next_pass:
+                if self.home_gone():
+                    log.warning("%s was removed or taken over: the agent exits", self.settings.home)
+                    return
                 self._pass(service, intake)
                 next_pass = now_m + poll_s
             now = self.clock()
