@@ -85,7 +85,8 @@ class Reads:
         return self.store.list_open()
 
     def sweep_trials(self, sweep_id: str) -> builtins.list[JobRecord]:
-        """The trial jobs of sweep ``sweep_id``, by number (NotFound for a job not a sweep)."""
+        """The trial jobs of sweep ``sweep_id``, by number, as of its last step (NotFound for a
+        job that is not a sweep)."""
         sweep = self.store.get(sweep_id)
         if sweep.sweep is None:
             raise NotFound(f"'{sweep_id}' is a {sweep.kind} job, not a sweep")

@@ -8,10 +8,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drive import HOLD_SCRIPT, Gate, wait_for, write_script
+from ephemerid.errors import Unavailable
 from ephemerid.reaper import reap
 from ephemerid.record import JobState
 from ephemerid.service import Service
@@ -80,9 +82,9 @@ import json, os, sys
 from ephemerid.app import build_service
 from ephemerid.service import Service
 from ephemerid.settings import Settings
-from ephemerid.sweeps import controller, validate_sweep
+from ephemerid.sweeps import lease, validate_sweep
 
-controller.LEASE_S = 1.0  # the lease this process dies holding runs out soon
+lease.LEASE_S = 1.0  # the lease this process dies holding runs out soon
 at, when = int(sys.argv[3]), sys.argv[4]
 service = build_service(Settings.from_env({}, home=sys.argv[1], local_slots=4, heartbeat_s=0.5))
 submit, made = Service.submit, []
@@ -165,3 +167,28 @@ def test_cancelling_a_sweep_cancels_its_trials_and_makes_no_more(
     assert sweeps.held_compute() == 0
     reap(sweeps)  # a later pass makes no trial for a cancelled sweep
     assert len(sweeps.sweep_trials(sweep.id)) == 2
+
+
+def test_a_transient_outage_while_a_trial_is_submitted_fails_no_trial(
+    sweeps: Service, train_code: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked, calls = sweeps._checked_backend, []
+
+    def flaky(spec: Any) -> str:
+        calls.append(spec)
+        if len(calls) == 3:  # the sweep's own check, the first trial, then an outage
+            raise Unavailable("the job store is briefly unreachable")
+        return checked(spec)
+
+    monkeypatch.setattr(sweeps, "_checked_backend", flaky)
+    search = {"method": "grid", "space": {"lr": [0.05, 0.1, 0.2]}, "max_parallel": 3}
+    submitted = sweeps.submit(validate_sweep(sweep_data(train_code, search)), key="outage")
+    made = [j for j in sweeps.list() if j.parent == submitted.job.id]
+    assert len(made) == 1  # the others are sampled, and wait for the next step
+
+    done = drive(sweeps, submitted.job.id)
+    trials = sweeps.sweep_trials(done.id)
+
+    assert done.state is JobState.SUCCEEDED
+    assert sorted(t.spec.params["lr"] for t in trials) == [0.05, 0.1, 0.2]
+    assert {t.state for t in trials} == {JobState.SUCCEEDED}

@@ -17,16 +17,15 @@ submitted, so a fan-out cut short by a crash and run again makes no second trial
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ephemerid.errors import EphemeridError, SpecError
+from ephemerid.errors import EphemeridError, SpecError, Unavailable
 from ephemerid.record import JobRecord, JobState, Submitted, idempotency_key, job_id_for, utcnow
 from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
 from ephemerid.store import JobStore
 from ephemerid.sweeps import state
+from ephemerid.sweeps.lease import release_lease, renew_lease, take_lease
 from ephemerid.sweeps.spec import SweepSpec
 
 if TYPE_CHECKING:
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
     from ephemerid.sweeps.search import SweepSearch
     from ephemerid.transitions import Change
 
-LEASE_S = 60.0
 MAX_STEPS = 20  # steps one advance takes for pokes that came meanwhile; the reaper does the rest
 log = logging.getLogger("ephemerid.sweeps")
 
@@ -118,7 +116,11 @@ class Sweeps:
                 "environment instead"
             )
         job, created = self.store.create_if_absent(record)
-        return Submitted(self.advance_sweep(job.id), created=created)
+        try:
+            job = self.advance_sweep(job.id)
+        except Unavailable as exc:  # accepted: the next event or reaper pass fans it out
+            log.warning("sweep %s accepted; its first trials wait: %s", job.id, exc)
+        return Submitted(job, created=created)
 
     def _tell_sweep(self, job: JobRecord) -> JobRecord:
         """A sweep's trial ended, or a sweep did: the sweep moves on (it ends its trials)."""
@@ -141,48 +143,19 @@ class Sweeps:
     def advance_sweep(self, sweep_id: str) -> JobRecord:
         """Move the sweep on as far as it goes now; its record after."""
         for _ in range(MAX_STEPS):
-            lease = self._take_lease(sweep_id)
+            lease = take_lease(self._transition, sweep_id)
             if lease is None:  # another process steps it, and steps again for this event
                 break
             pokes = (self.store.get(sweep_id).sweep or {}).get("pokes", 0)
             try:
-                self._step(sweep_id)
+                self._step(sweep_id, lease)
             finally:
-                poked = self._release_lease(sweep_id, lease, pokes)
+                poked = release_lease(self._transition, sweep_id, lease, pokes)
             if not poked:
                 break
         return self.store.get(sweep_id)
 
-    def _take_lease(self, sweep_id: str) -> str | None:
-        """This step's lease id; None when another holds it (it is poked, to step again)."""
-        lease = uuid.uuid4().hex
-        now = utcnow()
-
-        def take(job: JobRecord) -> dict[str, Any] | None:
-            sweep = job.sweep or {}
-            held = sweep.get("lease")
-            if held and datetime.fromisoformat(held["until"]) > now and held["id"] != lease:
-                return {"sweep": {**sweep, "pokes": sweep.get("pokes", 0) + 1}}
-            until = (now + timedelta(seconds=LEASE_S)).isoformat()
-            return {"sweep": {**sweep, "lease": {"id": lease, "until": until}}}
-
-        job, _ = self._transition(sweep_id, take)
-        held = (job.sweep or {}).get("lease") or {}
-        return lease if held.get("id") == lease else None
-
-    def _release_lease(self, sweep_id: str, lease: str, pokes: int) -> bool:
-        """Let go of the lease; True if a poke came since ``pokes`` (step again)."""
-
-        def release(job: JobRecord) -> dict[str, Any] | None:
-            held = (job.sweep or {}).get("lease") or {}
-            if held.get("id") != lease:
-                return None
-            return {"sweep": {**job.sweep, "lease": None}}  # type: ignore[dict-item]
-
-        job, _ = self._transition(sweep_id, release)
-        return job.sweep is not None and job.sweep["pokes"] > pokes
-
-    def _step(self, sweep_id: str) -> None:
+    def _step(self, sweep_id: str, lease: str) -> None:
         from ephemerid.sweeps.search import SweepSearch  # Optuna: only where trials are made
 
         sweep = self.store.get(sweep_id)
@@ -191,7 +164,7 @@ class Sweeps:
         self._reconcile(sweep, spec, search)
         sweep = self.store.get(sweep_id)
         if not sweep.state.terminal:
-            self._fan_out(sweep, spec, search)
+            self._fan_out(sweep, spec, search, lease)
         self._summarize(sweep_id, spec, search)
         ended = self.store.get(sweep_id)
         if ended.state.terminal and any(t["state"] == state.ACTIVE for t in state.trials(ended)):
@@ -285,6 +258,8 @@ class Sweeps:
                 python=sweep.python or None,
                 parent=sweep.id,
             )
+        except Unavailable:
+            raise  # transient: the trial stays sampled, and the next step submits it
         except (EphemeridError, ValueError) as exc:  # e.g. sampled params the spec refuses
             log.warning("sweep %s: trial %d not submitted: %s", sweep.id, trial.number, exc)
             search.tell(trial.number, TrialState.FAIL)
@@ -295,7 +270,7 @@ class Sweeps:
         key = state.trial_key(sweep, number)
         return self._known(job_id_for("train", key), key)
 
-    def _fan_out(self, sweep: JobRecord, spec: SweepSpec, search: SweepSearch) -> None:
+    def _fan_out(self, sweep: JobRecord, spec: SweepSpec, search: SweepSearch, lease: str) -> None:
         from optuna.trial import TrialState
 
         if sweep.state is JobState.ACCEPTED:
@@ -303,6 +278,8 @@ class Sweeps:
         while not search.exhausted():
             active = [t for t in search.trials() if t.state is TrialState.RUNNING]
             if len(active) >= spec.search.max_parallel:
+                return
+            if not renew_lease(self._transition, sweep.id, lease):  # another process steps it now
                 return
             trial = search.ask()
             job = self._submit_trial(sweep, spec, search, trial)
