@@ -176,3 +176,17 @@ def test_a_trial_reads_its_params_merged_over_the_templates(
     assert "lr=0.05 epochs=1" in log
     assert trial.spec.name == "lin-0"
     assert drive(sweeps, sweep.id).state is JobState.SUCCEEDED
+
+
+def test_trials_of_an_entrypoint_whose_name_is_no_job_name_get_valid_names(
+    sweeps: Service, train_code: Path
+) -> None:
+    (train_code / "my train+v2.py").write_text((train_code / "train.py").read_text())
+    data = sweep_data(train_code, {"method": "grid", "space": {"lr": [0.05]}})
+    data.pop("name")
+    data["trial"]["entrypoint"] = "my train+v2.py"
+    sweep = run_sweep(sweeps, data)
+    [trial] = sweeps.sweep_trials(sweep.id)
+
+    assert sweep.state is JobState.SUCCEEDED
+    assert trial.spec.name == "my-train-v2-0"

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from ephemerid.record import JobRecord, JobState
+from ephemerid.rules import job_name
 from ephemerid.sweeps.spec import SweepSpec
 
 # trial states, as the summary and `eph sweep show` name them
@@ -44,7 +45,7 @@ def trial_key(sweep: JobRecord, number: int) -> str:
 
 
 def trial_name(sweep: JobRecord, number: int) -> str:
-    label = (sweep.sweep or {}).get("spec", {}).get("name") or sweep.spec.label
+    label = job_name((sweep.sweep or {}).get("spec", {}).get("name") or sweep.spec.label)
     suffix = f"-{number}"
     if len(label) + len(suffix) > 64:
         label = label[: 56 - len(suffix)] + hashlib.sha256(label.encode()).hexdigest()[:8]
