@@ -217,3 +217,25 @@ def test_logs_follow_exits_1_when_the_job_it_follows_fails(
 
     assert followed.returncode == 1, followed.stderr
     assert "no data" in followed.stdout
+
+
+def test_list_shows_a_running_jobs_runtime_and_held_time_so_far(
+    env: dict[str, str], code_dir: Path, gate: Gate
+) -> None:
+    job = detached(env, code_dir, gate)
+
+    def row() -> str | None:
+        status = json.loads(eph(env, "status", job["id"], "--json").stdout)
+        if status["progress"]["started_at"] is None:
+            return None
+        listed = eph(env, "list")
+        return next((line for line in listed.stderr.splitlines() if job["id"] in line), None)
+
+    try:
+        line = wait_for(row, "eph list to show the running job", 60)
+    finally:
+        gate.open()
+        eph(env, "cancel", job["id"])
+
+    assert "RUNNING" in line
+    assert line.count("so far") == 2  # runtime and held, not "-"

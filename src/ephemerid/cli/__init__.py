@@ -248,7 +248,7 @@ def list_jobs(
     if json_:
         dump([j.to_json() for j in jobs])
     else:
-        console.print(jobs_table(jobs))
+        console.print(jobs_table(jobs, progress=service.progress))
 
 
 @app.command()

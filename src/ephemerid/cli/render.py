@@ -9,7 +9,7 @@ block per row. Where stderr is no terminal the CLI's console does not wrap at al
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,21 +95,23 @@ def _longest_word(cell: str) -> int:
 
 
 def jobs_table(
-    jobs: list[JobRecord], title: str = "jobs", outputs: dict[str, str] | None = None
+    jobs: list[JobRecord],
+    title: str = "jobs",
+    outputs: dict[str, str] | None = None,
+    progress: Callable[[JobRecord], Progress] | None = None,
 ) -> Listing:
+    """A row per job; with ``progress``, a running job shows its runtime and held time so far."""
     columns = ["job", "kind", "state", "runtime", "held", "idle", "compute"]
     listing = Listing(title, [*columns, "outputs"] if outputs else columns)
+    now = utcnow()
     for job in jobs:
         state = f"[{STATE_STYLE.get(job.state, 'cyan')}]{job.state.value}[/]"
-        row = [
-            job.id,
-            job.kind,
-            state,
-            seconds(job.runtime_s),
-            seconds(job.held_s),
-            seconds(idle_s(job)),
-            job.compute_state.value,
-        ]
+        runtime, held, idle = seconds(job.runtime_s), seconds(job.held_s), seconds(idle_s(job))
+        if progress is not None and not job.state.terminal and job.compute_requested_at:
+            ran = progress(job).elapsed_s(job)
+            runtime = f"{seconds(ran)} so far" if ran is not None else "-"
+            held = f"{seconds((now - job.compute_requested_at).total_seconds())} so far"
+        row = [job.id, job.kind, state, runtime, held, idle, job.compute_state.value]
         if outputs:
             row.append(outputs.get(job.id, "-"))
         listing.add_row(*row)
