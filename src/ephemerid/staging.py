@@ -79,6 +79,7 @@ class Staging:
             secret_params=spec.secret_params,
             environment=plan.environment,
             mlflow=self._mlflow(job, spec),
+            batch=spec.batch,
         )
         put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
