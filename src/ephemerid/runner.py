@@ -49,6 +49,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ephemerid import names, procs, sandbox
 from ephemerid.artifacts import (
@@ -59,7 +60,7 @@ from ephemerid.artifacts import (
     put_bytes,
     upload_dir,
 )
-from ephemerid.batch import harness
+from ephemerid.batch.mode import wanted
 from ephemerid.checkpoint import CheckpointSync
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
 from ephemerid.envs.build import BuildFailed
@@ -72,6 +73,9 @@ from ephemerid.mlflow_run import JobRun
 from ephemerid.rank import Rank
 from ephemerid.restarts import Busy, GaveUp, Starts
 from ephemerid.watch import Stop, stop_group, watch, watchers
+
+if TYPE_CHECKING:
+    from ephemerid.batch.harness import Harness
 
 # What a runner stages in its work folder; a start after the first clears it all first.
 STAGED: tuple[str, ...] = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
@@ -116,7 +120,7 @@ class Runner:
         self.beats = Beats(store, job_id, self.pump, self.metrics, self._stop, self.say)
         self.owner = True  # whether this start runs the job (and so writes its result)
         self.tracking: JobRun | None = None  # the job's MLflow run, when the launch asks for one
-        self.harness: harness.Harness | None = None  # a predict job's load/predict (batch)
+        self.harness: Harness | None = None  # a predict job's load/predict (ephemerid.batch)
         # envs_root: where environments are built and kept (else in the work folder: per job)
         self.setup = JobSetup(self.work, job_id, self.rank.rank, self.say, self.pump.write)
         self.setup.envs_root = envs_root or self.setup.envs_root
@@ -213,8 +217,10 @@ class Runner:
         entry = dirs["code"] / launch.entrypoint
         if not entry.is_file():
             raise FileNotFoundError(f"entrypoint '{launch.entrypoint}' is not in code")
-        if (batch := harness.wanted(launch, entry)) is not None:  # inputs streamed, not staged
-            self.harness = harness.Harness(self.store, launch, batch, self.work, self.say)
+        if (batch := wanted(launch, entry)) is not None:  # inputs streamed, not staged
+            from ephemerid.batch.harness import Harness  # pyarrow: only for these jobs
+
+            self.harness = Harness(self.store, launch, batch, self.work, self.say)
         for name, key in launch.inputs.items() if self.harness is None else ():
             if not download(self.store, key, dirs["input"] / name):
                 raise FileNotFoundError(f"input '{name}' ({self.store.uri(key)}) is empty or gone")

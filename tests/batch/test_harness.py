@@ -273,3 +273,4 @@ def test_the_users_process_sees_no_storage_connection(
     job = run(service, predict_spec(code_dir, {"rows": "incoming/a.csv"}, body))
 
     assert job.state is JobState.SUCCEEDED, job.reason
+    assert predictions(service, job).column("prediction").to_pylist() == [0.5, 2.5]

@@ -1,8 +1,7 @@
 """The runner's side of the batch harness: every byte of the bucket read and written here.
 
-A predict job runs under the harness when its launch has a ``batch`` section or its entrypoint
-defines top-level ``load`` and ``predict`` (found by parsing the file, never importing it). The
-entrypoint process then runs ``ephemerid.batch.worker`` instead of the script, and the runner
+A predict job runs under the harness when ``ephemerid.batch.mode`` says so. The entrypoint
+process then runs ``ephemerid.batch.worker`` instead of the script, and the runner
 talks to it over two FIFOs in the work folder (Arrow IPC streams): the features of each batch
 in, its predictions out. Threads overlap the work, with bounded queues so memory stays flat:
 
@@ -12,7 +11,6 @@ in, its predictions out. Threads overlap the work, with bounded queues so memory
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import os
 import pwd
@@ -36,20 +34,6 @@ from ephemerid.contract import Launch, Result, RunStatus
 
 DEPTH = 2  # batches decoded ahead, and shards waiting for upload
 JOIN_S = 3600.0  # the last shard's upload, once the worker has ended
-
-
-def wanted(launch: Launch, entry: Path) -> BatchSpec | None:
-    """The harness's settings when this job runs under it, else None (a plain script)."""
-    if launch.model is None:  # a train job
-        return None
-    if launch.batch is not None:
-        return launch.batch
-    try:
-        tree = ast.parse(entry.read_bytes(), filename=str(entry))
-    except (SyntaxError, ValueError):
-        return None  # it runs as a script, and Python says what is wrong
-    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    return BatchSpec.model_validate({}) if {"load", "predict"} <= defined else None
 
 
 class _Ended(Exception):
