@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from batching import (
@@ -15,6 +17,7 @@ from batching import (
     table,
 )
 from drive import log_of, run
+from ephemerid.errors import SpecError
 from ephemerid.record import ComputeState, JobState
 from ephemerid.service import Service
 
@@ -274,3 +277,25 @@ def test_the_users_process_sees_no_storage_connection(
 
     assert job.state is JobState.SUCCEEDED, job.reason
     assert predictions(service, job).column("prediction").to_pylist() == [0.5, 2.5]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"incoming/s/a.csv": b"id,x\n1,1\n", "incoming/s/b.xlsx": b"PK"}, "incoming/s/b.xlsx"),
+        ({"incoming/s/a.csv": b""}, "input 'incoming/s/a.csv' is empty (0 bytes)"),
+    ],
+)
+def test_a_batch_job_with_an_input_it_cannot_read_is_refused_at_submit_before_any_compute(
+    service: Service, code_dir, files: dict[str, bytes], expected: str
+) -> None:
+    register_model(service)
+    for key, data in files.items():
+        put_input(service, key, data)
+    spec = predict_spec(code_dir, {"rows": "incoming/s"}, batch={"keep": ["id"]})
+
+    with pytest.raises(SpecError, match=re.escape(expected)) as refused:
+        service.submit(spec)
+
+    assert str(refused.value).startswith("inputs.rows: input ")
+    assert service.store.list() == []

@@ -19,9 +19,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from ephemerid.artifacts import ArtifactStore
+from ephemerid.batch.spec import FORMATS, unreadable
 
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
-FORMATS[".json"] = "jsonl"
 SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 BLOCK = 8 * 1024 * 1024  # CSV and JSON decoding block
 
@@ -34,11 +33,7 @@ def format_of(key: str) -> str:
     """The input format of ``key`` by its extension; InputError naming it and the accepted."""
     suffix = PurePosixPath(key).suffix.lower()
     if suffix not in FORMATS:
-        accepted = ", ".join(sorted(FORMATS))
-        raise InputError(
-            f"input '{key}' is not a format the batch harness reads: name it with one of "
-            f"{accepted} (Parquet, CSV or JSON Lines)"
-        )
+        raise InputError(unreadable(key, 1))
     return FORMATS[suffix]
 
 

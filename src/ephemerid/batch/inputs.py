@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from ephemerid.artifacts import ArtifactStore
 from ephemerid.batch.formats import BadRows, InputError, batches, format_of, line_of, open_source
-from ephemerid.batch.spec import BatchSpec
+from ephemerid.batch.spec import BatchSpec, unreadable
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Reader:
         seen = 0
         for key, size in self.files:
             if size == 0:
-                raise InputError(f"input '{key}' is empty (0 bytes): there is nothing to score")
+                raise InputError(unreadable(key, size))
             rows = 0
             for batch in self._read(key, size):
                 self._check_keep(key, batch.schema)

@@ -5,10 +5,14 @@ It travels to the runner in the launch (``Launch.batch``), so it imports nothing
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# input file extension -> format (ephemerid.batch.formats reads them)
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
+FORMATS[".json"] = "jsonl"
 ROWS_PER_BATCH = 65536
 MAX_ROWS_PER_BATCH = 4 * 1024 * 1024
 MAX_ROWS_PER_SHARD = 1_000_000
@@ -46,3 +50,16 @@ class BatchSpec(BaseModel):
         if any(not name for name in self.keep):
             raise ValueError("batch.keep has an empty column name")
         return self
+
+
+def unreadable(key: str, size: int) -> str:
+    """Why the harness cannot score input file ``key`` (of ``size`` bytes); empty if it can."""
+    if PurePosixPath(key).suffix.lower() not in FORMATS:
+        accepted = ", ".join(sorted(FORMATS))
+        return (
+            f"input '{key}' is not a format the batch harness reads: name it with one of "
+            f"{accepted} (Parquet, CSV or JSON Lines)"
+        )
+    if size == 0:
+        return f"input '{key}' is empty (0 bytes): there is nothing to score"
+    return ""
