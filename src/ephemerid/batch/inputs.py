@@ -3,10 +3,12 @@ batches, each tagged with its file and first row, with every bad input a clear I
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ephemerid.artifacts import ArtifactStore
 from ephemerid.batch.formats import BadRows, InputError, batches, format_of, line_of, open_source
@@ -53,6 +55,9 @@ class Reader:
         for key, size in self.files:
             if size == 0:
                 raise InputError(unreadable(key, size))
+            if seen < skip and (whole := self._parquet_rows(key, size)) <= skip - seen:
+                seen += whole  # all in complete shards: its footer says so, nothing decoded
+                continue
             rows = 0
             for batch in self._read(key, size):
                 self._check_keep(key, batch.schema)
@@ -63,6 +68,16 @@ class Reader:
                     yield Piece(key, start + ahead, batch.slice(ahead))
             if rows == 0:
                 raise InputError(f"input '{key}' has no rows: there is nothing to score")
+
+    def _parquet_rows(self, key: str, size: int) -> int:
+        """A Parquet file's rows from its footer; for other formats more than any skip."""
+        if format_of(key) != "parquet":
+            return sys.maxsize
+        with open_source(self.store, key, size) as source:
+            try:
+                return int(pq.ParquetFile(source).metadata.num_rows)
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"input '{key}' could not be read as Parquet: {exc}") from exc
 
     def _read(self, key: str, size: int) -> Iterator[pa.RecordBatch]:
         bad = BadRows(self.spec.on_bad_rows == "skip")
