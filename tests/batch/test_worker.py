@@ -3,6 +3,7 @@ FIFOs, fed Arrow IPC batches by the test as the runner would."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,14 +18,17 @@ import pytest
 from ephemerid.batch.worker import PREDICTION
 
 
-def serve(tmp_path: Path, body: str, batches: list[pa.RecordBatch]) -> tuple[int, list, str]:
+def serve(
+    tmp_path: Path, body: str, batches: list[pa.RecordBatch], python: tuple[str, ...] = ()
+) -> tuple[int, list, str]:
     """Run the worker over ``body`` fed ``batches``: (exit code, answers, its error file)."""
     entry = tmp_path / "model.py"
     entry.write_text(textwrap.dedent(body))
     inbound, outbound, error = tmp_path / "in.fifo", tmp_path / "out.fifo", tmp_path / "error.txt"
     os.mkfifo(inbound)
     os.mkfifo(outbound)
-    command = [sys.executable, "-m", "ephemerid.batch.worker", str(entry), str(inbound)]
+    command = [*(python or (sys.executable,)), "-m", "ephemerid.batch.worker", str(entry)]
+    command.append(str(inbound))
     proc = subprocess.Popen([*command, str(outbound), str(error)], env={**os.environ})
     answers: list[pa.RecordBatch] = []
 
@@ -39,8 +43,15 @@ def serve(tmp_path: Path, body: str, batches: list[pa.RecordBatch]) -> tuple[int
         except BrokenPipeError:
             pass
 
+    def unblock() -> None:  # a worker that ended before opening its FIFOs lets us go on
+        proc.wait(timeout=60)
+        for path, flags in ((inbound, os.O_RDONLY), (outbound, os.O_WRONLY)):
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, flags | os.O_NONBLOCK))
+
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
+    threading.Thread(target=unblock, daemon=True).start()
     with outbound.open("rb") as source:
         try:
             answers = list(ipc.open_stream(source))
@@ -136,3 +147,13 @@ def test_predict_returning_something_else_is_refused_saying_what_to_return(
 
     assert code == 1
     assert error.startswith("predict returned int: return a pyarrow Table")
+
+
+def test_an_environment_without_pyarrow_fails_saying_to_add_it(tmp_path: Path) -> None:
+    body = "def load(model_dir):\n    return 1\ndef predict(model, batch):\n    return batch\n"
+
+    # -S: no site-packages, so no pyarrow; ephemerid from PYTHONPATH, as in a job's environment
+    code, answers, error = serve(tmp_path, body, [batch(1)], (sys.executable, "-S"))
+
+    assert code == 1 and answers == []
+    assert error.startswith("the batch harness needs pyarrow in the job's environment")

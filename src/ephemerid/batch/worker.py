@@ -23,8 +23,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.ipc as ipc
+try:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+except ImportError as exc:  # the job's environment lacks it: main says so
+    MISSING = f"{exc}"
+else:
+    MISSING = ""
 
 PREDICTION = "prediction"  # the name of a single returned array
 
@@ -199,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--as", dest="as_", default="arrow", choices=["arrow", "pandas"])
     args, _ = parser.parse_known_args(argv)
     model_dir = Path(os.environ.get("EPHEMERID_MODEL_DIR", "model"))
+    if MISSING:
+        args.error_file.write_text(
+            f"the batch harness needs pyarrow in the job's environment ({MISSING}): add "
+            "pyarrow to its environment (environment.pip, its requirements or its image)"
+        )
+        return 1
     # the error file is written before the FIFOs close: the runner reads it once they have
     with args.inbound.open("rb") as source, args.outbound.open("wb", buffering=0) as sink:
         try:
