@@ -299,3 +299,26 @@ def test_a_batch_job_with_an_input_it_cannot_read_is_refused_at_submit_before_an
 
     assert str(refused.value).startswith("inputs.rows: input ")
     assert service.store.list() == []
+
+
+def test_as_pandas_gives_predict_a_dataframe_and_takes_one_back(service: Service, code_dir) -> None:
+    body = """
+        def load(model_dir):
+            return 10
+
+        def predict(model, frame):
+            assert type(frame).__name__ == "DataFrame", type(frame)
+            return frame.assign(prediction=frame["x"] + model)[["prediction"]]
+    """
+    register_model(service)
+    put_input(service, "incoming/a.jsonl", table(3), "jsonl")
+    spec = predict_spec(
+        code_dir, {"rows": "incoming/a.jsonl"}, body, batch={"keep": ["id"], "as": "pandas"}
+    )
+
+    job = run(service, spec)
+
+    assert job.state is JobState.SUCCEEDED, job.reason
+    out = predictions(service, job)
+    assert out.column_names == ["id", "prediction"]
+    assert out.column("prediction").to_pylist() == [10.0, 11.0, 12.0]
