@@ -17,6 +17,7 @@ from batching import (
     table,
 )
 from drive import log_of, run
+from ephemerid.batch.manifest import MANIFEST_FILE, predictions_key
 from ephemerid.errors import SpecError
 from ephemerid.record import ComputeState, JobState
 from ephemerid.service import Service
@@ -160,24 +161,31 @@ def test_malformed_csv_rows_are_skipped_and_counted_when_asked(service: Service,
     assert "skipped 1 malformed row(s)" in log_of(service, job.id)
 
 
-def test_predict_returning_the_wrong_number_of_rows_fails_the_job(
+def test_predict_returning_the_wrong_number_of_rows_fails_the_job_leaving_no_partial_shard(
     service: Service, code_dir
 ) -> None:
-    body = MODEL.replace('return {"prediction"', 'return {"prediction": [1]} or {"x"')
+    body = MODEL.replace(
+        "def predict(model, batch):",
+        "def predict(model, batch):\n    if batch['x'][0].as_py() == 6:\n        return [1]",
+    )
     register_model(service)
-    put_input(service, "incoming/a.csv", table(4), "csv")
+    put_input(service, "incoming/a.csv", table(10), "csv")
+    batch = {"rows_per_batch": 2, "max_rows_per_shard": 4}
+    spec = predict_spec(code_dir, {"rows": "incoming/a.csv"}, body, batch=batch)
 
-    job = run(service, predict_spec(code_dir, {"rows": "incoming/a.csv"}, body))
+    job = run(service, spec)
 
     assert job.state is JobState.FAILED
-    assert "predict returned 1 row(s) for a batch of 4" in job.reason
-    assert not manifest_of(service, job).complete if _has_manifest(service, job) else True
+    assert "predict returned 1 row(s) for a batch of 2 (input 'incoming/a.csv', rows 6-7)" in (
+        job.reason
+    )
+    manifest = manifest_of(service, job)
+    assert not manifest.complete
+    assert [(s.start, s.rows) for s in manifest.shards] == [(0, 4)]  # shard 1 never listed
     assert job.compute_state is ComputeState.RELEASED
 
 
 def _has_manifest(service: Service, job) -> bool:
-    from ephemerid.batch.manifest import MANIFEST_FILE, predictions_key
-
     return service.artifacts.stat(predictions_key(job.id, MANIFEST_FILE)) is not None
 
 

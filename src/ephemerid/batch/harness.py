@@ -60,7 +60,8 @@ class Harness:
         self.error_file = self.folder / "error.txt"
         self.error = ""  # what was wrong with the input or the predictions: the job's reason
         self.internal = ""  # anything else, as the reason only when the worker says nothing
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # a step failed: the others end
+        self.collected = threading.Event()  # no more shards will be cut
         self.proc: subprocess.Popen[bytes] | None = None
         self.pending: queue.Queue[tuple[pa.Table, Piece] | None] = queue.Queue(DEPTH)
         self.finished: queue.Queue[tuple[ShardWriter, mf.Shard] | None] = queue.Queue(DEPTH)
@@ -183,11 +184,16 @@ class Harness:
         self._put(self.pending, None)
 
     def _collect(self) -> None:
-        cutter = _Cutter(self, len(self.manifest.shards), self.manifest.done_rows)
+        try:
+            self._answers(_Cutter(self, len(self.manifest.shards), self.manifest.done_rows))
+        finally:
+            self.collected.set()  # the upload drains what was cut, then ends
+
+    def _answers(self, cutter: _Cutter) -> None:
         with self.outbound.open("rb") as source:
             item = self._get(self.pending)
             if item is None:
-                return self._last(cutter) if not self.error else None
+                return self._last(cutter)
             try:
                 answers = ipc.open_stream(source)
             except pa.ArrowInvalid:  # no stream: the worker ended before answering
@@ -198,15 +204,15 @@ class Harness:
                 kept, piece = item
                 cutter.add(self._joined(kept, piece, answer), piece)
                 item = self._get(self.pending)
-            if item is not None and not self.error:
+            if item is not None:
                 raise _Ended("the batch worker ended before every row was scored")
-        if not self.error:
-            self._last(cutter)
-        return None
+        return self._last(cutter)
 
     def _last(self, cutter: _Cutter) -> None:
-        cutter.close()
-        self._put(self.finished, None)
+        """Every row answered: the last shard, however short, then the end."""
+        if not self.stop.is_set():
+            cutter.close()
+            self._put(self.finished, None)
 
     def _joined(self, kept: pa.Table, piece: Piece, answer: pa.RecordBatch) -> pa.Table:
         rows = piece.batch.num_rows
@@ -228,7 +234,17 @@ class Harness:
         return table
 
     def _upload(self) -> None:
-        while (item := self._get(self.finished)) is not None:
+        """Each shard cut, then the manifest listing it; after a failure, the shards already
+        cut still go up (they are complete), and the manifest is never marked complete."""
+        while True:
+            try:
+                item = self.finished.get(timeout=0.2)
+            except queue.Empty:
+                if self.collected.is_set():
+                    return
+                continue
+            if item is None:
+                break
             writer, shard = item
             with writer.path.open("rb") as stream:
                 self.store.write(shard.key, stream)
@@ -236,7 +252,7 @@ class Harness:
             self.manifest.add(shard)
             self.manifest.bad_rows = self.reader.bad_rows if self.reader else 0
             put_bytes(self.store, self.manifest_key, self.manifest.dumps())
-        if not self.error:
+        if not self.stop.is_set():
             self.manifest.complete = True
             self.manifest.bad_rows = self.reader.bad_rows if self.reader else 0
             put_bytes(self.store, self.manifest_key, self.manifest.dumps())
