@@ -18,6 +18,7 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,11 @@ class Harness:
 
     def finish(self, result: Result) -> None:
         """Once the worker has ended: the job's result from what the harness saw."""
-        self._unblock()
-        for thread in self.threads:
-            thread.join(JOIN_S)
+        deadline = time.monotonic() + JOIN_S
+        while any(t.is_alive() for t in self.threads) and time.monotonic() < deadline:
+            self._unblock()  # again and again: a step may reach its FIFO only now
+            for thread in self.threads:
+                thread.join(0.2)
         worker = self.error_file.read_text() if self.error_file.is_file() else ""
         reason = self.error or worker or self.internal
         if result.status in (RunStatus.TIMED_OUT, RunStatus.EVICTED):
