@@ -33,7 +33,11 @@ def test_each_input_format_is_scored_with_the_kept_columns_carried(
     put_input(service, f"incoming/a.{EXT[fmt]}", table(10), fmt)
     put_input(service, f"incoming/b.{EXT[fmt]}", table(7, start=10), fmt)
     batch = {"keep": ["id"], "rows_per_batch": 4, "max_rows_per_shard": 6}
-    spec = predict_spec(code_dir, {"rows": "incoming"}, batch=batch)
+    body = MODEL.replace(  # the kept columns never reach predict
+        "def predict(model, batch):",
+        "def predict(model, batch):\n    assert batch.column_names == ['x', 'tag']",
+    )
+    spec = predict_spec(code_dir, {"rows": "incoming"}, body, batch=batch)
 
     job = run(service, spec)
 
@@ -330,3 +334,22 @@ def test_as_pandas_gives_predict_a_dataframe_and_takes_one_back(service: Service
     out = predictions(service, job)
     assert out.column_names == ["id", "prediction"]
     assert out.column("prediction").to_pylist() == [10.0, 11.0, 12.0]
+
+
+def test_a_harness_job_past_its_max_runtime_is_timed_out_not_failed(
+    service: Service, code_dir
+) -> None:
+    body = MODEL.replace(
+        "def predict(model, batch):", "def predict(model, batch):\n    time.sleep(600)"
+    )
+    register_model(service)
+    put_input(service, "incoming/a.csv", table(4), "csv")
+    spec = predict_spec(
+        code_dir, {"rows": "incoming/a.csv"}, "import time\n" + body, compute={"max_runtime": 2}
+    )
+
+    job = run(service, spec)
+
+    assert job.state is JobState.TIMED_OUT, job.reason
+    assert "max_runtime" in job.reason
+    assert job.compute_state is ComputeState.RELEASED
