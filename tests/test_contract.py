@@ -171,7 +171,7 @@ def test_a_runner_refuses_a_launch_of_a_newer_contract_with_a_failed_result_nami
 ) -> None:
     write_script(code_dir, "print('the entrypoint ran')\n")
     stage_code(service.artifacts, JOB, code_dir)
-    newer = launch_for(contract=3)
+    newer = launch_for(contract=4)
     put_bytes(service.artifacts, LAUNCH_KEY, newer.dumps())
 
     done = subprocess.run(
@@ -187,12 +187,12 @@ def test_a_runner_refuses_a_launch_of_a_newer_contract_with_a_failed_result_nami
     assert done.returncode == 1, done.stderr
     result = Result.loads(get_bytes(service.artifacts, RESULT_KEY))
     assert result.status is RunStatus.FAILED
-    assert f"{LAUNCH_KEY} speaks runner contract 3" in result.reason
+    assert f"{LAUNCH_KEY} speaks runner contract 4" in result.reason
     assert "speaks contract 1" in result.reason
     assert result.exit_code is None and result.started_at is None
     assert result.finished_at is not None
     log = log_of(service, JOB)
-    assert "speaks runner contract 3" in log
+    assert "speaks runner contract 4" in log
     assert "the entrypoint ran" not in log
 
 
@@ -203,13 +203,13 @@ def test_a_job_whose_launch_the_runner_refuses_fails_with_that_reason_instead_of
     stage_code(service.artifacts, JOB, code_dir)
     spec = spec_for(code_dir)
     service.store.create_if_absent(JobRecord(JOB, "test:newer", spec, "test", backend="local"))
-    put_bytes(service.artifacts, LAUNCH_KEY, launch_for(contract=3).dumps())
+    put_bytes(service.artifacts, LAUNCH_KEY, launch_for(contract=4).dumps())
 
     service.start(JOB)
     job = finish(service, JOB)
 
     assert job.state is JobState.FAILED
-    assert "speaks runner contract 3" in job.reason and "speaks contract 1" in job.reason
+    assert "speaks runner contract 4" in job.reason and "speaks contract 1" in job.reason
     assert "the entrypoint ran" not in log_of(service, JOB)
 
 
@@ -299,5 +299,5 @@ def test_a_launch_with_an_environment_is_contract_2_so_an_older_runner_refuses_i
     assert json.loads(with_env.dumps())["contract"] == ENVIRONMENT_CONTRACT == 2
     assert Launch.loads(with_env.dumps()) == with_env  # this runner reads both
     assert Launch.loads(plain.dumps()) == plain
-    with pytest.raises(ContractError, match="speaks contract 1 and 2"):
-        Launch.loads(document(plain, contract=3))
+    with pytest.raises(ContractError, match="speaks contract 1 and 2 and 3"):
+        Launch.loads(document(plain, contract=4))

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ephemerid import __version__, names
+from ephemerid.batch.spec import BatchSpec
 from ephemerid.errors import ContractError
 
 CONTRACT_VERSION = 1
@@ -34,6 +35,10 @@ CONTRACT_VERSION = 1
 # refuses it, naming both versions, instead of running the code with the wrong Python. Other
 # launches stay contract 1, which every runner since the first reads.
 ENVIRONMENT_CONTRACT = 2
+# A launch with a ``batch`` section runs under the batch harness (ephemerid.batch): a runner of
+# an earlier release would run the entrypoint as a plain script and score nothing, so it is
+# written as contract 3, which such a runner refuses by name.
+BATCH_CONTRACT = 3
 
 # The service's defaults for what it tells a runner (Settings reads them from here).
 HEARTBEAT_S = 5.0
@@ -143,7 +148,7 @@ class Launch(_Document):
     model_config = ConfigDict(extra="ignore", frozen=True)
     FILE = names.JOB_FILE
     READER = "runner"
-    VERSIONS = (CONTRACT_VERSION, ENVIRONMENT_CONTRACT)
+    VERSIONS = (CONTRACT_VERSION, ENVIRONMENT_CONTRACT, BATCH_CONTRACT)
 
     entrypoint: str = Field(min_length=1)  # a path inside ``code``
     args: list[str]
@@ -161,12 +166,17 @@ class Launch(_Document):
     secret_params: list[str] = Field(default_factory=list)  # masked in the log
     environment: LaunchEnvironment | None = None  # None: the runner's own environment
     mlflow: LaunchMlflow | None = None  # None: no MLflow run (EPHEMERID_MLFLOW_TRACKING_URI unset)
+    batch: BatchSpec | None = None  # the spec's ``batch:``: run under the harness
 
     @model_validator(mode="before")
     @classmethod
     def _versioned(cls, data: Any) -> Any:
-        """A launch written with an environment is contract 2 (see ENVIRONMENT_CONTRACT)."""
-        if isinstance(data, dict) and data.get("environment") and "contract" not in data:
+        """A launch written with a batch section is contract 3, else with an environment 2."""
+        if not isinstance(data, dict) or "contract" in data:
+            return data
+        if data.get("batch"):
+            return {**data, "contract": BATCH_CONTRACT}
+        if data.get("environment"):
             return {**data, "contract": ENVIRONMENT_CONTRACT}
         return data
 

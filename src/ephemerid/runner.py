@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pwd
 import socket
@@ -50,6 +49,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ephemerid import names, procs, sandbox
 from ephemerid.artifacts import (
@@ -60,6 +60,7 @@ from ephemerid.artifacts import (
     put_bytes,
     upload_dir,
 )
+from ephemerid.batch.mode import wanted
 from ephemerid.checkpoint import CheckpointSync
 from ephemerid.contract import LOG_LIMIT_BYTES, Launch, Outputs, Result, RunStatus
 from ephemerid.envs.build import BuildFailed
@@ -71,11 +72,14 @@ from ephemerid.joblog import LogPump, MetricsPump
 from ephemerid.mlflow_run import JobRun
 from ephemerid.rank import Rank
 from ephemerid.restarts import Busy, GaveUp, Starts
-from ephemerid.watch import DISK_CHECK_S, DiskWatch, Eviction, Stop, stop_group, watch
+from ephemerid.watch import Stop, stop_group, watch, watchers
+
+if TYPE_CHECKING:
+    from ephemerid.batch.harness import Harness
 
 # What a runner stages in its work folder; a start after the first clears it all first.
 STAGED: tuple[str, ...] = ("code", "input", "output", "checkpoint", "model", "home", "tmp")
-STAGED += ("params.json", names.METRICS_FILE)
+STAGED += ("batch", "params.json", names.METRICS_FILE)
 
 
 class Runner:
@@ -116,6 +120,7 @@ class Runner:
         self.beats = Beats(store, job_id, self.pump, self.metrics, self._stop, self.say)
         self.owner = True  # whether this start runs the job (and so writes its result)
         self.tracking: JobRun | None = None  # the job's MLflow run, when the launch asks for one
+        self.harness: Harness | None = None  # a predict job's load/predict (ephemerid.batch)
         # envs_root: where environments are built and kept (else in the work folder: per job)
         self.setup = JobSetup(self.work, job_id, self.rank.rank, self.say, self.pump.write)
         self.setup.envs_root = envs_root or self.setup.envs_root
@@ -209,7 +214,14 @@ class Runner:
         where = f" (rank {self.rank.rank} of {self.rank.world})" if self.rank.world > 1 else ""
         self.say(f"staging code and inputs for job {self.job_id}{where}")
         download(self.store, launch.code, dirs["code"])
-        for name, key in launch.inputs.items():
+        entry = dirs["code"] / launch.entrypoint
+        if not entry.is_file():
+            raise FileNotFoundError(f"entrypoint '{launch.entrypoint}' is not in code")
+        if (batch := wanted(launch, entry)) is not None:  # inputs streamed, not staged
+            from ephemerid.batch.harness import Harness  # pyarrow: only for these jobs
+
+            self.harness = Harness(self.store, launch, batch, self.work, self.say)
+        for name, key in launch.inputs.items() if self.harness is None else ():
             if not download(self.store, key, dirs["input"] / name):
                 raise FileNotFoundError(f"input '{name}' ({self.store.uri(key)}) is empty or gone")
         if launch.model:
@@ -218,9 +230,6 @@ class Runner:
         self.checkpoints.staged()
         params = self.work / "params.json"
         params.write_text(json.dumps(launch.params))
-        entry = dirs["code"] / launch.entrypoint
-        if not entry.is_file():
-            raise FileNotFoundError(f"entrypoint '{launch.entrypoint}' is not in code")
         contract = {
             names.ENV_JOB_ID: self.job_id,
             names.ENV_INPUT_DIR: str(dirs["input"]),
@@ -255,6 +264,9 @@ class Runner:
         limit = min(max_runtime, seconds_until(self.stop_by)) if self.stop_by else max_runtime
         command = self.setup.command(launch, entry, env, self.user)
         user = None if self.setup.in_container else self.user  # docker's client is the runner's
+        if self.harness is not None:  # the worker runs load/predict in the entrypoint's place
+            self.harness.prepare(self.user)
+            command = self.harness.command(command, entry)
         self.say(f"starting {launch.entrypoint} (max runtime {max_runtime:.0f}s)")
         result.started_at = started = _now()
         mark = os.environ.get(procs.ENV_MARK)  # local compute finds the job's processes by it
@@ -271,6 +283,8 @@ class Runner:
             extra_groups=[] if user else None,
         )
         self.starts.entrypoint(proc.pid)  # its process group: a next start ends what is left
+        if self.harness is not None:
+            self.harness.start(proc)
         if self.rank.leader:
             self.beats.started(started)
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
@@ -279,7 +293,9 @@ class Runner:
         if self.rank.leader and every > 0:
             args = (every, self._ran, self.say)
             threading.Thread(target=self.checkpoints.every, args=args, daemon=True).start()
-        stop = watch(proc, limit, *self._watchers())
+        stop = watch(
+            proc, limit, *watchers(self.events, self.events_poll_s, self.work, self.disk_limit)
+        )
         if stop is not None:
             self.say(stop.note)
             stop_group(proc, launch.grace_s)
@@ -303,20 +319,10 @@ class Runner:
                 f"entrypoint exited with code {proc.returncode}; "
                 f"last output:\n{self.pump.last_lines()}"
             )
+        if self.harness is not None:  # what the harness saw: bad input, a predict that failed
+            self.harness.finish(result)
         self.say(f"entrypoint finished: {result.status.value} (exit code {proc.returncode})")
         return stop
-
-    def _watchers(self) -> tuple[list[Eviction | DiskWatch], float]:
-        """What may stop the entrypoint early besides max_runtime, and how often to ask."""
-        watchers: list[Eviction | DiskWatch] = []
-        every = []
-        if self.events is not None:
-            watchers.append(Eviction(self.events))
-            every.append(self.events_poll_s)
-        if self.disk_limit is not None:
-            watchers.append(DiskWatch(self.work, self.disk_limit))
-            every.append(DISK_CHECK_S)
-        return watchers, min(every, default=math.inf)
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -333,6 +339,8 @@ class Runner:
         size = sum(
             p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
         )
+        if self.harness is not None:  # the shards and their manifest, uploaded as they were made
+            keys, size = self.harness.uploaded(keys, size)
         manifest = Outputs(job_id=self.job_id, outputs=keys, total_bytes=size)
         put_bytes(self.store, names.run_key(self.job_id, names.OUTPUTS_FILE), manifest.dumps())
         result.summarize(manifest)

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticSerializationError
 
+from ephemerid.batch.spec import BatchSpec
 from ephemerid.envs.spec import Environment
 from ephemerid.errors import SpecError
 from ephemerid.sandbox import RESERVED
@@ -195,6 +196,7 @@ class JobSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)  # for the entrypoint, in plain text
     # the packages or image the code needs; None: the runner's own environment
     environment: Environment | None = None
+    batch: BatchSpec | None = None  # a predict job's harness (ephemerid.batch); None: as found
 
     @field_validator("env", mode="before")
     @classmethod
@@ -239,6 +241,8 @@ class JobSpec(BaseModel):
             raise ValueError("a train job takes no 'model'; use 'register_as: {name: ...}'")
         if self.kind is JobKind.PREDICT and self.register_as is not None:
             raise ValueError("a predict job registers no model: remove 'register_as'")
+        if self.kind is not JobKind.PREDICT and self.batch is not None:
+            raise ValueError("'batch' is for predict jobs only: remove it or use kind: predict")
         unknown = [name for name in self.secret_params if name not in self.params]
         if unknown:
             raise ValueError(f"secret_params names {', '.join(unknown)}, not in params")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ephemerid import mlflow_run, names
 from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes, safe_key
+from ephemerid.batch.spec import unreadable
 from ephemerid.codefolder import check_size, code_files
 from ephemerid.contract import Launch, LaunchEnvironment, LaunchMlflow
 from ephemerid.envs.identity import CodeFiles, identify
@@ -47,6 +48,8 @@ class Staging:
         owner's, or an admin's); None lets it take any job's (a job already accepted).
         """
         inputs = self._input_keys(spec, may_read)
+        if spec.batch is not None:  # the harness's inputs: refused now, before compute is rented
+            self._check_batch_inputs(inputs)
         model = self._resolve_model(spec)
         files = self._check_code(spec)
         return Plan(model, inputs, files, self._environment(spec, files))
@@ -79,6 +82,7 @@ class Staging:
             secret_params=spec.secret_params,
             environment=plan.environment,
             mlflow=self._mlflow(job, spec),
+            batch=spec.batch,
         )
         put_bytes(self.artifacts, names.run_key(job.id, names.JOB_FILE), launch.dumps())
 
@@ -141,6 +145,13 @@ class Staging:
                 raise SpecError(f"inputs.{name}: '{uri}' does not exist")
             keys[name] = key
         return keys
+
+    def _check_batch_inputs(self, inputs: dict[str, str]) -> None:
+        for name, key in inputs.items():
+            stat = self.artifacts.stat(key)
+            for item in [stat] if stat else self.artifacts.list(key + "/"):
+                if problem := unreadable(item.key, item.size):
+                    raise SpecError(f"inputs.{name}: {problem}")
 
     def _check_code(self, spec: JobSpec) -> list[Path]:
         """The files of a local code folder (none for code already in the bucket), checked."""

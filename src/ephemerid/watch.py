@@ -9,6 +9,7 @@ SIGTERM, grace, SIGKILL.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import stat
@@ -141,3 +142,18 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
             return
         if wait(proc, seconds):
             return
+
+
+def watchers(
+    events: ScheduledEvents | None, events_poll_s: float, work: Path, disk_limit: int | None
+) -> tuple[list[Eviction | DiskWatch], float]:
+    """What may stop the entrypoint early besides max_runtime, and how often to ask."""
+    found: list[Eviction | DiskWatch] = []
+    every = []
+    if events is not None:
+        found.append(Eviction(events))
+        every.append(events_poll_s)
+    if disk_limit is not None:
+        found.append(DiskWatch(work, disk_limit))
+        every.append(DISK_CHECK_S)
+    return found, min(every, default=math.inf)
