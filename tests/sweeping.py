@@ -66,3 +66,12 @@ def overlap(jobs: list[JobRecord]) -> int:
         held += step
         most = max(most, held)
     return most
+
+
+def drive_parent(service: Service, parent_id: str, timeout: float = 180.0) -> JobRecord:
+    """Move a job that makes others (a sweep, a batch job over shards) on as the reaper's passes
+    would, until it and its children are settled."""
+    settle(service, [parent_id], timeout=timeout, on_tick=lambda: reap(service))
+    children = [j.id for j in service.list() if j.parent == parent_id]
+    settle(service, children, timeout=timeout)
+    return service.get(parent_id)

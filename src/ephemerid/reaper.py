@@ -51,12 +51,12 @@ def _isolated(what: str, step: Callable[[], list[str]]) -> list[str]:
 
 
 def _reap_one(service: Service, job: JobRecord, now: datetime) -> list[str]:
-    if job.sweep is not None:  # a sweep holds no compute: its step finds what events missed
-        after = service.advance_sweep(job.id)
-        return [f"{job.id}: sweep moved on -> {after.state.value}"] if after.state.terminal else []
+    if job.makes_jobs:  # a sweep or fanned-out job holds no compute: its step finds what was missed
+        after = service.advance_parent(job.id)
+        return [f"{job.id}: moved on -> {after.state.value}"] if after.state.terminal else []
     if job.parent and not job.state.terminal and service.get(job.parent).state.terminal:
-        service.advance_sweep(job.parent)  # a trial its ended sweep has not ended yet
-        return [f"{job.id}: its sweep {job.parent} ended -> {service.get(job.id).state.value}"]
+        service.advance_parent(job.parent)  # a child its ended parent has not ended yet
+        return [f"{job.id}: its parent {job.parent} ended -> {service.get(job.id).state.value}"]
     if job.state is JobState.WAITING_FOR_CAPACITY:
         return []
     if not job.state.terminal:

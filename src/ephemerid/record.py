@@ -119,9 +119,10 @@ class JobRecord:
     # the job's environment (envs.identity), "" for the runner's own; seconds building it
     environment: str = ""
     setup_s: float | None = None
-    # a sweep's trial: the sweep's id; a sweep: its search and its trials (ephemerid.sweeps)
+    # a sweep's trial or a batch shard: its parent's id; a sweep: its search and its trials
     parent: str = ""
     sweep: dict[str, Any] | None = None
+    fanout: dict[str, Any] | None = None  # a batch job over shards: its files per shard
     version: int = 0
 
     def evolve(self, **changes: Any) -> JobRecord:
@@ -142,6 +143,11 @@ class JobRecord:
     def kind(self) -> str:
         """``train``, ``predict`` or ``sweep`` (whose spec is its trials' template)."""
         return "sweep" if self.sweep is not None else self.spec.kind.value
+
+    @property
+    def makes_jobs(self) -> bool:
+        """A sweep, or a batch job fanned out over shards: it rents nothing, its children do."""
+        return self.sweep is not None or self.fanout is not None
 
     @property
     def model_owed(self) -> bool:

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from ephemerid import names, sandbox, transitions
 from ephemerid.artifacts import ArtifactStore, get_bytes
+from ephemerid.batch.fanout import Fanout, shard_count
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import (
@@ -59,7 +60,7 @@ SUBMIT_IN_FLIGHT = timedelta(seconds=10)
 Listener = Callable[[JobRecord], None]
 
 
-class Service(Reads, Recovery, Sweeps):
+class Service(Reads, Recovery, Sweeps, Fanout):
     def __init__(
         self,
         store: JobStore,
@@ -128,17 +129,10 @@ class Service(Reads, Recovery, Sweeps):
         (``SweepSpec``) is accepted the same way, and fans out its trials (``Sweeps``); a trial
         names its sweep in ``parent``.
         """
-        if isinstance(spec, SweepSpec):
-            python = python or sys.executable
-            return self.submit_sweep(
-                spec,
-                key=key,
-                source=source,
-                namespace=namespace,
-                owner=owner,
-                admin=admin,
-                python=python,
-            )
+        if isinstance(spec, SweepSpec) or shard_count(spec) > 1:
+            where = {"key": key, "source": source, "namespace": namespace, "owner": owner}
+            fan_out = self.submit_sweep if isinstance(spec, SweepSpec) else self.submit_fanout
+            return fan_out(spec, **where, admin=admin, python=python or sys.executable)  # type: ignore[arg-type]
         key = idempotency_key(spec.idempotency_key, key, namespace)
         job_id = job_id_for(spec.kind.value, key)
         known = self._known(job_id, key)
@@ -222,8 +216,8 @@ class Service(Reads, Recovery, Sweeps):
         it written now, and a job whose launch cannot be written fails with nothing rented.
         """
         job = self.store.get(job_id)
-        if job.sweep is not None:  # a sweep rents nothing itself: its trials do
-            return self.advance_sweep(job_id)
+        if job.makes_jobs:  # a sweep or a fanned-out batch job rents nothing: its children do
+            return self.advance_parent(job_id)
         if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
             return job
         if job.backend not in self.backends:

@@ -225,3 +225,10 @@ def _kept(reason: str) -> str:
 
 def model_registered(ref: str) -> Change:
     return lambda job: {"model_version": ref}
+
+
+def parent_started(job: JobRecord) -> dict[str, Any] | None:
+    """A sweep or a fanned-out batch job made its first children: it runs (it rents nothing)."""
+    if job.state is not JobState.ACCEPTED:
+        return None
+    return {"state": JobState.RUNNING, "started_at": utcnow()}

@@ -34,7 +34,7 @@ def test_a_batch_section_is_read_with_its_defaults() -> None:
             "kind: train\ncode: .\nentrypoint: t.py\nbatch: {}\n",
             "'batch' is for predict jobs only",
         ),
-        (PREDICT + "batch:\n  shards: 4\n", r"batch.shards \(fan-out over child jobs\) is not"),
+        (PREDICT + "batch:\n  shards: 0\n", r"batch.shards"),
         (PREDICT + "batch:\n  rows_per_batch: 0\n", "rows_per_batch"),
         (PREDICT + "batch:\n  output_format: xlsx\n", "output_format"),
         (PREDICT + "batch:\n  keep: [id, id]\n", "batch.keep names id more than once"),

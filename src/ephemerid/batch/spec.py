@@ -6,7 +6,7 @@ It travels to the runner in the launch (``Launch.batch``), so it imports nothing
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,6 +17,7 @@ ROWS_PER_BATCH = 65536
 MAX_ROWS_PER_BATCH = 4 * 1024 * 1024
 MAX_ROWS_PER_SHARD = 1_000_000
 MAX_KEEP = 256
+MAX_SHARDS = 1000
 
 
 class BatchSpec(BaseModel):
@@ -31,16 +32,8 @@ class BatchSpec(BaseModel):
     max_rows_per_shard: int = Field(default=MAX_ROWS_PER_SHARD, ge=1, le=1_000_000_000)
     on_bad_rows: Literal["fail", "skip"] = "fail"
     as_: Literal["arrow", "pandas"] = Field(default="arrow", alias="as")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_yet(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "shards" in data:
-            raise ValueError(
-                "batch.shards (fan-out over child jobs) is not supported yet: remove it; "
-                "batch.max_rows_per_shard sets the size of each output shard"
-            )
-        return data
+    # fan-out: the inputs' files split across this many child jobs (ephemerid.batch.fanout)
+    shards: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
 
     @model_validator(mode="after")
     def _keep_unique(self) -> BatchSpec:

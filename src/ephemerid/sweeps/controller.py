@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ephemerid import transitions
 from ephemerid.errors import EphemeridError, SpecError, Unavailable
 from ephemerid.record import JobRecord, JobState, Submitted, idempotency_key, job_id_for, utcnow
 from ephemerid.settings import Settings
@@ -66,6 +67,7 @@ class Sweeps:
         def _transition(self, job_id: str, change: Change) -> tuple[JobRecord, bool]: ...
         def _known(self, job_id: str, key: str) -> JobRecord | None: ...
         def _check_staging(self, spec: JobSpec, owner: str, admin: bool) -> Any: ...
+        def advance_parent(self, parent_id: str) -> JobRecord: ...
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -124,10 +126,10 @@ class Sweeps:
 
     def _tell_sweep(self, job: JobRecord) -> JobRecord:
         """A sweep's trial ended, or a sweep did: the sweep moves on (it ends its trials)."""
-        sweep = job.parent or (job.id if job.sweep is not None else "")
+        sweep = job.parent or (job.id if job.makes_jobs else "")
         if sweep:
             try:
-                self.advance_sweep(sweep)
+                self.advance_parent(sweep)
             except Exception:  # the reaper's next pass moves it on; the job's own end stands
                 log.exception("sweep %s not moved on after job %s", sweep, job.id)
             return self.store.get(job.id)
@@ -274,7 +276,7 @@ class Sweeps:
         from optuna.trial import TrialState
 
         if sweep.state is JobState.ACCEPTED:
-            self._transition(sweep.id, _running)
+            self._transition(sweep.id, transitions.parent_started)
         while not search.exhausted():
             active = [t for t in search.trials() if t.state is TrialState.RUNNING]
             if len(active) >= spec.search.max_parallel:
@@ -370,9 +372,3 @@ class Sweeps:
             return {"state": end, "reason": reason, "finished_at": utcnow()}
 
         self._transition(sweep_id, change)
-
-
-def _running(job: JobRecord) -> dict[str, Any] | None:
-    if job.state is not JobState.ACCEPTED:
-        return None
-    return {"state": JobState.RUNNING, "started_at": utcnow()}
