@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from drive import HOLD_SCRIPT, Gate, alive, wait_gone, write_script
 from ephemerid.app import build_service
 from ephemerid.artifacts import put_bytes
+from ephemerid.cli import main
 from ephemerid.settings import Settings
 
 EPH = Path(sys.executable).with_name("eph")
@@ -52,6 +54,28 @@ def eph(home: Path, tmp_path: Path) -> Eph:
         )
         done.stderr = " ".join(done.stderr.split())
         return done
+
+    return run
+
+
+@pytest.fixture
+def eph_here(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Eph:
+    """`eph ARGS` as ``eph`` runs them (``main``), in this process: for what a command answers,
+    not how its process behaves (the `eph` fixture runs the real one)."""
+    env = {"EPHEMERID_HOME": str(home), "COLUMNS": "300", "NO_COLOR": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(tmp_path)
+        with CliRunner().isolation(env=env) as (out, err, _):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            sys.stdout.flush()  # the isolation's text streams buffer
+            sys.stderr.flush()
+            stdout, stderr = out.getvalue().decode(), " ".join(err.getvalue().decode().split())
+        return subprocess.CompletedProcess([str(EPH), *args], code, stdout, stderr)
 
     return run
 
@@ -206,6 +230,19 @@ def _file(path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_exits_2_naming_the_problem_and_runs_nothing(
+    eph_here: Eph, home: Path, code_dir: Path, tmp_path: Path, case: str
+) -> None:
+    _refused_naming_the_problem(eph_here, home, code_dir, tmp_path, case)
+
+
+@pytest.mark.parametrize("case", ["malformed spec file", "unknown job"])
+def test_bad_input_to_the_real_command_exits_2_naming_the_problem_and_runs_nothing(
+    eph: Eph, home: Path, code_dir: Path, tmp_path: Path, case: str
+) -> None:
+    _refused_naming_the_problem(eph, home, code_dir, tmp_path, case)
+
+
+def _refused_naming_the_problem(
     eph: Eph, home: Path, code_dir: Path, tmp_path: Path, case: str
 ) -> None:
     write_script(code_dir, "print('never runs')\n")
