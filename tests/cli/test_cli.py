@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from drive import HOLD_SCRIPT, Gate, alive, wait_gone, write_script
 from ephemerid.app import build_service
 from ephemerid.artifacts import put_bytes
-from ephemerid.cli import main
 from ephemerid.settings import Settings
+from in_process import run_eph
 
 EPH = Path(sys.executable).with_name("eph")
 
@@ -60,24 +59,10 @@ def eph(home: Path, tmp_path: Path) -> Eph:
 
 @pytest.fixture
 def eph_here(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Eph:
-    """`eph ARGS` as ``eph`` runs them (``main``), in this process: for what a command answers,
-    not how its process behaves (the `eph` fixture runs the real one)."""
-    env = {"EPHEMERID_HOME": str(home), "COLUMNS": "300", "NO_COLOR": "1"}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        monkeypatch.chdir(tmp_path)
-        with CliRunner().isolation(env=env) as (out, err, _):
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-            sys.stdout.flush()  # the isolation's text streams buffer
-            sys.stderr.flush()
-            stdout, stderr = out.getvalue().decode(), " ".join(err.getvalue().decode().split())
-        return subprocess.CompletedProcess([str(EPH), *args], code, stdout, stderr)
-
-    return run
+    """`eph ARGS` in this process, as the `eph` fixture's command would answer them."""
+    env = {"EPHEMERID_AGENT_IDLE_S": os.environ.get("EPHEMERID_AGENT_IDLE_S", "5")}
+    env.update(EPHEMERID_HOME=str(home), COLUMNS="300", NO_COLOR="1")
+    return lambda *args: run_eph(args, env, tmp_path, monkeypatch)
 
 
 def flags(code_dir: Path, *extra: str) -> list[str]:
