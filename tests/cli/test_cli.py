@@ -262,17 +262,17 @@ def test_a_usage_error_exits_2_with_clicks_message(eph: Eph, args: list[str], me
     assert done.returncode == 2
 
 
-def test_every_read_command_prints_json(eph: Eph, code_dir: Path) -> None:
+def test_every_read_command_prints_json(eph: Eph, eph_here: Eph, code_dir: Path) -> None:
     write_script(code_dir, PARAMS_SCRIPT)
     register = ("--param", "lr=0.5", "--register", "churn@production", "--json")
     job = as_json(eph(*flags(code_dir, *register)))
 
-    listed = as_json(eph("list", "--json"))
-    status = as_json(eph("status", job["id"], "--json"))
-    logs = as_json(eph("logs", job["id"], "--json"))
-    models = as_json(eph("models", "list", "--json"))
-    reaped = as_json(eph("reap", "--json"))
-    succeeded = as_json(eph("list", "--state", "succeeded", "--json"))
+    listed = as_json(eph("list", "--json"))  # the reads after this one in this process
+    status = as_json(eph_here("status", job["id"], "--json"))
+    logs = as_json(eph_here("logs", job["id"], "--json"))
+    models = as_json(eph_here("models", "list", "--json"))
+    reaped = as_json(eph_here("reap", "--json"))
+    succeeded = as_json(eph_here("list", "--state", "succeeded", "--json"))
 
     assert [j["id"] for j in listed] == [job["id"]]
     assert [j["id"] for j in succeeded] == [job["id"]]
@@ -286,7 +286,9 @@ def test_every_read_command_prints_json(eph: Eph, code_dir: Path) -> None:
     assert reaped == {"actions": []}
 
 
-def test_logs_of_a_rank_show_that_ranks_own_log(eph: Eph, home: Path, code_dir: Path) -> None:
+def test_logs_of_a_rank_show_that_ranks_own_log(
+    eph: Eph, eph_here: Eph, home: Path, code_dir: Path
+) -> None:
     write_script(code_dir, "print('rank zero speaks')\n")
     job = as_json(eph(*flags(code_dir, "--json")))
     service = build_service(Settings.from_env({}, home=home))
@@ -295,9 +297,9 @@ def test_logs_of_a_rank_show_that_ranks_own_log(eph: Eph, home: Path, code_dir: 
     finally:
         service.close()
 
-    one = as_json(eph("logs", job["id"], "--rank", "1", "--json"))
-    printed = eph("logs", job["id"], "--rank", "1")
-    zero = as_json(eph("logs", job["id"], "--json"))
+    one = as_json(eph_here("logs", job["id"], "--rank", "1", "--json"))
+    printed = eph_here("logs", job["id"], "--rank", "1")
+    zero = as_json(eph_here("logs", job["id"], "--json"))
 
     assert (one["rank"], one["log"]) == (1, "rank one speaks\n")
     assert "rank one speaks" in printed.stdout and "rank zero" not in printed.stdout
