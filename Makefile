@@ -32,9 +32,13 @@ demo: $(STAMP)
 	$(BIN)/eph demo
 
 # Azurite runs on free loopback ports for exactly as long as pytest does, and stops even when
-# the tests fail or are interrupted.
+# the tests fail or are interrupted. The tests run in PYTEST_WORKERS processes (pytest-xdist; each
+# worker has its own Azurite), a test file to a worker so that a module's shared setup runs once;
+# PYTEST_WORKERS=0 runs them all in one process.
+PYTEST_WORKERS ?= 2
 test: $(TEST_STAMP) $(AZURITE)
-	$(BIN)/python -m ephemerid.testing.azurite -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m ephemerid.testing.azurite -- $(BIN)/python -m pytest \
+		-n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests examples bench

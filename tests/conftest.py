@@ -48,9 +48,10 @@ def code_dir(tmp_path: Path) -> Path:
 def azurite_connection() -> Iterator[str]:
     """Azurite's connection string: from `make test`, or an Azurite this session starts.
 
-    Never skipped: a test that needs Azurite fails when it cannot be had.
+    Never skipped: a test that needs Azurite fails when it cannot be had. Each pytest-xdist
+    worker starts its own: some tests empty the whole emulator, which another worker's tests use.
     """
-    if os.environ.get(azurite.ENV):
+    if os.environ.get(azurite.ENV) and not os.environ.get("PYTEST_XDIST_WORKER"):
         yield os.environ[azurite.ENV]
         return
     binary = azurite.find_binary(Path(__file__).parent)

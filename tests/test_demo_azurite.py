@@ -50,6 +50,7 @@ def test_the_demo_runs_on_table_and_blob_storage(azure_env: dict[str, str], tmp_
 
     assert ok, out.getvalue()
     assert "bucket: az://" in out.getvalue()
+    assert "live compute: 0" in out.getvalue()  # the text report (test_e2e runs --json)
     store = open_store(azure_env["EPHEMERID_STORE"], azure_env)
     artifacts = open_artifacts("az://", azure_env)
     assert isinstance(artifacts, BlobArtifactStore)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from rich.console import Console
 
 from ephemerid import names
 from ephemerid.app import build_service
 from ephemerid.artifacts import get_bytes
-from ephemerid.cli.demo import run_demo
 from ephemerid.record import ComputeState, JobState
 from ephemerid.settings import Settings
 from ephemerid.spec import JobKind
@@ -25,14 +23,31 @@ EPH = Path(sys.executable).with_name("eph")
 pytestmark = pytest.mark.slow
 
 
-def test_demo_trains_registers_and_scores_and_leaves_no_compute(tmp_path: Path) -> None:
-    home = tmp_path / "demo"
-    out = io.StringIO()
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, str]]:
+    """`eph demo --json` run once for the module, in the home EPHEMERID_HOME names: its report
+    and its environment. The tests read what it left (the text report: test_demo_azurite)."""
+    cwd = tmp_path_factory.mktemp("e2e")
+    env = {**os.environ, "COLUMNS": "200", "EPHEMERID_HOME": str(cwd / "home")}
+    done = subprocess.run(
+        [str(EPH), "demo", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), env
 
-    ok = run_demo(home, Console(file=out, width=200), as_json=False)
 
-    assert ok, out.getvalue()
-    service = build_service(Settings.from_env({}, home=home))
+def test_demo_trains_registers_and_scores_and_leaves_no_compute(
+    demo: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    report, env = demo
+
+    assert report["ok"] is True, report
+    service = build_service(Settings.from_env({}, home=Path(env["EPHEMERID_HOME"])))
     try:
         jobs = {job.spec.kind: job for job in service.store.list()}
         assert len(jobs) == 2
@@ -55,27 +70,18 @@ def test_demo_trains_registers_and_scores_and_leaves_no_compute(tmp_path: Path) 
         assert [h for b in service.backends.values() for h in b.list_owned()] == []
     finally:
         service.close()
-    assert "live compute: 0" in out.getvalue()
 
 
-def test_eph_demo_json_works_in_the_home_so_eph_list_then_finds_its_jobs(tmp_path: Path) -> None:
-    env = {**os.environ, "COLUMNS": "200", "EPHEMERID_HOME": str(tmp_path / "home")}
+def test_eph_demo_json_works_in_the_home_so_eph_list_then_finds_its_jobs(
+    demo: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    report, env = demo
+    home = Path(env["EPHEMERID_HOME"])
 
-    done = subprocess.run(
-        [str(EPH), "demo", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        env=env,
-        cwd=tmp_path,
-    )
-
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
     assert report["ok"] is True
     assert report["live_compute"] == 0
-    assert report["home"] == str(tmp_path / "home")
-    assert report["bucket"] == f"file://{tmp_path / 'home' / 'bucket'}"
+    assert report["home"] == str(home)
+    assert report["bucket"] == f"file://{home / 'bucket'}"
     assert [j["state"] for j in report["jobs"]] == ["SUCCEEDED", "SUCCEEDED"]
     assert [j["compute_state"] for j in report["jobs"]] == ["released", "released"]
     assert set(report["outputs"]) == {j["id"] for j in report["jobs"]}

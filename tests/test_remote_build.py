@@ -83,11 +83,25 @@ def stage(dest: Path, *, funcignore: str | None = None, requirements: str | None
     return dest
 
 
-def build(app: Path) -> None:
-    """``pip install -r requirements.txt --target .python_packages/...``, run in ``app``."""
+def build(app: Path, *, deps_from: Path | None = None) -> None:
+    """``pip install -r requirements.txt --target .python_packages/...``, run in ``app``.
+
+    With ``deps_from`` (an app folder already built from the same requirements), the build's
+    folder starts as a copy of that build's dependencies (hard links, without its ephemerid) and
+    pip builds and installs only the app's own package: what changed between the two folders.
+    """
+    deps = []
+    if deps_from is not None:
+        shutil.copytree(
+            deps_from / PACKAGES,
+            app / PACKAGES,
+            copy_function=os.link,
+            ignore=lambda _, names: [n for n in names if n.startswith("ephemerid")],
+        )
+        deps = ["--no-deps"]
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-input", "--no-compile", "-r", "requirements.txt", "--target", str(PACKAGES)],
+         "--no-input", "--no-compile", *deps, "-r", "requirements.txt", "--target", str(PACKAGES)],
         cwd=app, capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode != 0:
@@ -173,15 +187,20 @@ def test_funcignore_keeps_what_the_build_and_the_import_need_and_drops_the_rest(
     assert not tops & {"tests", "infra", "docs", "bench", "node_modules", "local.settings.json"}
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped files, built once for the module: the full remote build."""
+    app = stage(tmp_path_factory.mktemp("shipped"))
+    build(app)
+    return app
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_remote_build_from_the_shipped_files_indexes_every_function_with_its_bindings(
-    tmp_path: Path,
+    built: Path,
 ) -> None:
-    app = stage(tmp_path)
-
-    build(app)
-    functions = index(app)
+    functions = index(built)
 
     assert functions == registered_here()
     triggers = {t for types in functions.values() for t in types}
@@ -191,13 +210,16 @@ def test_a_remote_build_from_the_shipped_files_indexes_every_function_with_its_b
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_funcignore_that_drops_the_package_sources_turns_the_build_red(tmp_path: Path) -> None:
+def test_a_funcignore_that_drops_the_package_sources_turns_the_build_red(
+    built: Path, tmp_path: Path
+) -> None:
     """pip itself succeeds here (the wheel then holds only the force-included examples): only the
-    import shows that the package is gone."""
+    import shows that the package is gone. The dependencies are the full build's (unchanged by
+    ``.funcignore``); the app's own package is built from this folder's shipped files."""
     app = stage(tmp_path, funcignore=(ROOT / ".funcignore").read_text() + "\nsrc\n")
 
     with pytest.raises(RemoteBuildFailed, match=r"No module named 'ephemerid\.\w+'"):
-        build(app)
+        build(app, deps_from=built)
         index(app)
 
 

@@ -22,6 +22,7 @@ from ephemerid.app import build_service
 from ephemerid.record import JobRecord, utcnow
 from ephemerid.settings import Settings
 from ephemerid.testing.settle import settled
+from in_process import run_eph
 
 EPH = Path(sys.executable).with_name("eph")
 Eph = Callable[..., subprocess.CompletedProcess[str]]
@@ -71,6 +72,12 @@ def eph(env: dict[str, str], tmp_path: Path) -> Eph:
         )
 
     return run
+
+
+@pytest.fixture
+def eph_here(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Eph:
+    """`eph ARGS` in this process, as the `eph` fixture's command would answer them."""
+    return lambda *args: run_eph(args, env, tmp_path, monkeypatch)
 
 
 def as_json(done: subprocess.CompletedProcess[str]) -> Any:
@@ -125,7 +132,7 @@ def fingerprint(home: Path) -> dict[str, str]:
 
 
 def test_every_read_command_leaves_the_store_byte_for_byte_unchanged(
-    eph: Eph, home: Path, code_dir: Path, tmp_path: Path
+    eph: Eph, eph_here: Eph, home: Path, code_dir: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "ephemerid.yaml").write_text(
         "rules:\n  - name: nightly\n    schedule: '0 0 2 * * *'\n"
@@ -165,7 +172,9 @@ def test_every_read_command_leaves_the_store_byte_for_byte_unchanged(
         ("agent", "status"),
         ("agent", "status", "--json"),
     ]
-    failed = [(r, d.stderr) for r in reads if (d := eph(*r)).returncode != 0]
+    # the reads in this process (the same commands, no interpreter each); one through `eph` itself
+    failed = [(r, d.stderr) for r in reads if (d := eph_here(*r)).returncode != 0]
+    failed += [(r, d.stderr) for r in reads[-1:] if (d := eph(*r)).returncode != 0]
 
     assert failed == []
     assert fingerprint(home) == before

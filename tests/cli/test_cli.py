@@ -16,6 +16,7 @@ from drive import HOLD_SCRIPT, Gate, alive, wait_gone, write_script
 from ephemerid.app import build_service
 from ephemerid.artifacts import put_bytes
 from ephemerid.settings import Settings
+from in_process import run_eph
 
 EPH = Path(sys.executable).with_name("eph")
 
@@ -54,6 +55,14 @@ def eph(home: Path, tmp_path: Path) -> Eph:
         return done
 
     return run
+
+
+@pytest.fixture
+def eph_here(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Eph:
+    """`eph ARGS` in this process, as the `eph` fixture's command would answer them."""
+    env = {"EPHEMERID_AGENT_IDLE_S": os.environ.get("EPHEMERID_AGENT_IDLE_S", "5")}
+    env.update(EPHEMERID_HOME=str(home), COLUMNS="300", NO_COLOR="1")
+    return lambda *args: run_eph(args, env, tmp_path, monkeypatch)
 
 
 def flags(code_dir: Path, *extra: str) -> list[str]:
@@ -206,6 +215,19 @@ def _file(path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_exits_2_naming_the_problem_and_runs_nothing(
+    eph_here: Eph, home: Path, code_dir: Path, tmp_path: Path, case: str
+) -> None:
+    _refused_naming_the_problem(eph_here, home, code_dir, tmp_path, case)
+
+
+@pytest.mark.parametrize("case", ["malformed spec file", "unknown job"])
+def test_bad_input_to_the_real_command_exits_2_naming_the_problem_and_runs_nothing(
+    eph: Eph, home: Path, code_dir: Path, tmp_path: Path, case: str
+) -> None:
+    _refused_naming_the_problem(eph, home, code_dir, tmp_path, case)
+
+
+def _refused_naming_the_problem(
     eph: Eph, home: Path, code_dir: Path, tmp_path: Path, case: str
 ) -> None:
     write_script(code_dir, "print('never runs')\n")
@@ -240,17 +262,17 @@ def test_a_usage_error_exits_2_with_clicks_message(eph: Eph, args: list[str], me
     assert done.returncode == 2
 
 
-def test_every_read_command_prints_json(eph: Eph, code_dir: Path) -> None:
+def test_every_read_command_prints_json(eph: Eph, eph_here: Eph, code_dir: Path) -> None:
     write_script(code_dir, PARAMS_SCRIPT)
     register = ("--param", "lr=0.5", "--register", "churn@production", "--json")
     job = as_json(eph(*flags(code_dir, *register)))
 
-    listed = as_json(eph("list", "--json"))
-    status = as_json(eph("status", job["id"], "--json"))
-    logs = as_json(eph("logs", job["id"], "--json"))
-    models = as_json(eph("models", "list", "--json"))
-    reaped = as_json(eph("reap", "--json"))
-    succeeded = as_json(eph("list", "--state", "succeeded", "--json"))
+    listed = as_json(eph("list", "--json"))  # the reads after this one in this process
+    status = as_json(eph_here("status", job["id"], "--json"))
+    logs = as_json(eph_here("logs", job["id"], "--json"))
+    models = as_json(eph_here("models", "list", "--json"))
+    reaped = as_json(eph_here("reap", "--json"))
+    succeeded = as_json(eph_here("list", "--state", "succeeded", "--json"))
 
     assert [j["id"] for j in listed] == [job["id"]]
     assert [j["id"] for j in succeeded] == [job["id"]]
@@ -264,7 +286,9 @@ def test_every_read_command_prints_json(eph: Eph, code_dir: Path) -> None:
     assert reaped == {"actions": []}
 
 
-def test_logs_of_a_rank_show_that_ranks_own_log(eph: Eph, home: Path, code_dir: Path) -> None:
+def test_logs_of_a_rank_show_that_ranks_own_log(
+    eph: Eph, eph_here: Eph, home: Path, code_dir: Path
+) -> None:
     write_script(code_dir, "print('rank zero speaks')\n")
     job = as_json(eph(*flags(code_dir, "--json")))
     service = build_service(Settings.from_env({}, home=home))
@@ -273,9 +297,9 @@ def test_logs_of_a_rank_show_that_ranks_own_log(eph: Eph, home: Path, code_dir: 
     finally:
         service.close()
 
-    one = as_json(eph("logs", job["id"], "--rank", "1", "--json"))
-    printed = eph("logs", job["id"], "--rank", "1")
-    zero = as_json(eph("logs", job["id"], "--json"))
+    one = as_json(eph_here("logs", job["id"], "--rank", "1", "--json"))
+    printed = eph_here("logs", job["id"], "--rank", "1")
+    zero = as_json(eph_here("logs", job["id"], "--json"))
 
     assert (one["rank"], one["log"]) == (1, "rank one speaks\n")
     assert "rank one speaks" in printed.stdout and "rank zero" not in printed.stdout
