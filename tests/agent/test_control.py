@@ -105,3 +105,19 @@ def test_an_agent_whose_home_is_removed_exits_and_reaps_nothing_there_again(
     shutil.rmtree(home)  # a user resetting the home while its agent runs
 
     assert wait_for(lambda: not alive(info.pid), "the orphaned agent to exit", 60)
+
+
+def test_a_detached_start_returns_while_the_agent_runs_on(settings: Settings, home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(  # a starter reading the command's output gets its end at once
+        [sys.executable, "-m", "ephemerid.agent", "--detach"],
+        env=agent_env(os.environ, settings),
+        cwd=home,
+        capture_output=True,
+        timeout=60,
+    )
+    holder = AgentLock(home).holder()
+
+    assert done.returncode == 0, done.stderr
+    assert holder is not None and alive(holder.pid)
+    assert os.getsid(holder.pid) == holder.pid  # a session of its own

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = os.fork()
         if pid:
             return _started(pid, AgentLock(settings.home))
+        _daemonized(AgentLock(settings.home))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -37,6 +38,22 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("ephemerid.agent").info("%s", exc)
         return ALREADY_RUNNING
     return 0
+
+
+def _daemonized(lock: AgentLock) -> None:
+    """The forked agent lets go of its starter's terminal and pipes: a session of its own, and
+    stdin from /dev/null, stdout and stderr to the home's agent log. A starter that reads the
+    command's output (``subprocess.run(..., capture_output=True)``) then gets its end at once,
+    not when the agent exits."""
+    os.setsid()
+    lock.dir.mkdir(parents=True, exist_ok=True)
+    log = os.open(lock.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
 
 
 def _started(pid: int, lock: AgentLock, timeout: float = 60.0) -> int:
