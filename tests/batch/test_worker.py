@@ -16,6 +16,7 @@ import pyarrow.ipc as ipc
 import pytest
 
 from ephemerid.batch.worker import PREDICTION
+from ephemerid.envs.build import package_path
 
 
 def serve(
@@ -29,7 +30,10 @@ def serve(
     os.mkfifo(outbound)
     command = [*(python or (sys.executable,)), "-m", "ephemerid.batch.worker", str(entry)]
     command.append(str(inbound))
-    proc = subprocess.Popen([*command, str(outbound), str(error)], env={**os.environ})
+    env = {**os.environ}
+    if python:  # another interpreter: ephemerid from PYTHONPATH alone, as in a job's environment
+        env["PYTHONPATH"] = str(package_path(tmp_path))
+    proc = subprocess.Popen([*command, str(outbound), str(error)], env=env)
     answers: list[pa.RecordBatch] = []
 
     def feed() -> None:
