@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from ephemerid.testing import azurite
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # the agents that `eph submit` starts in the tests' homes leave soon after their jobs
 os.environ.setdefault("EPHEMERID_AGENT_IDLE_S", "5")
+# A suite started from a background job (`make test &` in a script) inherits SIGINT ignored, and
+# every `eph` it starts would too: the tests that press Ctrl-C need it handled, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
