@@ -13,12 +13,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from drive import upload, write_script
-from ephemerid.artifacts import get_bytes, put_bytes
+from ephemerid.artifacts import ArtifactStore, get_bytes, put_bytes
 from ephemerid.batch.manifest import MANIFEST_FILE, Manifest, predictions_key
 from ephemerid.models import ModelRegistry
 from ephemerid.record import JobRecord
 from ephemerid.service import Service
 from ephemerid.spec import JobSpec
+
+DEMO_SCORE_KEY = "incoming/score/customers.parquet"  # what `eph demo` drops to be scored
 
 # doubles x and adds the model's offset (read from its file by load)
 MODEL = """
@@ -98,3 +100,21 @@ def predictions(service: Service, job: JobRecord) -> pa.Table:
     """Every shard of the job, in order, as one table."""
     shards = manifest_of(service, job).shards
     return pa.concat_tables([shard_table(service, s.key) for s in shards])
+
+
+def check_demo_scoring(artifacts: ArtifactStore, job: JobRecord) -> None:
+    """The demo's scoring job ran under the harness: a complete manifest, Parquet shards, one
+    prediction per input row, and each input row's id carried to its prediction."""
+    assert job.spec.batch is not None and job.spec.batch.keep == ["id"]
+    key = predictions_key(job.id, MANIFEST_FILE)
+    manifest = Manifest.loads(get_bytes(artifacts, key), key)
+    source = pq.read_table(io.BytesIO(get_bytes(artifacts, DEMO_SCORE_KEY)))
+    assert manifest.complete and manifest.output_format == "parquet"
+    assert manifest.rows == source.num_rows == 5000
+    assert [i.key for s in manifest.shards for i in s.inputs] == [DEMO_SCORE_KEY]
+    shards = [pq.read_table(io.BytesIO(get_bytes(artifacts, s.key))) for s in manifest.shards]
+    scored = pa.concat_tables(shards)
+    assert scored.column_names == ["id", "prediction", "probability"]
+    assert scored["id"].to_pylist() == source["id"].to_pylist()
+    assert set(scored["prediction"].to_pylist()) <= {0, 1, 2}
+    assert all(0.0 <= p <= 1.0 for p in scored["probability"].to_pylist())

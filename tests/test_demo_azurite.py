@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from batching import check_demo_scoring
 from ephemerid import names
 from ephemerid.artifacts import get_bytes, open_artifacts
 from ephemerid.artifacts.blob import BlobArtifactStore
@@ -65,10 +66,7 @@ def test_the_demo_runs_on_table_and_blob_storage(azure_env: dict[str, str], tmp_
         version = json.loads(get_bytes(artifacts, f"{names.model_key('tabular', 1)}/version.json"))
         assert version["job_id"] == jobs[JobKind.TRAIN].id
         predict = jobs[JobKind.PREDICT]
-        key = f"{names.run_key(predict.id, names.OUTPUTS_DIR)}/predictions.csv"
-        lines = get_bytes(artifacts, key).decode().splitlines()
-        assert lines[0] == "id,prediction,probability"
-        assert len(lines) == 1 + 5000
+        check_demo_scoring(artifacts, predict)
     finally:
         store.close()
         artifacts.client.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -12,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from ephemerid import names
+from batching import check_demo_scoring
 from ephemerid.app import build_service
-from ephemerid.artifacts import get_bytes
 from ephemerid.record import ComputeState, JobState
 from ephemerid.settings import Settings
 from ephemerid.spec import JobKind
@@ -61,11 +59,7 @@ def test_demo_trains_registers_and_scores_and_leaves_no_compute(
         assert service.models.aliases("tabular") == {"production": 1}
         assert train.metrics, "training logged no metrics"
 
-        key = f"{names.run_key(predict.id, names.OUTPUTS_DIR)}/predictions.csv"
-        rows = list(csv.reader(get_bytes(service.artifacts, key).decode().splitlines()))
-        assert rows[0] == ["id", "prediction", "probability"]
-        assert len(rows) == 1 + 5000
-        assert all(0.0 <= float(row[2]) <= 1.0 for row in rows[1:])
+        check_demo_scoring(service.artifacts, predict)
 
         assert [h for b in service.backends.values() for h in b.list_owned()] == []
     finally:

@@ -112,6 +112,27 @@ def test_load_runs_once_before_the_first_batch(tmp_path: Path) -> None:
     assert [a.column(PREDICTION).to_pylist() for a in answers] == [[1], [1], [1]]
 
 
+def test_a_module_defining_a_dataclass_loads_as_an_imported_module_would(
+    tmp_path: Path,
+) -> None:
+    body = """
+        from __future__ import annotations
+        from dataclasses import dataclass
+        @dataclass
+        class Model:
+            factor: float
+        def load(model_dir):
+            return Model(3.0)
+        def predict(model, batch):
+            return [v * model.factor for v in batch["x"].to_pylist()]
+    """
+
+    code, answers, error = serve(tmp_path, body, [batch(1, 2)])
+
+    assert (code, error) == (0, "")
+    assert [a.column(PREDICTION).to_pylist() for a in answers] == [[3.0, 6.0]]
+
+
 def test_a_declared_schema_the_stream_does_not_match_is_refused_before_load(
     tmp_path: Path,
 ) -> None:

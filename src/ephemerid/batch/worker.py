@@ -43,6 +43,7 @@ def import_entry(entry: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"ephemerid_job_{entry.stem}", entry)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses and pickle look it up
     try:
         spec.loader.exec_module(module)
     except Exception as exc:

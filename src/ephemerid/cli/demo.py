@@ -3,9 +3,11 @@
 A training CSV lands in the local bucket's ``incoming/train/``; the dev host delivers it to the
 function app's ``on_blob_created``, whose rule makes a train job; it runs on local compute (GPU
 if one is visible), its ``result.json`` goes to ``on_run_result``, and model version 1 is
-registered and promoted. Then a scoring CSV lands in ``incoming/score/`` and is scored with the
-promoted model. The closing table shows what each job held and for how long, and that no
-compute is left. The clock is left out: the example's nightly schedule must not add a third job.
+registered and promoted. Then a scoring Parquet file lands in ``incoming/score/`` and is scored
+with the promoted model under the batch harness (``predict.py``'s ``load``/``predict``), which
+writes Parquet predictions and their manifest. The closing table shows what each job held and
+for how long, and that no compute is left. The clock is left out: the example's nightly schedule
+must not add a third job.
 
 The demo works in the home every command uses (``--home``, ``EPHEMERID_HOME``, else
 ``./.ephemerid``): its jobs, models and bucket are there, so ``eph list`` afterwards shows them;
@@ -91,7 +93,7 @@ def run_demo(home: Path, console: Console, as_json: bool) -> bool:
             console,
             as_json,
             make_data,
-            "incoming/score/customers.csv",
+            "incoming/score/customers.parquet",
             rows=5_000,
             seed=1,
             with_label=False,
@@ -197,9 +199,10 @@ def _drop(
     key: str,
     **data: object,
 ) -> JobRecord:
-    """Write a CSV into the bucket as a user would, then let the dev host run to the job's end."""
+    """Write a data file (CSV or Parquet, by ``key``'s suffix) into the bucket as a user would,
+    then let the dev host run to the job's end."""
     service = host.service
-    staging = service.settings.home / "staging.csv"
+    staging = service.settings.home / f"staging{Path(key).suffix}"
     make_data.make_dataset(staging, data.pop("rows"), **data)
     with staging.open("rb") as stream:
         stat = service.artifacts.write(key, stream)
