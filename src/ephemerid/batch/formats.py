@@ -23,6 +23,7 @@ from ephemerid.batch.spec import FORMATS, unreadable
 
 SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 BLOCK = 8 * 1024 * 1024  # CSV and JSON decoding block
+PARQUET_BUFFER = 1024 * 1024  # what a Parquet column is read ahead by
 
 
 class InputError(Exception):
@@ -108,7 +109,10 @@ class BadRows:
 def batches(source: BinaryIO, fmt: str, rows: int, bad: BadRows) -> Iterator[pa.RecordBatch]:
     """The file's rows as record batches of at most ``rows`` rows (each read only as asked)."""
     if fmt == "parquet":
-        yield from pq.ParquetFile(source).iter_batches(batch_size=rows)
+        # no pre-buffering: it keeps the column chunks of every row group read in memory until
+        # the file is closed (memory grew with the file); a buffered stream reads page by page
+        parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=PARQUET_BUFFER)
+        yield from parquet.iter_batches(batch_size=rows)
         return
     if fmt == "csv":
         reader: Any = pacsv.open_csv(
