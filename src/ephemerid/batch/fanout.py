@@ -27,13 +27,10 @@ from ephemerid.batch.manifest import MANIFEST_FILE, Manifest, predictions_key
 from ephemerid.errors import NotFound, SpecError, Unavailable
 from ephemerid.record import JobRecord, JobState, Submitted, idempotency_key, job_id_for, utcnow
 from ephemerid.spec import JobSpec
+from ephemerid.steps import ServiceSteps
 
 if TYPE_CHECKING:
-    from ephemerid.artifacts import ArtifactStore
-    from ephemerid.settings import Settings
-    from ephemerid.store import JobStore
-    from ephemerid.sweeps.spec import SweepSpec
-    from ephemerid.transitions import Change
+    pass
 
 log = logging.getLogger("ephemerid.fanout")
 
@@ -54,33 +51,8 @@ def split(files: list[tuple[str, int]], count: int) -> list[list[str]]:
     return [sorted(key for key, _ in group) for group in groups]
 
 
-class Fanout:
+class Fanout(ServiceSteps):
     """Mixed into ``Service``, whose steps it uses."""
-
-    store: JobStore
-    artifacts: ArtifactStore
-    settings: Settings
-
-    if TYPE_CHECKING:  # the Service steps this uses
-
-        def submit(
-            self,
-            spec: JobSpec | SweepSpec,
-            *,
-            key: str | None = None,
-            source: str = "api",
-            namespace: str | None = None,
-            owner: str = "",
-            admin: bool = False,
-            python: str | None = None,
-            parent: str = "",
-        ) -> Submitted: ...
-        def end(self, job_id: str, state: JobState, reason: str) -> JobRecord: ...
-        def advance_sweep(self, sweep_id: str) -> JobRecord: ...
-        def _checked_backend(self, spec: JobSpec) -> str: ...
-        def _check_staging(self, spec: JobSpec, owner: str, admin: bool) -> Any: ...
-        def _known(self, job_id: str, key: str) -> JobRecord | None: ...
-        def _transition(self, job_id: str, change: Change) -> tuple[JobRecord, bool]: ...
 
     def submit_fanout(
         self,

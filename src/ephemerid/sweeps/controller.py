@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 from ephemerid import transitions
 from ephemerid.errors import EphemeridError, SpecError, Unavailable
 from ephemerid.record import JobRecord, JobState, Submitted, idempotency_key, job_id_for, utcnow
-from ephemerid.settings import Settings
 from ephemerid.spec import JobSpec
-from ephemerid.store import JobStore
+from ephemerid.steps import ServiceSteps
 from ephemerid.sweeps import state
 from ephemerid.sweeps.lease import release_lease, renew_lease, take_lease
 from ephemerid.sweeps.spec import SweepSpec
@@ -32,42 +31,14 @@ from ephemerid.sweeps.spec import SweepSpec
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from ephemerid.models import ModelRegistry
     from ephemerid.sweeps.search import SweepSearch
-    from ephemerid.transitions import Change
 
 MAX_STEPS = 20  # steps one advance takes for pokes that came meanwhile; the reaper does the rest
 log = logging.getLogger("ephemerid.sweeps")
 
 
-class Sweeps:
+class Sweeps(ServiceSteps):
     """Mixed into ``Service``, whose steps it uses."""
-
-    store: JobStore
-    settings: Settings
-    models: ModelRegistry
-
-    if TYPE_CHECKING:  # the Service steps this uses
-
-        def submit(
-            self,
-            spec: JobSpec | SweepSpec,
-            *,
-            key: str | None = None,
-            source: str = "api",
-            namespace: str | None = None,
-            owner: str = "",
-            admin: bool = False,
-            python: str | None = None,
-            parent: str = "",
-        ) -> Submitted: ...
-        def end(self, job_id: str, state: JobState, reason: str) -> JobRecord: ...
-        def metric_history(self, job_id: str) -> dict[str, list[tuple[int | None, float]]]: ...
-        def _checked_backend(self, spec: JobSpec) -> str: ...
-        def _transition(self, job_id: str, change: Change) -> tuple[JobRecord, bool]: ...
-        def _known(self, job_id: str, key: str) -> JobRecord | None: ...
-        def _check_staging(self, spec: JobSpec, owner: str, admin: bool) -> Any: ...
-        def advance_parent(self, parent_id: str) -> JobRecord: ...
 
     # -- submit ------------------------------------------------------------------------------
 

@@ -1,0 +1,47 @@
+"""What the service's mixins (``Sweeps``, ``Fanout``) use of ``Service``: its parts and steps,
+declared once for the type checker. ``Service`` itself defines them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ephemerid.artifacts import ArtifactStore
+from ephemerid.models import ModelRegistry
+from ephemerid.record import JobRecord, JobState, Submitted
+from ephemerid.settings import Settings
+from ephemerid.spec import JobSpec
+from ephemerid.store import JobStore
+
+if TYPE_CHECKING:
+    from ephemerid.sweeps.spec import SweepSpec
+    from ephemerid.transitions import Change
+
+
+class ServiceSteps:
+    store: JobStore
+    artifacts: ArtifactStore
+    settings: Settings
+    models: ModelRegistry
+
+    if TYPE_CHECKING:
+
+        def submit(
+            self,
+            spec: JobSpec | SweepSpec,
+            *,
+            key: str | None = None,
+            source: str = "api",
+            namespace: str | None = None,
+            owner: str = "",
+            admin: bool = False,
+            python: str | None = None,
+            parent: str = "",
+        ) -> Submitted: ...
+        def end(self, job_id: str, state: JobState, reason: str) -> JobRecord: ...
+        def metric_history(self, job_id: str) -> dict[str, list[tuple[int | None, float]]]: ...
+        def advance_sweep(self, sweep_id: str) -> JobRecord: ...
+        def advance_parent(self, parent_id: str) -> JobRecord: ...
+        def _checked_backend(self, spec: JobSpec) -> str: ...
+        def _check_staging(self, spec: JobSpec, owner: str, admin: bool) -> Any: ...
+        def _known(self, job_id: str, key: str) -> JobRecord | None: ...
+        def _transition(self, job_id: str, change: Change) -> tuple[JobRecord, bool]: ...
