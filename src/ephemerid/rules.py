@@ -22,14 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ephemerid.artifacts import safe_key
 from ephemerid.errors import RuleError, SpecError, UnsafeName
-from ephemerid.spec import (
-    NAME_RE,
-    JobSpec,
-    explain,
-    explain_errors,
-    parse_document,
-)
+from ephemerid.spec import NAME_RE, JobSpec, parse_document
 from ephemerid.sweeps.spec import SweepSpec, validate_any
+from ephemerid.validation import explain, explain_errors
 
 EVENT_FIELDS = frozenset({"blob", "uri", "etag", "date", "time", "rule", "scheduled"})
 _FORMATTER = string.Formatter()

@@ -320,7 +320,7 @@ class Service(Reads, Recovery, Sweeps, Fanout):
         job = self.release(job)
         job = self.register_model(job)
         self.dispatch_waiting()
-        return self._tell_sweep(job)
+        return self._tell_parent(job)
 
     def register_model(self, job: JobRecord) -> JobRecord:
         """Register a succeeded train job's ``model/`` output (at most once per job)."""
@@ -360,7 +360,7 @@ class Service(Reads, Recovery, Sweeps, Fanout):
                     f"its compute {'is torn down' if gone else 'is still owed a teardown'}: "
                     f"free space where the store is, then run `eph cancel {job_id}` again"
                 ) from again
-        return self._tell_sweep(self.release(job))
+        return self._tell_parent(self.release(job))
 
     def _fail(self, job_id: str, reason: str) -> JobRecord:
         return self._transition(job_id, transitions.ended(JobState.FAILED, reason))[0]

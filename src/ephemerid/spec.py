@@ -20,16 +20,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticSerializationError
 
 from ephemerid.batch.spec import BatchSpec
 from ephemerid.envs.spec import Environment
 from ephemerid.errors import SpecError
 from ephemerid.sandbox import RESERVED
+from ephemerid.validation import validated
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -280,41 +279,8 @@ def _check_env_var(name: Any, value: Any) -> None:
         )
 
 
-def explain(exc: ValidationError, what: str) -> str:
-    """Turn pydantic's errors into lines that name the field and the fix."""
-    return "\n".join([f"{what} is not valid:", *explain_errors(exc.errors())])
-
-
-def explain_errors(errors: list[ErrorDetails]) -> list[str]:
-    """One line per problem pydantic found, each naming its field."""
-    lines = []
-    for err in errors:
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        kind, msg = err["type"], err["msg"]
-        if kind == "extra_forbidden":
-            msg = f"unknown field '{field}': remove it or check its spelling"
-        elif kind == "missing":
-            msg = f"required field '{field}' is missing: add it"
-        elif kind == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        lines.append(f"  - {field}: {msg}")
-    return lines
-
-
 def validate_spec(data: Any, what: str = "job spec") -> JobSpec:
-    if not isinstance(data, dict):
-        raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
-    try:
-        spec = JobSpec.model_validate(data)
-        spec.model_dump_json()  # it must be storable: a lone surrogate (\ud800) is not text
-    except ValidationError as exc:
-        raise SpecError(explain(exc, what)) from exc
-    except (UnicodeError, PydanticSerializationError) as exc:
-        raise SpecError(
-            f"{what} holds a string that is not valid Unicode (a lone surrogate such as "
-            "\\ud800): write the text itself, or a whole surrogate pair"
-        ) from exc
-    return spec
+    return validated(JobSpec, data, what)
 
 
 def parse_document(text: str, what: str) -> Any:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from ephemerid import transitions
 from ephemerid.artifacts import get_bytes, put_bytes
 from ephemerid.batch.manifest import MANIFEST_FILE, Manifest, predictions_key
-from ephemerid.errors import NotFound, SpecError, Unavailable
-from ephemerid.record import JobRecord, JobState, Submitted, idempotency_key, job_id_for, utcnow
+from ephemerid.errors import NotFound, SpecError
+from ephemerid.parents import Parents
+from ephemerid.record import JobRecord, JobState, Submitted, job_id_for, utcnow
 from ephemerid.spec import JobSpec
-from ephemerid.steps import ServiceSteps
 
 if TYPE_CHECKING:
     pass
@@ -51,7 +51,7 @@ def split(files: list[tuple[str, int]], count: int) -> list[list[str]]:
     return [sorted(key for key, _ in group) for group in groups]
 
 
-class Fanout(ServiceSteps):
+class Fanout(Parents):
     """Mixed into ``Service``, whose steps it uses."""
 
     def submit_fanout(
@@ -67,32 +67,27 @@ class Fanout(ServiceSteps):
     ) -> Submitted:
         """Accept the parent once per key and submit its shards (checked first: nothing is
         stored or rented for a bad spec)."""
-        key = idempotency_key(spec.idempotency_key, key, namespace)
-        parent_id = job_id_for(spec.kind.value, key)
-        known = self._known(parent_id, key)
-        if known is not None:
-            return Submitted(self.advance_fanout(parent_id), created=False)
-        backend = self._checked_backend(spec)
-        plan = self._check_staging(spec, owner, admin)
-        groups = split(self._files(plan.inputs), shard_count(spec))
-        if not groups:
-            raise SpecError("batch.shards: the inputs hold no file to score: add files, or inputs")
-        record = JobRecord(
-            id=parent_id,
-            key=key,
-            spec=spec.without_secrets(),
-            source=source,
-            owner=owner,
-            backend=backend,
-            python=python,
-            fanout={"shards": groups, "asked": shard_count(spec)},
-        )
-        job, created = self.store.create_if_absent(record)
-        try:
-            job = self.advance_fanout(job.id)
-        except Unavailable as exc:  # accepted: the next event or reaper pass submits the shards
-            log.warning("job %s accepted; its shards wait: %s", job.id, exc)
-        return Submitted(job, created=created)
+
+        def build(parent_id: str, key: str) -> JobRecord:
+            backend = self._checked_backend(spec)
+            plan = self._check_staging(spec, owner, admin)
+            groups = split(self._files(plan.inputs), shard_count(spec))
+            if not groups:
+                message = "batch.shards: the inputs hold no file to score: add files, or inputs"
+                raise SpecError(message)
+            return JobRecord(
+                id=parent_id,
+                key=key,
+                spec=spec.without_secrets(),
+                source=source,
+                owner=owner,
+                backend=backend,
+                python=python,
+                fanout={"shards": groups, "asked": shard_count(spec)},
+            )
+
+        keys = (spec.idempotency_key, key, namespace)
+        return self._accept_parent(spec.kind.value, keys, build, self.advance_fanout)
 
     def _files(self, inputs: dict[str, str]) -> list[tuple[str, int]]:
         files = []
@@ -101,15 +96,6 @@ class Fanout(ServiceSteps):
             found = [stat] if stat is not None else list(self.artifacts.list(key + "/"))
             files += [(s.key, s.size) for s in found if not s.key.endswith("/")]
         return sorted(set(files))
-
-    def advance_parent(self, parent_id: str) -> JobRecord:
-        """Move on a job that made others: a sweep, or a batch job fanned out over shards."""
-        parent = self.store.get(parent_id)
-        if parent.sweep is not None:
-            return self.advance_sweep(parent_id)
-        if parent.fanout is not None:
-            return self.advance_fanout(parent_id)
-        return parent
 
     def shard_jobs(self, parent_id: str) -> list[JobRecord | None]:
         parent = self.store.get(parent_id)

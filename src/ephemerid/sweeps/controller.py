@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from ephemerid import transitions
 from ephemerid.errors import EphemeridError, SpecError, Unavailable
-from ephemerid.record import JobRecord, JobState, Submitted, idempotency_key, job_id_for, utcnow
+from ephemerid.parents import Parents
+from ephemerid.record import JobRecord, JobState, Submitted, job_id_for, utcnow
 from ephemerid.spec import JobSpec
-from ephemerid.steps import ServiceSteps
 from ephemerid.sweeps import state
 from ephemerid.sweeps.lease import release_lease, renew_lease, take_lease
 from ephemerid.sweeps.spec import SweepSpec
@@ -37,7 +37,7 @@ MAX_STEPS = 20  # steps one advance takes for pokes that came meanwhile; the rea
 log = logging.getLogger("ephemerid.sweeps")
 
 
-class Sweeps(ServiceSteps):
+class Sweeps(Parents):
     """Mixed into ``Service``, whose steps it uses."""
 
     # -- submit ------------------------------------------------------------------------------
@@ -58,53 +58,35 @@ class Sweeps(ServiceSteps):
         Everything a trial needs is checked first (the search's size, the trial template's
         backend, code and inputs), so a bad sweep is refused with nothing stored or rented.
         """
-        key = idempotency_key(spec.idempotency_key, key, namespace)
-        sweep_id = job_id_for("sweep", key)
-        known = self._known(sweep_id, key)
-        if known is not None:
-            return Submitted(self.advance_sweep(sweep_id), created=False)
         most = self.settings.sweep_max_trials
         if spec.search.trials > most:
             raise SpecError(
                 f"search.max_trials: the sweep would run {spec.search.trials} trials; this "
                 f"ephemerid runs at most {most} (EPHEMERID_SWEEP_MAX_TRIALS): lower it"
             )
-        backend = self._checked_backend(spec.trial)
-        self._check_staging(spec.trial, owner, admin)
-        record = JobRecord(
-            id=sweep_id,
-            key=key,
-            spec=spec.trial.without_secrets(),
-            source=source,
-            owner=owner,
-            backend=backend,
-            python=python,
-            sweep=state.initial(spec),
-        )
-        # secret params are kept for the trials in the sweep's own spec only when there are none
         if spec.trial.secret_params:
             raise SpecError(
                 "a sweep's trial takes no secret_params: a sweep keeps its template to submit "
                 "trials later, and never stores a secret; pass secrets through the job's "
                 "environment instead"
             )
-        job, created = self.store.create_if_absent(record)
-        try:
-            job = self.advance_sweep(job.id)
-        except Unavailable as exc:  # accepted: the next event or reaper pass fans it out
-            log.warning("sweep %s accepted; its first trials wait: %s", job.id, exc)
-        return Submitted(job, created=created)
 
-    def _tell_sweep(self, job: JobRecord) -> JobRecord:
-        """A sweep's trial ended, or a sweep did: the sweep moves on (it ends its trials)."""
-        sweep = job.parent or (job.id if job.makes_jobs else "")
-        if sweep:
-            try:
-                self.advance_parent(sweep)
-            except Exception:  # the reaper's next pass moves it on; the job's own end stands
-                log.exception("sweep %s not moved on after job %s", sweep, job.id)
-            return self.store.get(job.id)
-        return job
+        def build(sweep_id: str, key: str) -> JobRecord:
+            backend = self._checked_backend(spec.trial)
+            self._check_staging(spec.trial, owner, admin)
+            return JobRecord(
+                id=sweep_id,
+                key=key,
+                spec=spec.trial.without_secrets(),
+                source=source,
+                owner=owner,
+                backend=backend,
+                python=python,
+                sweep=state.initial(spec),
+            )
+
+        keys = (spec.idempotency_key, key, namespace)
+        return self._accept_parent("sweep", keys, build, self.advance_sweep)
 
     def prunes(self, sweep_id: str) -> bool:
         """Whether the sweep stops losing trials early: only then are metrics an event for it."""

@@ -26,11 +26,10 @@ import math
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticSerializationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ephemerid.errors import SpecError
-from ephemerid.spec import NAME_RE, JobSpec, PlainText, Registration, explain, validate_spec
+from ephemerid.spec import NAME_RE, JobSpec, PlainText, Registration, validate_spec
+from ephemerid.validation import validated
 
 MAX_TRIALS_LIMIT = 10_000  # whatever EPHEMERID_SWEEP_MAX_TRIALS says, never more
 MAX_CHOICES = 1_000
@@ -256,16 +255,7 @@ class SweepSpec(BaseModel):
 
 
 def validate_sweep(data: Any, what: str = "sweep spec") -> SweepSpec:
-    if not isinstance(data, dict):
-        raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
-    try:
-        sweep = SweepSpec.model_validate(data)
-        sweep.model_dump_json()  # it must be storable: a lone surrogate (\ud800) is not text
-    except ValidationError as exc:
-        raise SpecError(explain(exc, what)) from exc
-    except (UnicodeError, PydanticSerializationError) as exc:
-        raise SpecError(f"{what} holds a string that is not valid Unicode") from exc
-    return sweep
+    return validated(SweepSpec, data, what)
 
 
 def validate_any(data: Any, what: str = "job spec") -> JobSpec | SweepSpec:
