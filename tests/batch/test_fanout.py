@@ -3,6 +3,8 @@ manifest, no second child for a redelivered trigger, and a cancel that ends ever
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +137,50 @@ def test_the_split_balances_bytes_and_is_the_same_every_time() -> None:
     loads = sorted(sum(sizes[k] for k in g) for g in groups)
     assert loads == [120, 140]  # the largest first, each to the lightest group so far
     assert split(files, 9) == [[k] for k, _ in sorted(files, key=lambda f: -f[1])]
+
+
+CRASH = """
+import json, os, sys
+from ephemerid.app import build_service
+from ephemerid.service import Service
+from ephemerid.settings import Settings
+from ephemerid.spec import JobSpec
+
+service = build_service(Settings.from_env({}, home=sys.argv[1], local_slots=4, heartbeat_s=0.5))
+submit, made = Service.submit, []
+
+def crashing(self, spec, **kwargs):
+    done = submit(self, spec, **kwargs)
+    if kwargs.get("parent"):
+        made.append(done)
+        os._exit(3)  # the first shard's job is made; the others are not
+    return done
+
+Service.submit = crashing
+service.submit(JobSpec.model_validate(json.loads(sys.argv[2])), key="crash")
+"""
+
+
+def test_a_crash_in_the_middle_of_the_fan_out_makes_each_shard_once(
+    settings: Settings, scored: Service, code_dir: Path, tmp_path: Path
+) -> None:
+    spec = predict_spec(code_dir, {"data": "incoming/score"}, batch={"shards": 3})
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH)
+    crashed = subprocess.run(
+        [sys.executable, str(script), str(settings.home), spec.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 3, crashed.stderr
+    [parent] = [j for j in scored.list() if j.fanout is not None]
+    assert len([j for j in scored.list() if j.parent == parent.id]) == 1
+
+    done = drive_parent(scored, parent.id)  # reaper passes carry it on
+    shards = [j for j in scored.list() if j.parent == parent.id]
+
+    assert done.state is JobState.SUCCEEDED
+    assert len(shards) == 3 and {s.state for s in shards} == {JobState.SUCCEEDED}
+    assert manifest_of(scored, done).rows == 200
+    assert scored.held_compute() == 0
