@@ -97,7 +97,7 @@ def test_no_http_function_is_anonymous() -> None:
             if f.get_trigger().get_dict_repr()["type"] == "httpTrigger"]  # fmt: skip
     assert {(t["route"], t["methods"][0].value) for t in http} == {
         ("jobs", "POST"), ("jobs", "GET"), ("jobs/{id}", "GET"), ("jobs/{id}/cancel", "POST"),
-        ("jobs/{id}/logs", "GET"), ("rejected", "GET"),
+        ("jobs/{id}/logs", "GET"), ("rejected", "GET"), ("ui/{*path}", "GET"),
     }  # fmt: skip
     assert {t["authLevel"].value for t in http} == {"function"}
 

@@ -26,6 +26,7 @@ from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.cli.runs import runs_app
 from ephemerid.cli.sweeps import exit_code, submit_sweep, sweep_app, sweep_detail
+from ephemerid.cli.ui import ui
 from ephemerid.client import spec_data
 from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reads import live_json
@@ -326,6 +327,7 @@ app.command()(schedules)
 app.command()(dev)
 app.command()(demo)
 app.command()(outputs)
+app.command()(ui)
 
 
 def _version(value: bool) -> None:

@@ -99,6 +99,21 @@ def register(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:
     ]
     for name, route, method, handler in routes:
         _route(app, handlers, name, route, method, handler)
+    _dashboard_route(app, handlers)
+
+
+def _dashboard_route(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:
+    """The web dashboard's pages at /api/ui/... (ephemerid.ui.azure), behind the function key."""
+    from ephemerid.ui import azure as ui
+
+    def dashboard(req: func.HttpRequest) -> func.HttpResponse:
+        return ui.serve(handlers(), req)
+
+    app.function_name("dashboard")(
+        app.route(route=ui.ROUTE, methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)(
+            dashboard
+        )
+    )
 
 
 def _route(
