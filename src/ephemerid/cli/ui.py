@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ephemerid.cli.options import Home, Json, console, service_for
+from ephemerid.cli.options import Home, console, service_for
 from ephemerid.cli.render import dump
 from ephemerid.errors import BadInput, require_extra
 
@@ -79,7 +79,9 @@ def ui(
     if json_:
         dump({"url": url, "host": options.host, "port": bound, "owner": caller.name})
     console.print(f"dashboard: {url}")
-    console.print(f"showing {'all jobs' if caller.admin else caller.name + ' jobs only'}; Ctrl-C stops it")
+    console.print(
+        f"showing {'all jobs' if caller.admin else caller.name + ' jobs only'}; Ctrl-C stops it"
+    )
     if not options.loopback:
         console.print(f"[yellow]warning:[/] {options.host} is not loopback: plain HTTP")
     app = dashboard(service, TokenGate(token, caller))

@@ -8,7 +8,7 @@ to pages: 400 bad input (a malformed filter), 404 unknown (or another owner's), 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -37,8 +37,8 @@ from ephemerid.ui.auth import (
     TOKEN_COOKIE,
     TOKEN_PARAM,
     Gate,
-    csrf_ok,
     csrf_of,
+    csrf_ok,
 )
 from ephemerid.ui.render import Links, page
 
@@ -106,7 +106,7 @@ class Dashboard:
         found = views.output_of(self.service, ask.caller, params["id"], params["name"])
         artifacts = self.service.artifacts
 
-        def chunks():  # type: ignore[no-untyped-def]
+        def chunks() -> Iterator[bytes]:
             with artifacts.open_read(found.key) as stream:
                 while chunk := stream.read(1024 * 1024):
                     yield chunk
@@ -183,7 +183,10 @@ class Dashboard:
             if self.gate.entering(request):
                 return self._enter(request)
             csrf, new = csrf_of(request)
-            links = Links(self.base, {k: request.query_params[k] for k in self.gate.keep if k in request.query_params})
+            links = Links(
+                self.base,
+                {k: request.query_params[k] for k in self.gate.keep if k in request.query_params},
+            )
             form: dict[str, str] = {}
             if post:
                 body = await request.body()

@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from ephemerid.functions.callers import Caller
 
-TOKEN_COOKIE = "eph_ui"
+TOKEN_COOKIE = "eph_ui"  # noqa: S105 (a cookie's name, not a secret)
 TOKEN_PARAM = "token"  # noqa: S105 (a parameter's name, not a secret)
 CSRF_COOKIE = "eph_csrf"
 CSRF_FIELD = "csrf"

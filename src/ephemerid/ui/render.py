@@ -79,5 +79,10 @@ class Links:
 
 def page(template: str, links: Links, csrf: str, **context: Any) -> str:
     return ENV.get_template(template).render(
-        url=links.url, csrf=csrf, keep=urlencode(links.kept), kept=links.kept, base=links.base, **context
+        url=links.url,
+        csrf=csrf,
+        keep=urlencode(links.kept),
+        kept=links.kept,
+        base=links.base,
+        **context,
     )

@@ -213,7 +213,7 @@ def sweep_page(
         raise BadInput(f"sort '{sort}' is unknown: sort by number, value, state or a param")
     if sort:
         have = [t for t in rows if _key(t, sort) is not None]
-        have.sort(key=lambda t: _key(t, sort), reverse=desc)  # type: ignore[arg-type,return-value]
+        have.sort(key=lambda t: _key(t, sort), reverse=desc)
         rows = have + [t for t in rows if _key(t, sort) is None]
     shown["trials"] = rows
     shown["params"] = params
@@ -237,8 +237,8 @@ def best_so_far(trials: list[dict[str, Any]], goal: str) -> list[list[float]]:
         value = trial.get("value")
         if value is None:
             continue
-        better = value > best if goal == "maximize" else value < best  # type: ignore[operator]
-        best = value if best is None or better else best
+        if best is None or (value > best if goal == "maximize" else value < best):
+            best = value
         points.append([trial["number"], best])
     return points
 

@@ -1,0 +1,74 @@
+"""The function app serves the dashboard from /api/ui/{*path}: the same pages, for the caller
+its function key (or App Service principal) names, with the key carried along by every link."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+
+from ephemerid.functions import register
+from ephemerid.functions.handlers import Handlers
+from ephemerid.rules import Rules
+from ui.conftest import Home
+
+KEYS = {"functionKeys": {"alice": "alice-key-0123"}, "masterKey": "master-key-0123"}
+
+
+@pytest.fixture
+def dashboard(home: Home, tmp_path: Path) -> func.FunctionApp:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps(KEYS))
+    handlers = Handlers(
+        home.service, Rules.parse("rules: []\n", base=tmp_path), keys_file=str(keys)
+    )
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    register(app, lambda: handlers)
+    return next(
+        f.get_user_function() for f in app.get_functions() if f.get_function_name() == "dashboard"
+    )
+
+
+def ask(
+    route: object, path: str, key: str, method: str = "GET", body: bytes = b""
+) -> func.HttpResponse:
+    request = func.HttpRequest(
+        method,
+        f"http://localhost/api/ui/{path}?code={key}",
+        params={"code": key},
+        route_params={"path": path},
+        body=body,
+    )
+    return route(request)  # type: ignore[operator,no-any-return]
+
+
+def test_a_function_key_s_caller_sees_only_its_own_jobs(dashboard: object, home: Home) -> None:
+    page = ask(dashboard, "jobs", "alice-key-0123")
+
+    assert page.status_code == 200
+    listed = set(re.findall(r'data-job="([^"]+)"', page.get_body().decode()))
+    assert home.alice_job.id in listed and home.bob_job.id not in listed
+    assert ask(dashboard, f"jobs/{home.bob_job.id}", "alice-key-0123").status_code == 404
+
+
+def test_every_link_carries_the_key_and_the_route_s_prefix(dashboard: object, home: Home) -> None:
+    html = ask(dashboard, f"jobs/{home.alice_job.id}", "alice-key-0123").get_body().decode()
+
+    assert 'href="/api/ui/jobs?code=alice-key-0123"' in html
+    assert 'src="/api/ui/static/app.js?code=alice-key-0123"' in html
+    assert ask(dashboard, "static/app.js", "alice-key-0123").status_code == 200
+
+
+def test_the_master_key_sees_every_owner_s_jobs(dashboard: object, home: Home) -> None:
+    html = ask(dashboard, "jobs", "master-key-0123").get_body().decode()
+
+    assert home.alice_job.id in html and home.bob_job.id in html
+
+
+def test_a_post_without_the_csrf_value_is_refused(dashboard: object, home: Home) -> None:
+    refused = ask(dashboard, f"jobs/{home.alice_job.id}/cancel", "alice-key-0123", "POST", b"")
+
+    assert refused.status_code == 403
