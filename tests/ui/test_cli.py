@@ -18,7 +18,10 @@ EPH = Path(sys.executable).with_name("eph")
 
 
 def env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("EPHEMERID_")}, "NO_COLOR": "1"}
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("EPHEMERID_")},
+        "NO_COLOR": "1",
+    }
 
 
 def test_eph_ui_serves_the_home_behind_the_token_it_prints(home: Home) -> None:

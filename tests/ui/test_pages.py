@@ -24,11 +24,12 @@ def job_ids(html: str) -> set[str]:
 def test_a_request_without_the_token_gets_401(admin_url: str, home: Home) -> None:
     stranger = Web(admin_url)
     paths = [*PAGES, f"/jobs/{home.alice_job.id}", f"/jobs/{home.alice_job.id}/live.json"]
-    for path in [*paths, "/static/app.js", "/jobs?token=wrong"]:
+    for path in [*paths, "/static/app.js", "/jobs?token=wrong", "/no/such/page"]:
         assert stranger.get(path).status == 401, path
     refused = stranger.post(f"/jobs/{home.alice_job.id}/cancel", {"csrf": "x"})
     assert refused.status == 401
     assert "?token=" in stranger.get("/jobs").text  # it says where the token comes from
+    assert Web(admin_url, {"eph_ui": TOKEN}).get("/no/such/page").status == 404
 
 
 def test_the_token_becomes_an_httponly_strict_cookie_and_leaves_the_address(

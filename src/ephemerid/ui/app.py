@@ -265,4 +265,18 @@ def dashboard(service: Service, gate: Gate, base: str = "") -> Starlette:
     """The dashboard on ``service``, behind ``gate``, at ``base`` ("" or e.g. "/api/ui")."""
     ui = Dashboard(service, gate, base)
     routes = ui.routes()
-    return Starlette(routes=[Mount(ui.base, routes=routes)] if ui.base else routes)
+
+    async def unknown(request: Request, exc: Exception) -> Response:
+        """No such page: 401 to a stranger (nothing is told before the gate), else a 404 page."""
+        if gate.caller_of(request) is None:
+            return ui._refused(request)
+        return HTMLResponse(
+            f"<!doctype html><title>404</title><h1>404</h1><p>No page here: "
+            f'<a href="{ui.base}/jobs">the jobs</a>.</p>',
+            404,
+        )
+
+    return Starlette(
+        routes=[Mount(ui.base, routes=routes)] if ui.base else routes,
+        exception_handlers={404: unknown},
+    )
