@@ -108,9 +108,28 @@ def test_a_running_job_s_log_and_curve_move_without_a_reload(
         page.goto(f"{admin_url}/compute")
         assert page.locator(f'a[href="/jobs/{job.id}"]').count() == 1
         shot(page, "compute")
+        page.goto(f"{admin_url}/jobs")
+        page.evaluate("window.loadedOnce = 'the jobs page'")
+        row = page.locator(f'tr[data-job="{job.id}"] td.state')
+        assert row.inner_text() == "RUNNING"
     finally:
         (gate.path / "end").touch()
     wait_for(lambda: home.service.has_result(job.id), f"{job.id}'s result", 90)
+    home.service.complete(job.id)  # what the agent does when the result lands
+
+    page.locator(f'tr[data-job="{job.id}"] td.state', has_text="SUCCEEDED").wait_for()
+    assert page.evaluate("window.loadedOnce") == "the jobs page"  # the table moved in place
+    page.close()
+
+
+def test_the_console_watch_sees_a_page_error(context: Any) -> None:
+    seen = Console()
+    page = seen.watch(context.new_page())
+    page.set_content("<script>console.error('broken'); undefinedFunction();</script>")
+
+    # each call into the page lets Playwright deliver the events it has received
+    wait_for(lambda: page.evaluate("1") and len(seen.errors) == 2, "both errors", 60)
+    assert seen.errors[0] == "broken" and "undefinedFunction" in seen.errors[1]
     page.close()
 
 

@@ -33,7 +33,12 @@ def dashboard(home: Home, tmp_path: Path) -> func.FunctionApp:
 
 
 def ask(
-    route: object, path: str, key: str, method: str = "GET", body: bytes = b""
+    route: object,
+    path: str,
+    key: str,
+    method: str = "GET",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
 ) -> func.HttpResponse:
     request = func.HttpRequest(
         method,
@@ -41,6 +46,7 @@ def ask(
         params={"code": key},
         route_params={"path": path},
         body=body,
+        headers=headers or {},
     )
     return route(request)  # type: ignore[operator,no-any-return]
 
@@ -72,3 +78,21 @@ def test_a_post_without_the_csrf_value_is_refused(dashboard: object, home: Home)
     refused = ask(dashboard, f"jobs/{home.alice_job.id}/cancel", "alice-key-0123", "POST", b"")
 
     assert refused.status_code == 403
+
+
+def test_a_promote_through_the_function_app_takes_the_csrf_cookie_it_set(
+    dashboard: object, home: Home
+) -> None:
+    models = ask(dashboard, "models", "master-key-0123")
+    cookie = models.headers["Set-Cookie"]
+    assert cookie.startswith("eph_csrf=") and "Path=/api/ui" in cookie
+    value = cookie.split(";")[0].removeprefix("eph_csrf=")
+    form = f"name=tiny&version=1&alias=azure&csrf={value}".encode()
+    headers = {"Cookie": f"eph_csrf={value}", "Content-Type": "application/x-www-form-urlencoded"}
+
+    done = ask(dashboard, "models/promote", "master-key-0123", "POST", form, headers)
+
+    assert done.status_code == 303
+    promoted = "promoted=tiny%40azure+-%3E+version+1"
+    assert done.headers["Location"] == f"/api/ui/models?{promoted}&code=master-key-0123"
+    assert home.service.models.aliases("tiny")["azure"] == 1
