@@ -75,8 +75,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
             ),
             owner=ALICE.name,
         )
+        again = spec_for(code, "tiny.py", params={"lr": 0.05}, register_as={"name": "tiny"})
+        run(service, again, owner=ALICE.name)  # tiny:2
+        service.models.promote("tiny", 1, "production")
         bob = run(service, spec_for(code, "tiny.py", params={"fail": 1}), owner=BOB.name)
-        search = {"method": "grid", "space": {"lr": [0.05, 0.3]}, "metric": "val_loss"}
+        space = {"lr": [0.02, 0.05, 0.1, 0.3]}
+        search = {"method": "grid", "space": space, "metric": "val_loss", "max_parallel": 2}
         submitted = service.submit(
             validate_sweep(sweep_data(code, search)), key="ui-sweep", owner=ALICE.name
         )

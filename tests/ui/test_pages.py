@@ -142,7 +142,7 @@ def test_a_promote_of_a_version_that_does_not_exist_says_so_on_the_page(
     got = web.post("/models/promote", {"name": "tiny", "version": "99", "alias": "x", "csrf": csrf})
 
     assert got.status == 404
-    assert "model &#39;tiny&#39; has no version 99 (versions: 1)" in got.text
+    assert "model &#39;tiny&#39; has no version 99 (versions: 1, 2)" in got.text
     assert "x" not in home.service.models.aliases("tiny")
     missing = web.post(
         "/models/promote", {"name": "nope", "version": "1", "alias": "x", "csrf": csrf}
