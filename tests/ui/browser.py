@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = os.environ.get("EPHEMERID_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("UI_TEST_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -57,8 +57,8 @@ def ui(
     The printed URL carries a random token; the browser keeps it as a cookie. A request without
     it gets 401. Ctrl-C stops it.
     """
-    require_extra("starlette", "ui")
-    require_extra("uvicorn", "ui")
+    for module in ("starlette", "uvicorn", "jinja2", "azure.functions"):
+        require_extra(module, "ui")
     import uvicorn
 
     from ephemerid.functions.callers import Caller
