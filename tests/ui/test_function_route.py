@@ -3,9 +3,11 @@ its function key (or App Service principal) names, with the key carried along by
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import pytest
@@ -19,12 +21,15 @@ KEYS = {"functionKeys": {"alice": "alice-key-0123"}, "masterKey": "master-key-01
 
 
 @pytest.fixture
-def dashboard(home: Home, tmp_path: Path) -> func.FunctionApp:
+def dashboard(home: Home, tmp_path: Path) -> Any:
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps(KEYS))
-    handlers = Handlers(
-        home.service, Rules.parse("rules: []\n", base=tmp_path), keys_file=str(keys)
-    )
+    rules = Rules.parse("rules: []\n", base=tmp_path)
+    return route_of(Handlers(home.service, rules, keys_file=str(keys)))
+
+
+def route_of(handlers: Handlers) -> Any:
+    """The registered ``dashboard`` function of a function app over ``handlers``."""
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
     register(app, lambda: handlers)
     return next(
@@ -96,3 +101,24 @@ def test_a_promote_through_the_function_app_takes_the_csrf_cookie_it_set(
     promoted = "promoted=tiny%40azure+-%3E+version+1"
     assert done.headers["Location"] == f"/api/ui/models?{promoted}&code=master-key-0123"
     assert home.service.models.aliases("tiny")["azure"] == 1
+
+
+def principal_request(path: str, principal: dict[str, object]) -> func.HttpRequest:
+    encoded = base64.b64encode(json.dumps(principal).encode()).decode()
+    headers = {"x-ms-client-principal-id": "0000-aaaa", "x-ms-client-principal": encoded}
+    url = f"http://localhost/api/ui/{path}"
+    return func.HttpRequest("GET", url, headers=headers, route_params={"path": path}, body=b"")
+
+
+def test_behind_app_service_authentication_the_principal_is_the_caller(
+    home: Home, tmp_path: Path
+) -> None:
+    rules = Rules.parse("rules: []\n", base=tmp_path)
+    route = route_of(Handlers(home.service, rules, trust_principal=True))
+    admin_role = {"claims": [{"typ": "roles", "val": "ephemerid.admin"}]}
+
+    plain = route(principal_request("jobs", {"claims": []})).get_body().decode()
+    admin = route(principal_request("jobs", admin_role)).get_body().decode()
+
+    assert "entra:0000-aaaa" in plain and home.alice_job.id not in plain
+    assert "entra:0000-aaaa (admin)" in admin and home.bob_job.id in admin
