@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ephemerid.errors import BadInput
@@ -13,6 +13,7 @@ from ephemerid.ui.views import JobFilter
 KEYS = st.sampled_from(["state", "rule", "sweep", "owner", "limit", "colour", "token", "code"])
 
 
+@settings(deadline=None)  # no timing on a loaded machine
 @given(st.dictionaries(KEYS, st.text(max_size=300), max_size=6))
 def test_any_query_parses_or_is_bad_input(query: dict[str, str]) -> None:
     try:
