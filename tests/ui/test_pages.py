@@ -11,8 +11,10 @@ import pytest
 
 from drive import Gate, held_spec, wait_for
 from ephemerid.record import JobState
-from ui.conftest import ALICE, TOKEN, Home
-from ui.web import Web
+from ephemerid.ui.app import dashboard
+from ephemerid.ui.auth import CallerGate
+from ui.conftest import ALICE, BOB, TOKEN, Home
+from ui.web import Web, serving
 
 PAGES = ["/jobs", "/sweeps", "/models", "/compute", "/rejected"]
 
@@ -209,3 +211,15 @@ def test_another_owner_s_job_answers_404_everywhere(alice_url: str, home: Home) 
     csrf = alice.get("/models").csrf
     assert alice.post(f"/jobs/{bob}/cancel", {"csrf": csrf}).status == 404
     assert home.service.get(bob).state is JobState.FAILED
+
+
+def test_a_caller_promotes_only_versions_its_own_jobs_made(home: Home) -> None:
+    with serving(dashboard(home.service, CallerGate(BOB, keep=()))) as url:
+        bob = Web(url)
+        page = bob.get("/models")
+        assert f'href="/jobs/{home.alice_job.id}"' not in page.text  # not linked for bob
+        form = {"name": "tiny", "version": "2", "alias": "bobs", "csrf": page.csrf}
+        refused = bob.post("/models/promote", form)
+
+    assert refused.status == 404 and "made by another" in refused.text
+    assert "bobs" not in home.service.models.aliases("tiny")

@@ -156,7 +156,7 @@ class Dashboard:
     def _owns_version(self, caller: Caller, name: str, number: int) -> None:
         """A caller who is no admin promotes only versions its own jobs made."""
         for version in self.service.models.versions(name):
-            if version.version == number and not views._sees_job(
+            if version.version == number and not views.sees_job(
                 self.service, caller, version.job_id
             ):
                 raise NotFound(f"model '{name}' version {number} was made by another's job")

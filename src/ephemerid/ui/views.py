@@ -271,14 +271,14 @@ def models(service: Service, caller: Caller) -> list[dict[str, Any]]:
                 {
                     "version": version,
                     "aliases": sorted(a for a, v in aliases.items() if v == version.version),
-                    "job_visible": _sees_job(service, caller, version.job_id),
+                    "job_visible": sees_job(service, caller, version.job_id),
                 }
             )
         found.append({"name": name, "aliases": aliases, "versions": versions})
     return found
 
 
-def _sees_job(service: Service, caller: Caller, job_id: str) -> bool:
+def sees_job(service: Service, caller: Caller, job_id: str) -> bool:
     try:
         return caller.sees(service.get(job_id).owner)
     except NotFound:
