@@ -89,6 +89,16 @@ def test_v3_then_a_canary_of_v4_then_v4_alone_with_the_old_revision_deactivated(
     assert not sim.apps.app(GROUP, APP).revisions[f"{APP}--v3"].active  # kept, inactive
 
 
+def test_a_new_revision_gets_no_traffic_before_the_weights_are_set(
+    sim: ArmSimulator, deployer: ContainerAppDeployer, registry: ModelRegistry
+) -> None:
+    """The Bicep's traffic follows the latest revision: the first new revision's PATCH pins it."""
+    deployer.deploy(plan(registry, "tabular:3=100"))
+
+    history = sim.apps.app(GROUP, APP).history
+    assert history == [{f"{APP}--initial": 100}, {f"{APP}--v3": 100}]
+
+
 def test_deploying_the_same_plan_again_writes_nothing(
     sim: ArmSimulator, deployer: ContainerAppDeployer, registry: ModelRegistry
 ) -> None:

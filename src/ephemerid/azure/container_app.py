@@ -6,7 +6,8 @@ ingress traffic weights by revision (infra/modules/serving.bicep makes the app).
 
 1. read the app (``NotFound`` naming it, and what to set, if it does not exist);
 2. pin the traffic: an entry that follows the latest revision would hand a new revision its
-   weight the moment it is made, so it is first written as the revision it means now;
+   weight the moment it is made, so the first new revision's PATCH also writes it as the
+   revision it means now;
 3. make a revision ``<app>--v<version>`` for each version that has none: the app's template with
    ``EPHEMERID_SERVING_MODEL=name:version`` and ``EPHEMERID_SERVING_PIN=true`` (a revision serves
    one version; the split is ingress's) and the image given, else the one the app runs now;
@@ -138,10 +139,10 @@ class ContainerAppDeployer:
         app = self.read_app()
         revisions = self.revisions()
         missing = [s for s in plan.shares if self.app_id.revision(s.version) not in revisions]
-        if missing and _follows_latest(app):
-            self.pin_traffic(app, done)
+        pinned = _pinned(app) if missing and _follows_latest(app) else None
         for share in plan.shares:
-            self.ensure_revision(app, plan.model, share, image, revisions, done)
+            self.ensure_revision(app, plan.model, share, image, revisions, done, pinned)
+            pinned = None if done.created else pinned  # the first new revision's PATCH pins
         wanted = [
             {"revisionName": self.app_id.revision(s.version), "weight": s.weight}
             for s in plan.shares
@@ -185,16 +186,6 @@ class ContainerAppDeployer:
             )
             return {r.name: dict(r.as_dict()) for r in pages}
 
-    def pin_traffic(self, app: dict[str, Any], done: _Progress) -> None:
-        latest = app["properties"].get("latestRevisionName", "")
-        pinned = [
-            {"revisionName": latest, "weight": e.get("weight", 0)}
-            if e.get("latestRevision")
-            else {"revisionName": e.get("revisionName"), "weight": e.get("weight", 0)}
-            for e in _traffic(app, raw=True)
-        ]
-        self.set_traffic(pinned, done)
-
     def ensure_revision(
         self,
         app: dict[str, Any],
@@ -203,13 +194,17 @@ class ContainerAppDeployer:
         image: str,
         revisions: dict[str, dict[str, Any]],
         done: _Progress,
+        pinned: list[dict[str, Any]] | None = None,
     ) -> None:
         name = self.app_id.revision(share.version)
         base = _container(app["properties"]["template"])["image"]
         revision = revisions.get(name)
         if revision is None:
             template = _template_for(app["properties"]["template"], model, share.version, image)
-            self._patch({"properties": {"template": template}}, f"making revision {name}")
+            body: dict[str, Any] = {"template": template}
+            if pinned is not None:  # in the same PATCH: the new revision starts with no traffic
+                body["configuration"] = {"ingress": {"traffic": pinned}}
+            self._patch({"properties": body}, f"making revision {name}")
             done.created.append(name)
             return
         has = _container(_props(revision).get("template") or {}).get("image")
@@ -284,6 +279,16 @@ def _traffic(app: dict[str, Any], raw: bool = False) -> list[dict[str, Any]]:
         for e in entries or []
         if not e.get("latestRevision")
     ] + [{"latest": e.get("weight", 0)} for e in entries or [] if e.get("latestRevision")]
+
+
+def _pinned(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """The app's traffic with "the latest revision" written as the revision that is now."""
+    latest = app["properties"].get("latestRevisionName", "")
+    return [
+        {"revisionName": latest if e.get("latestRevision") else e.get("revisionName"),
+         "weight": e.get("weight", 0)}
+        for e in _traffic(app, raw=True)
+    ]  # fmt: skip
 
 
 def _follows_latest(app: dict[str, Any]) -> bool:

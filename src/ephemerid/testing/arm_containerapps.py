@@ -10,9 +10,10 @@ revisions, and POST ``.../revisions/{revision}/activate`` and ``/deactivate``.
 What it keeps of Azure's rules, in ``activeRevisionsMode: Multiple``: a PATCH whose template
 differs from the latest revision's makes a new revision ``<app>--<revisionSuffix>`` (a suffix
 already taken is refused, 400); an ingress traffic entry with ``latestRevision: true`` follows the
-newest revision; traffic weights must name existing, active revisions and sum to 100 (400
-otherwise); a revision that still receives traffic cannot be deactivated (400). ``add_app`` makes
-an app as infra/modules/serving.bicep deploys it (one revision, all traffic on the latest).
+newest revision; traffic weights must name existing, active revisions (or the one the PATCH
+makes) and sum to 100 (400 otherwise); a revision that still receives traffic cannot be
+deactivated (400). ``add_app`` makes an app as infra/modules/serving.bicep deploys it (one
+revision, all traffic on the latest); ``SimApp.history`` keeps the weights after each PATCH.
 Not simulated: replicas, scaling, the image pull, the Key Vault secret and the workload profile;
 the error codes are the simulator's own where Azure's are not documented.
 """
@@ -52,6 +53,7 @@ class SimApp:
     revisions: dict[str, SimRevision] = field(default_factory=dict)
     latest: str = ""
     busy_until: float = 0.0
+    history: list[dict[str, int]] = field(default_factory=list)  # the weights after each PATCH
 
     @property
     def props(self) -> dict[str, Any]:
@@ -156,6 +158,7 @@ class ContainerApps:
         app.body = merged
         if new_revision:
             self._new_revision(app, suffix)
+        app.history.append(app.weights())
         app.busy_until = time.monotonic() + self.update_s
         op = uuid.uuid4().hex
         self._ops[op] = (app, app.busy_until)
