@@ -181,13 +181,16 @@ def test_a_container_app_that_does_not_exist_is_a_clear_error_naming_it(
     assert writes(sim) == []
 
 
-def test_a_version_asked_for_from_another_image_is_a_conflict_not_a_silent_reuse(
-    deployer: ContainerAppDeployer, registry: ModelRegistry
+def test_a_version_asked_for_from_another_image_is_a_conflict_before_any_write(
+    sim: ArmSimulator, deployer: ContainerAppDeployer, registry: ModelRegistry
 ) -> None:
     deployer.deploy(plan(registry, "tabular:3=100"), image="crtest.azurecr.io/serving:2")
+    before = len(writes(sim))
 
     with pytest.raises(Conflict, match="keeps its image"):
-        deployer.deploy(plan(registry, "tabular:3=100"), image="crtest.azurecr.io/serving:3")
+        deployer.deploy(plan(registry, "tabular:4=50,tabular:3=50"), image="crtest/serving:3")
+
+    assert writes(sim)[before:] == []  # not even version 4's revision
 
 
 @pytest.mark.parametrize(

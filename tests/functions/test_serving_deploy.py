@@ -101,6 +101,18 @@ def test_a_refused_deploy_says_why_and_calls_no_arm(
     assert sim.requests == []
 
 
+def test_a_deploy_that_arm_refuses_is_a_502_with_arms_reason(
+    deploy: Callable[..., Any], sim: ArmSimulator
+) -> None:
+    sim.apps.refuse_next_patch("InvalidContainerAppTemplate", "simulated: the template is bad")
+
+    response = deploy(post({"model": "tabular@production"}))
+
+    assert response.status_code == 502
+    error = json.loads(response.get_body())["error"]
+    assert "Azure refused the deploy" in error and "InvalidContainerAppTemplate" in error
+
+
 def test_without_a_serving_app_the_route_says_what_to_set(service: Service, tmp_path: Path) -> None:
     handlers = Handlers(service, Rules.parse("rules: []\n", base=tmp_path))
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

@@ -138,22 +138,17 @@ class ContainerAppDeployer:
         done = _Progress()
         app = self.read_app()
         revisions = self.revisions()
+        self.check_images(plan, image, revisions)  # before any write
         missing = [s for s in plan.shares if self.app_id.revision(s.version) not in revisions]
         pinned = _pinned(app) if missing and _follows_latest(app) else None
         for share in plan.shares:
             self.ensure_revision(app, plan.model, share, image, revisions, done, pinned)
             pinned = None if done.created else pinned  # the first new revision's PATCH pins
-        wanted = [
-            {"revisionName": self.app_id.revision(s.version), "weight": s.weight}
-            for s in plan.shares
-        ]
+        weights = {self.app_id.revision(s.version): s.weight for s in plan.shares}
+        wanted = [{"revisionName": name, "weight": weight} for name, weight in weights.items()]
         if _traffic(self.read_app()) != wanted:
             self.set_traffic(wanted, done)
-        planned = {entry["revisionName"] for entry in wanted}
-        for name, revision in self.revisions().items():
-            if name not in planned and _props(revision).get("active"):
-                self.deactivate(name, done)
-        weights = {self.app_id.revision(s.version): s.weight for s in plan.shares}
+        self.retire_others(set(weights), done)
         return Deployed(
             str(self.app_id),
             plan.describe(),
@@ -186,6 +181,22 @@ class ContainerAppDeployer:
             )
             return {r.name: dict(r.as_dict()) for r in pages}
 
+    def check_images(
+        self, plan: SplitPlan, image: str, revisions: dict[str, dict[str, Any]]
+    ) -> None:
+        """A version's revision keeps the image it was made with: another one is a Conflict."""
+        for share in plan.shares if image else ():
+            name = self.app_id.revision(share.version)
+            if name not in revisions:
+                continue
+            has = _container(_props(revisions[name]).get("template") or {}).get("image")
+            if has != image:
+                raise Conflict(
+                    f"revision {name} serves {plan.model}:{share.version} from image '{has}', "
+                    f"not '{image}': a version's revision keeps its image; deploy without an "
+                    "image, or register the model again as a new version"
+                )
+
     def ensure_revision(
         self,
         app: dict[str, Any],
@@ -197,7 +208,6 @@ class ContainerAppDeployer:
         pinned: list[dict[str, Any]] | None = None,
     ) -> None:
         name = self.app_id.revision(share.version)
-        base = _container(app["properties"]["template"])["image"]
         revision = revisions.get(name)
         if revision is None:
             template = _template_for(app["properties"]["template"], model, share.version, image)
@@ -207,13 +217,6 @@ class ContainerAppDeployer:
             self._patch({"properties": body}, f"making revision {name}")
             done.created.append(name)
             return
-        has = _container(_props(revision).get("template") or {}).get("image")
-        if image and has != image:
-            raise Conflict(
-                f"revision {name} serves {model}:{share.version} from image '{has}', not "
-                f"'{image}': a version's revision keeps its image; deploy without an image, or "
-                f"register the model again as a new version (now running: '{base}')"
-            )
         if not _props(revision).get("active"):
             with sdk_errors(f"activating revision {name} of {self.app_id}", role=ROLE):
                 self.client.container_apps_revisions.activate_revision(
@@ -226,12 +229,16 @@ class ContainerAppDeployer:
         self._patch(patch, f"setting the traffic weights of {self.app_id.name} to {traffic}")
         done.traffic_changed = True
 
-    def deactivate(self, name: str, done: _Progress) -> None:
-        with sdk_errors(f"deactivating revision {name} of {self.app_id}", role=ROLE):
-            self.client.container_apps_revisions.deactivate_revision(
-                self.app_id.group, self.app_id.name, name
-            )
-        done.deactivated.append(name)
+    def retire_others(self, planned: set[str], done: _Progress) -> None:
+        """Deactivate every active revision the plan does not name (it has no traffic now)."""
+        for name, revision in self.revisions().items():
+            if name in planned or not _props(revision).get("active"):
+                continue
+            with sdk_errors(f"deactivating revision {name} of {self.app_id}", role=ROLE):
+                self.client.container_apps_revisions.deactivate_revision(
+                    self.app_id.group, self.app_id.name, name
+                )
+            done.deactivated.append(name)
 
     def _patch(self, body: dict[str, Any], what: str) -> None:
         with sdk_errors(what, role=ROLE):
@@ -260,14 +267,14 @@ def _template_for(base: dict[str, Any], model: str, version: int, image: str) ->
 
 def _container(template: dict[str, Any]) -> dict[str, Any]:
     containers = template.get("containers") or []
-    found = next((c for c in containers if c.get("name") == CONTAINER), None)
+    found: dict[str, Any] | None = next((c for c in containers if c.get("name") == CONTAINER), None)
     if found is None:
         names = [c.get("name") for c in containers]
         raise BadInput(
             f"the container app has no container '{CONTAINER}' (it has {names}): is it the "
             "prediction service that infra/modules/serving.bicep makes?"
         )
-    return dict(found) if not isinstance(found, dict) else found
+    return found  # the template's own: _template_for edits it in place
 
 
 def _traffic(app: dict[str, Any], raw: bool = False) -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@ aliases are resolved from the registry and unknown versions refused before any A
 weights (ephemerid.azure.container_app). Call it after ``eph models promote`` (or from anything
 that sees a promotion) to move the service; a second call with the same body changes nothing.
 
+Azure refusing a request in another way (an ARM 400, say) answers 502 with ARM's reason.
+
 The route takes the admin (master) key only: the host refuses any other key, and the handler
 refuses a caller who is not the admin too (a function key, an Entra principal without the
 ``ephemerid.admin`` role).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from ephemerid.azure.split_plan import DeployRequest, plan_for
+from ephemerid.errors import BadInput, Conflict, EphemeridError, NotFound, Unavailable
 from ephemerid.functions.handlers import Handlers, _answer, _json
 
 
@@ -28,7 +31,12 @@ def http_serving_deploy(handlers: Handlers, req: func.HttpRequest) -> func.HttpR
         request = DeployRequest.parse(req.get_body())
         model, entries = request.entries()
         plan = plan_for(handlers.service.models, model, entries)
-        deployed = handlers.serving().deploy(plan, request.image)
+        try:
+            deployed = handlers.serving().deploy(plan, request.image)
+        except (BadInput, Conflict, NotFound, Unavailable):
+            raise  # 400, 409, 404, 503 (ephemerid.functions.handlers._answer)
+        except EphemeridError as exc:  # ARM refused what it was sent (a 400, say)
+            return _json({"error": f"Azure refused the deploy: {exc}"}, 502)
         return _json(deployed.to_json())
 
     return _answer(deploy)

@@ -79,6 +79,7 @@ class ContainerApps:
         self._endpoint, self._lock, self.update_s = endpoint, lock, update_s
         self.apps: dict[tuple[str, str], SimApp] = {}
         self._ops: dict[str, tuple[SimApp, float]] = {}
+        self._refusals: list[tuple[str, str]] = []
 
     # -- scripting and reading ---------------------------------------------------------------
 
@@ -98,6 +99,11 @@ class ContainerApps:
             self.apps[(group.lower(), name.lower())] = app
             self._new_revision(app, "initial")
             return _id(app)
+
+    def refuse_next_patch(self, code: str, message: str) -> None:
+        """Answer the next PATCH of any app 400 with ``code`` (a template ARM does not accept)."""
+        with self._lock:
+            self._refusals.append((code, message))
 
     def app(self, group: str, name: str) -> SimApp:
         with self._lock:
@@ -140,6 +146,8 @@ class ContainerApps:
         return 400, arm_error("UnsupportedBySimulator", f"{method} {path} is not simulated"), {}
 
     def _patch(self, app: SimApp, raw: bytes) -> Reply:
+        if self._refusals:
+            return 400, arm_error(*self._refusals.pop(0)), {}
         try:
             patch = json.loads(raw)
         except ValueError as exc:
