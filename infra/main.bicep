@@ -158,6 +158,7 @@ module app 'modules/app.bicep' = {
     amlLowPriority: amlLowPriority
     vmRegistry: vmRegistry
     servingAppId: servingAppId
+    servingFollow: enableServing && contains(servingModel, '@') ? servingModel : ''
   }
 }
 

@@ -200,6 +200,11 @@ def infra_problems(main: str, serving: str, app: str) -> list[str]:
         "main.bicep: servingAppId is not the container app's resource id",
     )
     need(f"name: '{container_app.CONTAINER}'" in body, "the container is not the one deploys edit")
+    follow = ContainerAppSettings.model_fields["follow"].alias
+    need(f"{{ name: '{follow}', value: servingFollow }}" in app
+         and "servingFollow: enableServing && contains(servingModel, '@') ? servingModel : ''"
+         in main and "model: servingModel\n" in main,
+         f"{follow} is not the alias the first revision follows")  # fmt: skip
     return found
 
 
@@ -317,6 +322,7 @@ MUTATIONS = {
     "loopback only": ("serving", "value: '0.0.0.0'", "value: '127.0.0.1'"),
     "another app id": ("app", "value: servingAppId }", "value: '' }"),
     "no deploy right": ("serving", "scope: app\n", "scope: managedEnvironment\n"),
+    "follows another": ("main", "? servingModel : ''\n", "? 'tabular@staging' : ''\n"),
 }
 
 

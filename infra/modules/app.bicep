@@ -19,6 +19,8 @@ param amlLowPriority bool
 param vmRegistry string = ''
 @description('The prediction service container app the deploy route updates (enableServing); empty: none.')
 param servingAppId string = ''
+@description('name@alias the prediction service follows: a job promoting under it redeploys it; empty: none.')
+param servingFollow string = ''
 
 var roles = loadJsonContent('../roles.json')
 // The names the code uses (ephemerid.names, ephemerid.functions); tests/test_deploy.py checks.
@@ -225,6 +227,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'EPHEMERID_VM_REGISTRY', value: vmRegistry }
         // the prediction service's revisions and weights (docs/serving-azure.md)
         { name: 'EPHEMERID_SERVING_APP_ID', value: servingAppId }
+        { name: 'EPHEMERID_SERVING_FOLLOW', value: servingFollow }
         // the azure-ml backend (docs/azure-ml.md): the cluster's nodes run as the VMs' identity;
         // no EPHEMERID_AML_ENVIRONMENT: the app registers its runner environment by content
         { name: 'EPHEMERID_AML_RESOURCE_GROUP', value: empty(amlWorkspace) ? '' : resourceGroup().name }

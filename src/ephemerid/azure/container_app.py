@@ -19,7 +19,8 @@ Each step is skipped when the app is already so: a second ``deploy`` of one plan
 A revision keeps the image it was made with: asking for version 3 from another image is
 ``Conflict``. SDK errors go through ``ephemerid.azure.errors`` (429 and 5xx are retried by the
 client first, then ``Unavailable``). ``ContainerAppSettings`` names the app the function app
-deploys to (``EPHEMERID_SERVING_APP_ID``, set by infra/modules/app.bicep).
+deploys to (``EPHEMERID_SERVING_APP_ID``, set by infra/modules/app.bicep) and the alias it
+follows (``EPHEMERID_SERVING_FOLLOW``).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from ephemerid.azure import clients
 from ephemerid.azure.errors import sdk_errors
 from ephemerid.azure.split_plan import Share, SplitPlan
 from ephemerid.errors import BadInput, Conflict, NotFound
-from ephemerid.settings import EnvMapping, _Settings
+from ephemerid.settings import EnvMapping, _explain, _Settings, _summary
+from ephemerid.spec import ModelRef
 
 # The prediction service's settings a revision sets (ephemerid.serving.settings.ServingSettings).
 MODEL_SETTING = "EPHEMERID_SERVING_MODEL"
@@ -55,11 +57,26 @@ class ContainerAppSettings(_Settings):
     """Where the function app deploys model versions to, when it does (enableServing)."""
 
     app_id: str = Field("", alias="EPHEMERID_SERVING_APP_ID")
+    # name@alias: a job promoting a version under it redeploys the service (ephemerid.azure.follow)
+    follow: str = Field("", alias="EPHEMERID_SERVING_FOLLOW")
     arm_endpoint: str = Field("", alias="EPHEMERID_ARM_ENDPOINT")  # the simulator, in tests
+
+    @field_validator("follow")
+    @classmethod
+    def _an_alias(cls, value: str) -> str:
+        if value and ModelRef.parse(value).alias is None:  # its ValueError names the form
+            raise ValueError(f"'{value}' names a version: write name@alias (tabular@production)")
+        return value
+
+    def followed(self) -> ModelRef | None:
+        return ModelRef.parse(self.follow) if self.follow and self.app_id else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ContainerAppSettings:
-        return cls(**EnvMapping(cls, env)())
+        try:
+            return cls(**EnvMapping(cls, env)())
+        except ValidationError as exc:
+            raise BadInput(_summary(list(_explain(cls, exc)))) from None
 
 
 @dataclass(frozen=True)

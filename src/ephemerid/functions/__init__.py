@@ -15,6 +15,7 @@ import azure.functions as func
 
 from ephemerid.app import build_service, load_rules
 from ephemerid.azure.container_app import ContainerAppDeployer, ContainerAppSettings
+from ephemerid.azure.follow import AliasFollower
 from ephemerid.functions.callers import KEYS_FILE_SETTING, Caller, trusts_principal
 from ephemerid.functions.handlers import Handlers
 from ephemerid.functions.serving import http_serving_deploy
@@ -37,16 +38,20 @@ APP_SETTING_DEFAULTS = {
 @functools.cache
 def handlers_from_settings() -> Handlers:
     settings = Settings.from_env()
+    service = build_service(settings)
+    serving = ContainerAppSettings.from_env(os.environ)
+    deployer = functools.partial(ContainerAppDeployer.from_settings, serving)
+    followed = serving.followed()
+    if followed is not None:  # a job promoting under this alias redeploys the service
+        service.subscribe(AliasFollower(service.models, followed, deployer))
     return Handlers(
-        build_service(settings),
+        service,
         load_rules(settings),
         jobs_queue=settings.jobs_queue,
         keys_file=os.environ.get(KEYS_FILE_SETTING),
         trust_principal=trusts_principal(os.environ),
         keyless=Caller("key:none"),  # never let through by the host: every route needs a key
-        serving=functools.partial(
-            ContainerAppDeployer.from_settings, ContainerAppSettings.from_env(os.environ)
-        ),
+        serving=deployer,
     )
 
 
