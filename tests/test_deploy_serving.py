@@ -142,6 +142,9 @@ def infra_problems(main: str, serving: str, app: str) -> list[str]:
         len(re.findall(r"\{ type: '(Startup|Readiness|Liveness)', httpGet: health", body)) == 3,
         "the app lacks its startup, readiness and liveness probes",
     )
+    limits = {"failureThreshold": 10, "periodSeconds": 240}  # Container Apps' probe limits
+    need(all(int(v) <= limits[k] for k, v in re.findall(r"(failureThreshold|periodSeconds): (\d+)",
+         body)), f"a probe is past Container Apps' limits {limits}")  # fmt: skip
     # keys: a Key Vault reference by identity, never a value
     need(
         env.get("EPHEMERID_SERVING_KEYS") == ("secretRef", "keysSecretName"),
@@ -322,6 +325,7 @@ MUTATIONS = {
     "loopback only": ("serving", "value: '0.0.0.0'", "value: '127.0.0.1'"),
     "another app id": ("app", "value: servingAppId }", "value: '' }"),
     "no deploy right": ("serving", "scope: app\n", "scope: managedEnvironment\n"),
+    "a probe past the limit": ("serving", "failureThreshold: 10 }", "failureThreshold: 60 }"),
     "follows another": ("main", "? servingModel : ''\n", "? 'tabular@staging' : ''\n"),
 }
 

@@ -92,7 +92,7 @@ resource servingModels 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  name: 'kv-${token}'
+  name: 'kvs-${token}' // not kv-: the Azure ML workspace's vault is named so
   location: location
   tags: tags
   properties: {
@@ -205,7 +205,7 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
             { name: 'EPHEMERID_STORAGE__blobServiceUri', value: blobUri }
           ]
           probes: [
-            { type: 'Startup', httpGet: health, periodSeconds: 5, failureThreshold: 60 }
+            { type: 'Startup', httpGet: health, periodSeconds: 30, failureThreshold: 10 }
             { type: 'Readiness', httpGet: health, periodSeconds: 10 }
             { type: 'Liveness', httpGet: health, periodSeconds: 30 }
           ]
