@@ -94,7 +94,8 @@ class LocalCompute:
         self.python = python
         self.grace_s = grace_s
         self.disk_limit_bytes = disk_limit_bytes
-        self.price_per_hour = price_per_hour  # of one job's compute (0: no price set)
+        # of one job's compute; None when it is 0 (no price set: its cost is shown as time)
+        self.price_per_hour = price_per_hour or None
         if gpus is None:  # ``gpus_found_by``: how they were counted, for the refusal's message
             gpus, gpus_found_by = detect_gpus()
         self.gpus, self.gpus_found_by = gpus, gpus_found_by

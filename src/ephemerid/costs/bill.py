@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ephemerid.record import JobRecord
 
@@ -75,6 +75,10 @@ class JobBill:
         held = sum(s.seconds_in(since, until) for s in self.segments)
         cost = held / 3600 * (self.price_per_hour or 0.0)
         return cost + sum(e.cost_usd or 0.0 for e in self.earlier if since <= e.at < until)
+
+    def total(self) -> float:
+        """USD billed over the whole life of the job (so far, for compute still held)."""
+        return self.cost(datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 
     def touches(self, since: datetime, until: datetime) -> bool:
         """Whether any of its compute was held in [since, until)."""

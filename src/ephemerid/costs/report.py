@@ -158,7 +158,7 @@ def report(
         daily=daily,
         persistent=persistent,
         currency=prices.currency,
-        assumptions=_assumptions(since, until, persistent),
+        assumptions=_assumptions(since, until, total, persistent),
     )
 
 
@@ -236,7 +236,7 @@ def _persistent_price(prices: PriceTable, sku: str, spot: bool) -> float:
 
 
 def _assumptions(
-    since: datetime, until: datetime, persistent: Persistent | None
+    since: datetime, until: datetime, total: Line, persistent: Persistent | None
 ) -> tuple[str, ...]:
     found = [
         f"period: {since:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ} (UTC), "
@@ -245,6 +245,12 @@ def _assumptions(
         "for the time it was held in the period: setup, run, and idle until the release "
         "is confirmed (with Azure ML's billed scale-down tail)",
     ]
+    if total.unpriced_h:
+        found.append(
+            f"unpriced: {total.unpriced_h:.4f} h held had no price (local compute with "
+            "EPHEMERID_LOCAL_PRICE_PER_HOUR unset or 0, or a SKU the price table lacks) and "
+            "count as $0"
+        )
     if persistent is not None:
         rate = "spot" if persistent.spot else "on-demand"
         found.append(
