@@ -143,17 +143,20 @@ class BudgetGate(ServiceSteps):
         return self._transition(job_id, transitions.held_by_budget(over.reason(), again))[0]
 
     def sweep_budget_spent(self, sweep: JobRecord) -> str:
-        """Why the sweep may launch no more trials (a budget of it is spent), or ""."""
+        """Why the sweep may launch no more trials (a budget of it has no room for one more
+        trial's worst case), or ""."""
         facts = Facts("", sweep.owner, sweep.id, _sweep_name(sweep))
+        price = price_of(sweep.spec, sweep.backend, self.settings, self.prices)
+        could = worst_cost(sweep.spec, price, self.settings.setup_allowance_s) or 0.0
         for budget in self.budgets:
             key = budget.key_of(facts) if budget.scope == "sweep" else None
             if key is None:
                 continue
             spent = self.spent(budget, key, facts)
-            if spent >= budget.limit:
+            if spent >= budget.limit or spent + could > budget.limit:
                 return (
                     f"stopped launching trials: the {budget.label(key)} is spent "
-                    f"(${spent:.4f} this {budget.period})"
+                    f"(${spent:.4f} this {budget.period}; a trial could cost ${could:.4f})"
                 )
         return ""
 
