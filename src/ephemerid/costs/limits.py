@@ -110,7 +110,7 @@ def fit(spec: JobSpec, price: Price, allowance_s: float) -> tuple[JobSpec, CostL
         return spec, limit
     fits = math.floor(compute.max_cost / price.per_hour * 3600 - allowance_s)
     if compute.on_max_cost == "cap" and fits >= 1:
-        capped = compute.model_copy(update={"max_runtime": float(fits)})
+        capped = compute.model_copy(update={"max_runtime": fits})
         limit = CostLimit(compute.max_cost, price.per_hour, allowance_s, asked, float(fits))
         return spec.model_copy(update={"compute": capped}), limit
     fix = (
