@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import EXAMPLES
 from drive import Gate, held_spec, run, service_with, spec_for, write_script
 from ephemerid import names
 from ephemerid.artifacts import get_bytes
@@ -68,6 +69,23 @@ def test_budgets_are_read_with_their_defaults(settings: Settings) -> None:
     assert budget.key_of(Facts(rule="nightly", owner="rule:nightly")) == "nightly"
     assert budget.key_of(Facts(rule="other", owner="rule:other")) is None
     assert load_budgets(settings.rules_path.with_name("none.yaml")) == ()
+
+
+def test_the_example_rules_budgets_read_as_written_once_uncommented() -> None:
+    text = (EXAMPLES / "ephemerid.yaml").read_text()
+    lines = [
+        line.removeprefix("# ") if line.startswith(("# budgets:", "#   - ")) else line
+        for line in text.splitlines()
+    ]
+
+    rules = Rules.parse("\n".join(lines), base=EXAMPLES)
+
+    assert [(b.scope, b.name, b.period, b.limit, b.on_exceed) for b in rules.parsed.budgets] == [
+        ("overall", "*", "month", 500.0, "refuse"),
+        ("rule", "nightly-retrain", "day", 20.0, "wait"),
+        ("owner", "*", "day", 50.0, "wait"),
+        ("sweep", "*", "month", 100.0, "wait"),
+    ]
 
 
 # -- compute.max_cost --------------------------------------------------------------------------
