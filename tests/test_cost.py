@@ -3,7 +3,6 @@ groupings, the daily series and the persistent machine, and every bad input of a
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from ephemerid.errors import BadInput
 from ephemerid.record import ComputeState, JobRecord, JobState
 from ephemerid.settings import Settings
 from ephemerid.spec import validate_spec
-from in_process import run_eph
 
 T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
 T4, A100 = "Standard_NC4as_T4_v3", "Standard_NC24ads_A100_v4"
@@ -178,24 +176,6 @@ def test_a_local_job_with_a_price_costs_its_held_time_at_that_price(
     assert found.total.unpriced_h == 0
 
 
-def test_a_local_job_without_a_price_is_shown_as_time_with_no_price_set(
-    settings: Settings, code_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    write_script(code_dir, "print('hi')\n")
-    with service_with(settings) as service:
-        done = run(service, spec_for(code_dir))
-    assert done.price_per_hour is None and done.cost_usd is None and done.held_s
-    env = {"EPHEMERID_HOME": str(settings.home), "COLUMNS": "300", "NO_COLOR": "1"}
-
-    data = json.loads(run_eph(("cost", "--json"), env, tmp_path, monkeypatch).stdout)
-    text = run_eph(("cost",), env, tmp_path, monkeypatch)
-
-    assert data["total"]["cost_usd"] == 0 and data["total"]["jobs"] == 1
-    assert data["total"]["unpriced_h"] == pytest.approx(done.held_s / 3600, abs=1e-6)
-    assert text.returncode == 0 and "no price set" in text.stderr
-    assert any("unpriced" in line for line in data["assumptions"])
-
-
 # -- a report over a window -------------------------------------------------------------------
 
 
@@ -346,18 +326,3 @@ def test_a_negative_or_non_numeric_local_price_is_refused_at_start(value: str) -
         BadInput, match=r"EPHEMERID_LOCAL_PRICE_PER_HOUR=.* USD per hour, 0 or more"
     ):
         Settings.from_env({"EPHEMERID_LOCAL_PRICE_PER_HOUR": value})
-
-
-def test_eph_cost_answers_bad_input_with_exit_2_and_json(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with service_with(settings):
-        pass  # a home with an empty store
-    env = {"EPHEMERID_HOME": str(settings.home)}
-
-    done = run_eph(
-        ("cost", "--vs-persistent", "Standard_H100", "--json"), env, tmp_path, monkeypatch
-    )
-
-    assert done.returncode == 2
-    assert json.loads(done.stdout)["kind"] == "BadInput" and "not in the price table" in done.stderr
