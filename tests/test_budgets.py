@@ -24,6 +24,7 @@ from ephemerid.settings import Settings
 from ephemerid.spec import validate_spec
 from ephemerid.sweeps import validate_sweep
 from ephemerid.testing.settle import settle
+from in_process import run_eph
 from sweeping import TRAIN, drive, sweep_data
 
 
@@ -108,7 +109,7 @@ def test_a_job_that_could_cost_more_than_its_max_cost_is_refused_with_the_number
 
 
 def test_a_job_may_have_its_runtime_capped_to_fit_its_max_cost_and_says_so(
-    settings: Settings, code_dir: Path
+    settings: Settings, code_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_script(code_dir, "print('hi')\n")
     spec = spec_for(code_dir, compute={"max_cost": 5, "max_runtime": "1h", "on_max_cost": "cap"})
@@ -121,6 +122,24 @@ def test_a_job_may_have_its_runtime_capped_to_fit_its_max_cost_and_says_so(
     assert done.spec.compute.max_runtime == 200 and launch["max_runtime_s"] == 200
     assert done.cost_limit is not None and done.cost_limit["capped"] is True
     assert "capped from 3600s to 200s" in done.cost_limit["note"]
+    env = {"EPHEMERID_HOME": str(settings.home), "COLUMNS": "300", "NO_COLOR": "1"}
+    status = run_eph(("status", done.id), env, tmp_path, monkeypatch)
+    assert "max_cost max_runtime capped from 3600s to 200s" in status.stderr
+
+
+def test_a_sweep_whose_trials_could_pass_their_max_cost_is_refused_at_submit(
+    settings: Settings, code_dir: Path
+) -> None:
+    write_script(code_dir, TRAIN, "train.py")
+    data = sweep_data(
+        code_dir,
+        {"method": "grid", "space": {"lr": [0.1, 0.2]}, "metric": "val_loss"},
+        trial={"compute": {"max_runtime": "1h", "max_cost": 1}},
+    )
+    with service_with(settings, local_price_per_hour=36.0) as service:
+        with pytest.raises(SpecError, match=r"compute\.max_cost: the job could cost"):
+            service.submit(validate_sweep(data))
+        assert service.list() == []
 
 
 def test_a_running_job_whose_cost_reaches_max_cost_is_stopped_by_the_reaper(

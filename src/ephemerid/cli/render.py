@@ -151,6 +151,8 @@ def job_detail(console: Console, job: JobRecord, progress: Progress | None = Non
         console.print(f"  {'compute':<21} {job.sku}{rented}")
     if job.evictions:
         console.print(f"  {'evictions':<21} {job.evictions}")
+    if job.cost_limit:  # what compute.max_cost decided at submit
+        console.print(f"  {'max_cost':<21} {job.cost_limit.get('note', '')}")
     if job.cost_usd is not None:
         held = job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
         console.print(f"  {'cost':<21} ${job.cost_usd:.4f}{' so far' if held else ''}")

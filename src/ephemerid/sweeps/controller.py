@@ -74,6 +74,7 @@ class Sweeps(Parents):
         def build(sweep_id: str, key: str) -> JobRecord:
             backend = self._checked_backend(spec.trial)
             self._check_staging(spec.trial, owner, admin)
+            self.admit(spec.trial, backend, owner=owner, source=source, parent="")  # max_cost
             return JobRecord(
                 id=sweep_id,
                 key=key,
