@@ -152,7 +152,7 @@ class BudgetGate(ServiceSteps):
             key = budget.key_of(facts) if budget.scope == "sweep" else None
             if key is None:
                 continue
-            spent = self.spent(budget, key, facts)
+            spent = self.spent(budget, key)
             if spent >= budget.limit or spent + could > budget.limit:
                 return (
                     f"stopped launching trials: the {budget.label(key)} is spent "
@@ -160,15 +160,23 @@ class BudgetGate(ServiceSteps):
                 )
         return ""
 
-    def spent(self, budget: Budget, key: str, facts: Facts, now: datetime | None = None) -> float:
-        """USD the jobs under ``budget``'s ``key`` cost so far this period, from their records."""
+    def spent(
+        self,
+        budget: Budget,
+        key: str,
+        now: datetime | None = None,
+        records: list[JobRecord] | None = None,
+    ) -> float:
+        """USD the jobs under ``budget``'s ``key`` cost so far this period, from their records
+        (``records``: the store's, read once by a caller checking several budgets)."""
         now = now or utcnow()
         start = period_start(budget.period, now)
-        records = self.store.list()
+        records = self.store.list() if records is None else records
         names = {r.id: _sweep_name(r) for r in records if r.sweep is not None}
+        recent = [r for r in records if _held_since(r, start)]
         return sum(
             b.cost(start, now)
-            for b in bills_of(records, now)
+            for b in bills_of(recent, now)
             if budget.key_of(_facts_of(b, names)) == key
         )
 
@@ -176,11 +184,13 @@ class BudgetGate(ServiceSteps):
         if not self.budgets:
             return None
         could = worst_cost(spec, price, self.settings.setup_allowance_s)
+        records: list[JobRecord] | None = None
         for budget in self.budgets:
             key = budget.key_of(facts)
             if key is None:
                 continue
-            spent = self.spent(budget, key, facts)
+            records = self.store.list() if records is None else records
+            spent = self.spent(budget, key, records=records)
             if spent >= budget.limit or spent + (could or 0.0) > budget.limit:
                 return Over(budget, key, spent, could)
         return None
@@ -199,6 +209,13 @@ class BudgetGate(ServiceSteps):
 
 def _facts_of(bill: JobBill, sweep_names: dict[str, str]) -> Facts:
     return Facts(bill.rule, bill.owner, bill.sweep, sweep_names.get(bill.sweep, ""))
+
+
+def _held_since(job: JobRecord, start: datetime) -> bool:
+    """Whether ``job`` may have held compute since ``start`` (its bill is worth reading)."""
+    if job.released_at is None or job.created_at >= start:
+        return True
+    return job.released_at + timedelta(seconds=job.billed_tail_s) > start
 
 
 def _sweep_name(sweep: JobRecord) -> str:
