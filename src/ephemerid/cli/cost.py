@@ -11,9 +11,7 @@ from rich.text import Text
 
 from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.render import Listing, dump
-from ephemerid.costs import CostReport, Line, report
-from ephemerid.costs.periods import window
-from ephemerid.record import utcnow
+from ephemerid.costs import CostReport, Line, report_from
 
 
 def cost(
@@ -39,17 +37,14 @@ def cost(
     """Spend, GPU hours, setup and idle share of the jobs in a period; with --vs-persistent SKU,
     what one machine of that SKU kept on all the period would have cost, and the saving."""
     service = service_for(home)
-    now = utcnow()
-    start, end = window(since, until, now)
-    found = report(
+    found = report_from(
         service.list(),
-        since=start,
-        until=end,
+        since=since,
+        until=until,
         by=by,
         vs_persistent=vs_persistent,
         spot=spot,
         prices=service.prices,
-        now=now,
     )
     if json_:
         dump(found.to_json())

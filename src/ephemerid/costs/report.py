@@ -15,7 +15,7 @@ from typing import Any
 
 from ephemerid.compute.prices import PriceTable
 from ephemerid.costs.bill import JobBill, bill
-from ephemerid.costs.periods import days
+from ephemerid.costs.periods import days, window
 from ephemerid.errors import BadInput
 from ephemerid.record import JobRecord, utcnow
 
@@ -159,6 +159,33 @@ def report(
         persistent=persistent,
         currency=prices.currency,
         assumptions=_assumptions(since, until, total, persistent),
+    )
+
+
+def report_from(
+    records: Iterable[JobRecord],
+    *,
+    since: str | None = "7d",
+    until: str | None = None,
+    by: str | None = None,
+    vs_persistent: str | None = None,
+    spot: bool = False,
+    prices: PriceTable,
+    now: datetime | None = None,
+) -> CostReport:
+    """``report`` over a window written as ``eph cost`` takes it (``7d``, a date): what the CLI
+    and a page's query string both call; BadInput naming the flag when one is wrong."""
+    now = now or utcnow()
+    start, end = window(since, until, now)
+    return report(
+        records,
+        since=start,
+        until=end,
+        by=by,
+        vs_persistent=vs_persistent,
+        spot=spot,
+        prices=prices,
+        now=now,
     )
 
 
