@@ -270,6 +270,11 @@ def test_the_persistent_machine_costs_its_price_for_every_hour_of_the_window() -
     said = " ".join(on_demand.assumptions)
     assert "168.00 h" in said and "$3.673/h on-demand" in said and "2026-11-30T00:00:00Z" in said
     assert on_demand.to_json()["persistent"]["saving_usd"] == pytest.approx(168 * 3.673 - spent)
+    daily = on_demand.to_json()["daily"]  # a chart's two lines: spend, and the persistent VM
+    assert [d["date"] for d in daily][:2] == ["2026-11-30", "2026-12-01"] and len(daily) == 7
+    assert all(d["persistent_usd"] == pytest.approx(24 * 3.673) for d in daily)
+    assert sum(d["persistent_usd"] for d in daily) == pytest.approx(168 * 3.673)
+    assert sum(d["cost_usd"] for d in daily) == pytest.approx(spent)
 
 
 def test_reading_a_report_twice_gives_the_same_figures() -> None:

@@ -109,6 +109,17 @@ class CostReport:
     currency: str = "USD"
     assumptions: tuple[str, ...] = field(default_factory=tuple)
 
+    def daily_json(self) -> list[dict[str, Any]]:
+        """Each day's spend, and what the persistent machine cost that day (its line on a chart)."""
+        rate = self.persistent.price_per_hour if self.persistent else None
+        found = []
+        for (day, cost), (start, end) in zip(self.daily, days(self.since, self.until), strict=True):
+            entry: dict[str, Any] = {"date": day, "cost_usd": round(cost, 6)}
+            if rate is not None:
+                entry["persistent_usd"] = round((end - start).total_seconds() / 3600 * rate, 6)
+            found.append(entry)
+        return found
+
     def to_json(self) -> dict[str, Any]:
         return {
             "since": self.since.isoformat(),
@@ -117,7 +128,7 @@ class CostReport:
             "currency": self.currency,
             "total": self.total.to_json(),
             "groups": [g.to_json() for g in self.groups],
-            "daily": [{"date": day, "cost_usd": round(cost, 6)} for day, cost in self.daily],
+            "daily": self.daily_json(),
             "persistent": self.persistent.to_json() if self.persistent else None,
             "assumptions": list(self.assumptions),
         }
