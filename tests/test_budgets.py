@@ -167,32 +167,6 @@ def test_a_running_job_whose_cost_reaches_max_cost_is_stopped_by_the_reaper(
 # -- budgets of the rules file -----------------------------------------------------------------
 
 
-def test_a_job_past_a_wait_budget_waits_saying_why_and_starts_when_there_is_room(
-    settings: Settings, code_dir: Path
-) -> None:
-    write_script(code_dir, "print('hi')\n")
-    spec = spec_for(code_dir, compute={"max_runtime": "10m"})  # could cost $6 at $36/h
-    rules_with(settings, "{scope: overall, period: day, limit: 1, on_exceed: wait}")
-    prices = {"local_price_per_hour": 36.0, "setup_allowance_s": 0}
-    with service_with(settings, **prices) as service:
-        waiting = service.submit(spec).job
-        reap(service)
-        assert service.get(waiting.id).state is JobState.WAITING_FOR_CAPACITY
-        assert waiting.state is JobState.WAITING_FOR_CAPACITY
-        assert waiting.compute_state is ComputeState.NONE and waiting.next_try_at is not None
-        assert "overall budget ($1 a day): $0.0000 spent this day" in waiting.reason
-        assert "could cost $6.0000" in waiting.reason
-
-        rules_with(settings, "{scope: overall, period: day, limit: 10, on_exceed: wait}")
-        with service_with(settings, **prices) as raised:  # the limit raised, read at start
-            job = raised.get(waiting.id)
-            raised.store.update(job.evolve(next_try_at=utcnow() - timedelta(seconds=1)))
-            reap(raised)  # the reaper looks at waiting jobs again
-            [done] = settle(raised, [waiting.id], timeout=60)
-
-    assert done.state is JobState.SUCCEEDED and done.price_per_hour == 36.0
-
-
 def spent_by(owner: str, cost: float) -> JobRecord:
     """A job ``owner`` ran today that cost ``cost``, as its record says."""
     now = utcnow()
@@ -214,6 +188,44 @@ def spent_by(owner: str, cost: float) -> JobRecord:
         released_at=now,
         price_per_hour=cost / held_h,
     )
+
+
+def test_a_job_past_a_wait_budget_waits_saying_why_and_starts_when_there_is_room(
+    settings: Settings, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    spec = spec_for(code_dir, compute={"max_runtime": 60})  # could cost $0.60 at $36/h
+    rules_with(settings, "{scope: overall, period: day, limit: 5, on_exceed: wait}")
+    prices = {"local_price_per_hour": 36.0, "setup_allowance_s": 0}
+    with service_with(settings, **prices) as service:
+        service.store.create_if_absent(spent_by("cli:bob", 4.5))
+        waiting = service.submit(spec).job
+        reap(service)
+        assert service.get(waiting.id).state is JobState.WAITING_FOR_CAPACITY
+        assert waiting.state is JobState.WAITING_FOR_CAPACITY
+        assert waiting.compute_state is ComputeState.NONE and waiting.next_try_at is not None
+        assert "overall budget ($5 a day): $4.5000 spent this day" in waiting.reason
+        assert "could cost $0.6000" in waiting.reason
+
+        rules_with(settings, "{scope: overall, period: day, limit: 10, on_exceed: wait}")
+        with service_with(settings, **prices) as raised:  # the limit raised, read at start
+            job = raised.get(waiting.id)
+            raised.store.update(job.evolve(next_try_at=utcnow() - timedelta(seconds=1)))
+            reap(raised)  # the reaper looks at waiting jobs again
+            [done] = settle(raised, [waiting.id], timeout=60)
+
+    assert done.state is JobState.SUCCEEDED and done.price_per_hour == 36.0
+
+
+def test_a_job_that_alone_could_pass_a_wait_budget_is_refused_not_left_waiting(
+    settings: Settings, code_dir: Path
+) -> None:
+    write_script(code_dir, "print('hi')\n")
+    rules_with(settings, "{scope: overall, period: day, limit: 1, on_exceed: wait}")
+    with service_with(settings, local_price_per_hour=36.0, setup_allowance_s=0) as service:
+        with pytest.raises(OverBudget, match=r"less than this job alone could cost \(\$6\.0000\)"):
+            service.submit(spec_for(code_dir, compute={"max_runtime": "10m"}))
+        assert service.list() == []
 
 
 def test_a_job_past_a_refuse_budget_is_refused_naming_the_budget_and_the_figures(

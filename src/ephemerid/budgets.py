@@ -89,8 +89,21 @@ class Over:
     spent: float
     could_cost: float | None
 
+    @property
+    def refused(self) -> bool:
+        """Refused, not waiting: a refusing budget, or a job that alone could pass the limit
+        (waiting would never give it room)."""
+        alone = self.could_cost is not None and self.could_cost > self.budget.limit
+        return self.budget.on_exceed == "refuse" or alone
+
     def reason(self) -> str:
         b = self.budget
+        if self.could_cost is not None and self.could_cost > b.limit:
+            return (
+                f"refused: the {b.label(self.key)} is less than this job alone could cost "
+                f"(${self.could_cost:.4f}): lower its max_runtime (or give it a max_cost with "
+                "on_max_cost: cap), or raise the limit"
+            )
         could = "an unknown amount" if self.could_cost is None else f"${self.could_cost:.4f}"
         said = (
             f"{b.label(self.key)}: ${self.spent:.4f} spent this {b.period}, and this job could "
@@ -120,7 +133,7 @@ class BudgetGate(ServiceSteps):
         price = price_of(spec, backend, self.settings, self.prices)
         spec, limit = fit(spec, price, self.settings.setup_allowance_s)
         over = self._over(spec, price, self._facts(owner, source, parent))
-        if over is not None and over.budget.on_exceed == "refuse":
+        if over is not None and over.refused:
             raise OverBudget(over.reason())
         return spec, limit
 
@@ -136,7 +149,7 @@ class BudgetGate(ServiceSteps):
         over = self._over(job.spec, price, self._facts(job.owner, job.source, job.parent))
         if over is None:
             return None
-        if over.budget.on_exceed == "refuse":
+        if over.refused:
             return self._transition(job_id, transitions.not_launched(over.reason()))[0]
         now = utcnow()
         again = min(now + RECHECK, period_end(over.budget.period, now))
