@@ -257,7 +257,9 @@ def test_the_persistent_machine_costs_its_price_for_every_hour_of_the_window() -
     since, until = at(-600), at(-600 + 7 * 24 * 60)  # one week
 
     on_demand = report(jobs, since=since, until=until, vs_persistent=A100, prices=PRICES)
-    spot = report(jobs, since=since, until=until, vs_persistent=A100, spot=True, prices=PRICES)
+    spot = report(
+        jobs, since=since, until=until, vs_persistent=A100.lower(), spot=True, prices=PRICES
+    )
 
     spent = 64 / 60 * 3.673 + 122 / 60 * 0.7346  # computed here from the records' own times
     assert on_demand.total.cost_usd == pytest.approx(spent)
@@ -267,6 +269,7 @@ def test_the_persistent_machine_costs_its_price_for_every_hour_of_the_window() -
     assert on_demand.persistent.saving_usd == pytest.approx(168 * 3.673 - spent)
     assert on_demand.persistent.saving_share == pytest.approx(1 - spent / (168 * 3.673))
     assert spot.persistent.cost_usd == pytest.approx(168 * 0.7346)
+    assert spot.persistent.sku == A100  # as the table spells it, whatever the case asked
     said = " ".join(on_demand.assumptions)
     assert "168.00 h" in said and "$3.673/h on-demand" in said and "2026-11-30T00:00:00Z" in said
     assert on_demand.to_json()["persistent"]["saving_usd"] == pytest.approx(168 * 3.673 - spent)

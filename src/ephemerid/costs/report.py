@@ -150,6 +150,10 @@ def report(
     if by is not None and by not in GROUPINGS:
         raise BadInput(f"--by: '{by}' is not a grouping: use one of {', '.join(GROUPINGS)}")
     persistent_price = _persistent_price(prices, vs_persistent, spot) if vs_persistent else None
+    if vs_persistent:  # as the table spells it
+        vs_persistent = next(
+            (s for s in prices.skus if s.lower() == vs_persistent.lower()), vs_persistent
+        )
     bills = [b for b in bills_of(records, now or utcnow()) if b.touches(since, until)]
     total = line("total", bills, since, until)
     daily = tuple((s.strftime("%Y-%m-%d"), _cost(bills, s, e)) for s, e in days(since, until))
