@@ -17,6 +17,7 @@ import typer
 from ephemerid import __version__
 from ephemerid.agent.driver import Driver, keep_running
 from ephemerid.cli.agent import agent_app, schedules
+from ephemerid.cli.cost import cost
 from ephemerid.cli.envs import envs_app
 from ephemerid.cli.follow import Follow, JsonLines, TextView, View
 from ephemerid.cli.local import demo, dev
@@ -328,6 +329,7 @@ app.command()(dev)
 app.command()(demo)
 app.command()(outputs)
 app.command()(ui)
+app.command()(cost)
 
 
 def _version(value: bool) -> None:
