@@ -150,3 +150,10 @@ def test_an_unknown_sku_is_a_400_naming_it_and_the_close_names(admin: Web) -> No
     assert got.status == 400
     assert "vs: SKU &#39;Standard_NC4as&#39; is not in the price table" in got.text
     assert "did you mean" in got.text and T4 in got.text
+
+
+def test_the_cost_page_without_the_token_is_a_401(admin: Web) -> None:
+    stranger = Web(admin.base)
+
+    assert stranger.get("/cost").status == 401
+    assert stranger.get("/cost?by=owner&vs=Standard_NC4as_T4_v3").status == 401

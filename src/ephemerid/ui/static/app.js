@@ -81,8 +81,8 @@
       data.push(days.map(function (d) { return d.persistent_usd; }));
     }
     var opts = {
-      width: chartWidth(el),
-      height: 240,
+      width: Math.max(Math.min(el.clientWidth || 720, 960), 280),
+      height: 260,
       scales: { x: { time: true }, y: { range: function (u, lo, hi) { return [0, Math.max(hi, 0.01) * 1.1]; } } },
       axes: [{}, { label: el.dataset.y, size: 70 }],
       series: series,
