@@ -10,11 +10,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ephemerid.compute.prices import PriceTable
+from ephemerid.errors import BadInput
 from ephemerid.record import utcnow
 from ephemerid.ui.app import dashboard
 from ephemerid.ui.auth import CallerGate, TokenGate
+from ephemerid.ui.costpage import CostQuery
 from ui.conftest import ADMIN, ALICE, BOB, TOKEN
 from ui.priced import PricedHome, priced_home
 from ui.web import Web, serving
@@ -157,3 +161,31 @@ def test_the_cost_page_without_the_token_is_a_401(admin: Web) -> None:
 
     assert stranger.get("/cost").status == 401
     assert stranger.get("/cost?by=owner&vs=Standard_NC4as_T4_v3").status == 401
+
+
+KEYS = st.sampled_from(["since", "until", "by", "vs", "spot", "colour", "token", "code"])
+
+
+@settings(deadline=None)  # no timing on a loaded machine
+@given(st.dictionaries(KEYS, st.text(max_size=120), max_size=6))
+def test_any_cost_query_parses_or_is_bad_input_naming_the_query_there_is(
+    query: dict[str, str],
+) -> None:
+    try:
+        wanted = CostQuery.parse(query)
+    except BadInput as exc:
+        assert "use since=7d" in str(exc)
+        return
+    assert CostQuery.parse(wanted.query()) == wanted  # what the page links to parses again
+
+
+def test_behind_the_function_app_every_link_and_the_form_carry_the_key(
+    priced: PricedHome,
+) -> None:
+    app = dashboard(priced.service, CallerGate(ALICE), base="/api/ui")
+    with serving(app) as url:
+        page = Web(url).get("/api/ui/cost?code=the-key&by=rule").text
+
+    assert '<input type="hidden" name="code" value="the-key">' in page
+    assert 'href="/api/ui/cost?code=the-key"' in page  # the nav
+    assert re.search(r'<tr data-group="-" data-usd="[0-9.e-]+">', page)  # submitted by hand
