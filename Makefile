@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[azure,examples,test]'
+	$(BIN)/python -m pip install --quiet -e '.[azure,examples,test,serve]'
 	touch $(TEST_STAMP)
 
 # Azurite, pinned in package-lock.json, installed into ./node_modules.
