@@ -184,7 +184,9 @@ class Router:
         """Per version: loaded, serving (in which lanes, at what weight) and its load error."""
         found: dict[Key, dict[str, object]] = {}
         for key, served in self.loaded.items():
-            found[key] = {"model": key[0], "version": key[1], "loaded": served.process.alive()}
+            process = served.process
+            found[key] = {"model": key[0], "version": key[1], "loaded": process.alive()}
+            found[key]["pid"] = process.pid
         for key, reason in self.failed.items():
             found.setdefault(key, {"model": key[0], "version": key[1], "loaded": False})
             found[key]["error"] = reason
