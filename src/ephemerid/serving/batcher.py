@@ -16,7 +16,6 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -46,7 +45,6 @@ class Batcher:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{process.version.ref}")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> Batcher:
@@ -79,7 +77,6 @@ class Batcher:
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(PredictFailed("the service is stopping"))
-        self._executor.shutdown(wait=True)
 
     async def _run(self) -> None:
         while True:
@@ -121,11 +118,10 @@ class Batcher:
         return taken
 
     async def _score(self, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
         self.batches += 1
         combined = pa.concat_tables([p.table for p in batch]) if len(batch) > 1 else batch[0].table
         try:
-            out = await loop.run_in_executor(self._executor, self.process.predict, combined)
+            out = await self.process.predict(combined)
         except PredictFailed as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)

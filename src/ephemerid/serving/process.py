@@ -2,20 +2,20 @@
 
 ``ModelProcess.start`` runs ``ephemerid.serving.worker`` with the allow-listed environment of
 ``sandbox.user_env`` (no key, no connection string reaches it), in its own session, and waits
-for its READY (the input fields) or FATAL (``LoadFailed``, the reason). ``predict`` sends one
-table and waits for its rows (blocking: the batcher calls it from a thread, one at a time).
+for its READY (the input fields) or FATAL (``LoadFailed``, the reason). Once ``attach``-ed to the
+service's event loop, ``predict`` sends one table and awaits its rows (one call at a time).
 ``close`` ends the worker and anything it started.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -28,6 +28,7 @@ from ephemerid.models import ModelVersion
 from ephemerid.serving import wire
 
 CLOSE_S = 10.0  # how long a closed worker has to end before it is killed
+MAX_FRAME = 2**31 - 1
 
 
 class LoadFailed(EphemeridError):
@@ -60,8 +61,10 @@ class ModelProcess:
         self.loadable = loadable
         self.fields: list[Field] = []
         self.predict_calls = 0
-        self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._turn: asyncio.Lock | None = None
 
     @property
     def version(self) -> ModelVersion:
@@ -107,19 +110,44 @@ class ModelProcess:
         assert self._proc is not None and self._proc.stdout is not None
         return cast(BinaryIO, self._proc.stdout)
 
-    def predict(self, table: pa.Table) -> pa.Table:
+    async def attach(self) -> None:
+        """Talk to the started worker from this event loop, without a thread: a thread woken by
+        the pipe would wait for the loop's GIL (up to the 5 ms switch interval) under load."""
+        assert self._proc is not None and self._proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_FRAME)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), self._out)
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, self._proc.stdin
+        )
+        self._reader = reader
+        self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        self._turn = asyncio.Lock()
+
+    async def predict(self, table: pa.Table) -> pa.Table:
         """The model's rows for ``table``; PredictFailed with a short reason."""
-        assert self._proc is not None and self._proc.stdin is not None
-        with self._lock:
+        assert self._reader is not None and self._writer is not None and self._turn is not None
+        payload = wire.encode(table)
+        async with self._turn:
             self.predict_calls += 1
             try:
-                wire.send(cast(BinaryIO, self._proc.stdin), wire.PREDICT, wire.encode(table))
-                kind, data = wire.receive(self._out)
-            except (wire.Closed, BrokenPipeError, ValueError, OSError):
+                self._writer.write(wire.head(wire.PREDICT, len(payload)))
+                self._writer.write(payload)
+                await self._writer.drain()
+                length, kind = wire.unpack(await self._reader.readexactly(wire.HEAD_SIZE))
+                data = await self._reader.readexactly(length)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
                 raise PredictFailed(f"the worker of {self.version.ref} ended") from None
         if kind != wire.ROWS:
             raise PredictFailed(data.decode(errors="replace")[:500])
         return wire.decode(data)
+
+    async def aclose(self) -> None:
+        """``close`` from the event loop the worker was attached to."""
+        if self._writer is not None:
+            self._writer.close()  # the worker reads the end of its input, and exits
+            self._writer = None
+        await asyncio.to_thread(self.close)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -130,7 +158,7 @@ class ModelProcess:
         if proc is None:
             return
         with contextlib.suppress(OSError):
-            if proc.stdin is not None:
+            if proc.stdin is not None and not proc.stdin.closed:
                 proc.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout)

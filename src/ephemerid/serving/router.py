@@ -146,6 +146,7 @@ class Router:
         try:
             loadable = await asyncio.to_thread(self.sources.loadable, version)
             process = await asyncio.to_thread(ModelProcess(loadable).start)
+            await process.attach()
         except LoadFailed as exc:
             self.failed[key] = str(exc)
             print(f"[ephemerid serve] not switching to {version.ref}: {exc}", file=sys.stderr)
@@ -171,13 +172,13 @@ class Router:
         self.loaded.pop(key, None)
         self._calls_before[key] = self._calls_before.get(key, 0) + old.process.predict_calls
         await old.batcher.close()
-        await asyncio.to_thread(old.process.close)
+        await old.process.aclose()
 
     async def close(self) -> None:
         self.current = [None] * len(self.lanes)
         for served in list(self.loaded.values()):
             await served.batcher.close()
-            await asyncio.to_thread(served.process.close)
+            await served.process.aclose()
         self.loaded.clear()
 
     def health(self) -> list[dict[str, object]]:

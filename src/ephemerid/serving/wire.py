@@ -26,8 +26,21 @@ class Closed(Exception):
     """The other end closed its pipe."""
 
 
+HEAD_SIZE = _HEAD.size
+
+
+def head(kind: bytes, length: int) -> bytes:
+    return _HEAD.pack(length, kind[0])
+
+
+def unpack(data: bytes) -> tuple[int, bytes]:
+    """A frame head's payload length and kind."""
+    length, kind = _HEAD.unpack(data)
+    return length, bytes([kind])
+
+
 def send(out: BinaryIO, kind: bytes, payload: bytes | memoryview) -> None:
-    out.write(_HEAD.pack(len(payload), kind[0]))
+    out.write(head(kind, len(payload)))
     out.write(payload)
     out.flush()
 
