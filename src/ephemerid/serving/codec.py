@@ -41,9 +41,9 @@ def media_type(header: str) -> str:
 
 def read_body(body: bytes, content_type: str, fields: Sequence[Field], max_rows: int) -> pa.Table:
     kind = media_type(content_type)
-    if kind == JSON:
-        table = _from_json(body, fields)
-    elif kind == ARROW:
+    if kind == JSON:  # built in the model's fields, order and types
+        return _counted(_from_json(body, fields), max_rows)
+    if kind == ARROW:
         table = _from_arrow(body)
     elif kind in PARQUET_TYPES:
         table = _from_parquet(body)
@@ -53,6 +53,10 @@ def read_body(body: bytes, content_type: str, fields: Sequence[Field], max_rows:
             f"content type '{kind or 'none'}' is not taken: send {JSON} "
             f'({{"rows": [...]}} or {{"columns": {{...}}}}), {ARROW} or {PARQUET}',
         )
+    return conform(_counted(table, max_rows), fields)
+
+
+def _counted(table: pa.Table, max_rows: int) -> pa.Table:
     if table.num_rows == 0:
         raise BodyError(400, "the batch is empty: send at least one row")
     if table.num_rows > max_rows:
@@ -61,7 +65,7 @@ def read_body(body: bytes, content_type: str, fields: Sequence[Field], max_rows:
             f"{table.num_rows} rows is more than this service takes in one request "
             f"({max_rows}): split the batch",
         )
-    return conform(table, fields)
+    return table
 
 
 def _from_json(body: bytes, fields: Sequence[Field]) -> pa.Table:

@@ -131,8 +131,7 @@ class ModelProcess:
         async with self._turn:
             self.predict_calls += 1
             try:
-                self._writer.write(wire.head(wire.PREDICT, len(payload)))
-                self._writer.write(payload)
+                self._writer.write(wire.frame(wire.PREDICT, payload))  # one write, one wake-up
                 await self._writer.drain()
                 length, kind = wire.unpack(await self._reader.readexactly(wire.HEAD_SIZE))
                 data = await self._reader.readexactly(length)

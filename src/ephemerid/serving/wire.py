@@ -39,9 +39,13 @@ def unpack(data: bytes) -> tuple[int, bytes]:
     return length, bytes([kind])
 
 
+def frame(kind: bytes, payload: bytes | memoryview) -> bytes:
+    """The whole frame in one buffer: written at once, the reader wakes once for it."""
+    return head(kind, len(payload)) + payload
+
+
 def send(out: BinaryIO, kind: bytes, payload: bytes | memoryview) -> None:
-    out.write(head(kind, len(payload)))
-    out.write(payload)
+    out.write(frame(kind, payload))
     out.flush()
 
 
