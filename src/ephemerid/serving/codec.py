@@ -9,6 +9,7 @@ IPC stream.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ PARQUET = "application/vnd.apache.parquet"
 PARQUET_TYPES = (PARQUET, "application/x-parquet")
 TYPES = (JSON, ARROW, *PARQUET_TYPES)
 SHOWN = 5  # names listed in a message before "..."
+_NUMBERS = (int, float)  # exactly: a bool is no number here
 
 
 class BodyError(Exception):
@@ -111,12 +113,9 @@ def _columns(columns: Any, fields: Sequence[Field]) -> pa.Table:
     arrays = {}
     for field in fields or [Field(name, None) for name in columns]:
         values = columns[field.name]
-        if _numeric(field.type):
-            for index, value in enumerate(values):
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise BodyError(
-                        400, f"field '{field.name}' row {index} is not a number: {value!r:.40}"
-                    )
+        if _numeric(field.type) and not all(type(v) in _NUMBERS for v in values):
+            index, value = next((i, v) for i, v in enumerate(values) if type(v) not in _NUMBERS)
+            raise BodyError(400, f"field '{field.name}' row {index} is not a number: {value!r:.40}")
         try:
             arrays[field.name] = pa.array(values, type=_type(field.type))
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
@@ -180,6 +179,7 @@ def _listed(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
 
 
+@functools.cache
 def _type(name: str | None) -> pa.DataType | None:
     if name is None:
         return None
@@ -189,6 +189,7 @@ def _type(name: str | None) -> pa.DataType | None:
         return None
 
 
+@functools.cache
 def _numeric(name: str | None) -> bool:
     kind = _type(name)
     return kind is not None and (pa.types.is_integer(kind) or pa.types.is_floating(kind))
