@@ -3,7 +3,8 @@
 The model is the tabular example's network (8 float features, hidden 64, 3 classes; untrained:
 its predict costs what a trained one's does), saved as ``train.py`` saves one and registered as
 ``tabular`` versions 1 and 2 in a fresh home; the service (``python -m ephemerid.serving`` with
-``examples/tabular/predict.py``) runs as its own process, its model in its worker process. This
+``examples/tabular/predict.py``) runs as its own process, its model in its worker process
+(torch limited to ``--threads`` intra-op threads, 1 by default, as in the baseline). This
 process sends a fixed count of requests (``--requests``, each ``--rows`` rows of JSON) at 1, 8
 and 64 concurrent callers, each caller one keep-alive connection on 127.0.0.1, with
 micro-batching on (the defaults: max_batch_rows 4096, max_wait_ms 2) and off
@@ -39,6 +40,21 @@ KEY = "bench-key-0123456789"
 LEVELS = (1, 8, 64)
 GOAL_OVERHEAD_MS = 2.0
 GOAL_ROWS_RATIO = 0.8
+# The entry the service runs: the example's pair, with torch's intra-op threads set after load
+# (tabular.select_device takes min(4, cores); on 2 busy cores a batch of 8 rows then took 10x
+# one row's time, the threads waking each other): --threads, the same for the baseline.
+ENTRY = """
+import sys
+sys.path.insert(0, {tabular!r})
+import torch
+from predict import load as _load, predict  # noqa: F401
+
+
+def load(model_dir):
+    model = _load(model_dir)
+    torch.set_num_threads({threads})
+    return model
+"""
 
 
 def make_home(root: Path) -> tuple[Path, Any]:
@@ -67,6 +83,12 @@ def make_home(root: Path) -> tuple[Path, Any]:
     return model_dir, models
 
 
+def write_entry(code: Path, threads: int) -> Path:
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "serve_predict.py").write_text(ENTRY.format(tabular=str(TABULAR), threads=threads))
+    return code
+
+
 def start_service(home: Path, **settings: str) -> tuple[subprocess.Popen[str], str]:
     env = {
         **os.environ,
@@ -74,7 +96,8 @@ def start_service(home: Path, **settings: str) -> tuple[subprocess.Popen[str], s
         "EPHEMERID_SERVING_MODEL": "tabular@production",
         "EPHEMERID_SERVING_KEYS": f"bench={KEY}",
         "EPHEMERID_SERVING_PORT": "0",
-        "EPHEMERID_SERVING_CODE": str(TABULAR),
+        "EPHEMERID_SERVING_CODE": str(home.parent / "code"),
+        "EPHEMERID_SERVING_ENTRYPOINT": "serve_predict.py",
         "EPHEMERID_SERVING_RATE_PER_S": "1000000",
         "EPHEMERID_SERVING_BURST": "1000000",
         "EPHEMERID_SERVING_POLL_S": "0.5",
@@ -183,12 +206,14 @@ async def load(
     }
 
 
-def in_process(model_dir: Path, requests: int, rows: int) -> dict[str, Any]:
+def in_process(model_dir: Path, requests: int, rows: int, threads: int) -> dict[str, Any]:
     """The same pair here: one predict call per request's rows, the same JSON rows as Arrow."""
     import predict
     import pyarrow as pa
+    import torch
 
     model = predict.load(model_dir)
+    torch.set_num_threads(threads)
     tables = [pa.Table.from_pylist(json.loads(body_of(rows, i))["rows"]) for i in range(64)]
     for table in tables:
         predict.predict(model, table)
@@ -244,12 +269,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per level")
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the model")
     args = parser.parse_args()
-    run = common.Run("serving", {"requests": args.requests, "rows": args.rows, "levels": LEVELS})
+    settings = {"requests": args.requests, "rows": args.rows, "threads": args.threads}
+    run = common.Run("serving", {**settings, "levels": LEVELS})
     with tempfile.TemporaryDirectory() as scratch:
         model_dir, models = make_home(Path(scratch))
         home = Path(scratch) / "home"
-        base = in_process(model_dir, args.requests, args.rows)
+        write_entry(Path(scratch) / "code", args.threads)
+        base = in_process(model_dir, args.requests, args.rows, args.threads)
         batched = measure(home, args.requests, args.rows)
         unbatched = measure(home, args.requests, args.rows, EPHEMERID_SERVING_MAX_BATCH_ROWS="1")
         switched = asyncio.run(_switch_with_service(home, models, args.rows))
