@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from ephemerid.app import build_service
 from ephemerid.artifacts import ArtifactStore, open_artifacts, put_bytes
 from ephemerid.models import ModelRegistry
 from ephemerid.serving.server import PredictionService, Running
@@ -59,6 +60,7 @@ class Registry:
 
     def __init__(self, root: Path) -> None:
         self.settings = Settings.from_env({}, home=root / "home")
+        build_service(self.settings).close()  # a home, as the jobs that register models leave it
         self.artifacts: ArtifactStore = open_artifacts(self.settings.artifacts_url)
         self.models = ModelRegistry(self.artifacts)
         self.code = root / "code"

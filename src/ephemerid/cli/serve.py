@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ephemerid import sandbox
-from ephemerid.cli.options import Home, Json, console
+from ephemerid.cli.options import Home, Json, check_home, console
 from ephemerid.errors import BadInput, require_extra
 from ephemerid.settings import Settings
 
@@ -60,6 +60,7 @@ def serve(
     if not ref and not split:
         raise BadInput("give MODEL@ALIAS or MODEL:VERSION, or --split ref=weight,...")
     settings = Settings.from_env(home=home)
+    check_home(settings)  # a mistyped --home is an error, not a new empty home with keys
     keys_file = _keys_file(settings.home)
     serving = ServingSettings.from_env(
         model=ref or None,
