@@ -3,11 +3,18 @@ exactly its own rows back."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 
+from ephemerid.serving.batcher import Batcher
+from ephemerid.serving.process import ModelProcess
+from ephemerid.serving.source import Sources
+from ephemerid.spec import ModelRef
 from serving.serving import KEY, NAME, Client, Registry, metric, rows
 
 CALLERS = 64
@@ -90,3 +97,25 @@ def test_a_request_that_makes_predict_raise_fails_alone_in_its_batch(registry: R
     for index, answered in answers.items():
         for answer in answered:
             assert answer.status_code == (502 if index == 5 else 200), answer.text
+
+
+def test_a_batch_never_holds_more_than_max_batch_rows(registry: Registry, tmp_path: Path) -> None:
+    version = registry.models.resolve(ModelRef.parse(f"{NAME}:{registry.publish(2.0)}"))
+    sources = Sources(registry.artifacts, tmp_path / "cache", registry.code, "predict.py")
+    process = ModelProcess(sources.loadable(version)).start()
+
+    async def score() -> list[pa.Table]:
+        await process.attach()
+        batcher = Batcher(process, max_batch_rows=4, max_wait_s=0.5, arriving=lambda: 1)
+        batcher.start()
+        tables = [pa.table({"id": [i, i], "x": [1.0, float(i)]}) for i in range(10)]
+        try:
+            return await asyncio.gather(*(batcher.predict(t) for t in tables))
+        finally:
+            await batcher.close()
+            await process.aclose()
+
+    answers = asyncio.run(score())
+
+    assert [a.column("y").to_pylist() for a in answers] == [[2.0, 2.0 * i] for i in range(10)]
+    assert process.predict_calls == 5  # 20 rows, 4 at most a call: two requests of 2 each time

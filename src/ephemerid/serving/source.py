@@ -33,8 +33,9 @@ class Sources:
         """The version fetched into ``root``; LoadFailed saying what is missing."""
         here = self.root / version.name / str(version.version)
         model_dir = here / "model"
-        if not model_dir.is_dir():
+        if not (here / ".model-complete").is_file():  # a download cut short is made again
             download(self.artifacts, version.files, model_dir)
+            (here / ".model-complete").touch()
         launch = self._launch(version)
         code = self.code or self._code(launch, here / "code")
         entry = code / self.entrypoint
