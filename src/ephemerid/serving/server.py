@@ -51,8 +51,9 @@ class PredictionService:
         lanes = lanes_for(serving.model, serving.split)
         keys = Keys.of(serving.named_keys(), serving.keys_file)
         artifacts = open_artifacts(settings.artifacts_url, settings.storage.as_env())
+        root = settings.home / "serving" / "models"
         sources = Sources(
-            artifacts, settings.home / "serving" / "models", serving.code, serving.entrypoint
+            artifacts, root, serving.code, serving.entrypoint, envs=settings.home / "envs"
         )
         self.front: Front
         batching = Batching(
@@ -112,6 +113,7 @@ class PredictionService:
             await self.router.start()
         except BaseException:
             await self.router.close()
+            sock.close()
             raise
         config = uvicorn.Config(
             self.app(), log_level="warning", lifespan="on", access_log=False, timeout_notify=30

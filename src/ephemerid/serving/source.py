@@ -23,9 +23,15 @@ from ephemerid.serving.process import Loadable, LoadFailed
 
 class Sources:
     def __init__(
-        self, artifacts: ArtifactStore, root: Path, code: Path | None, entrypoint: str
+        self,
+        artifacts: ArtifactStore,
+        root: Path,
+        code: Path | None,
+        entrypoint: str,
+        envs: Path | None = None,
     ) -> None:
         self.artifacts, self.root = artifacts, root
+        self.envs = envs or root.parent / "envs"  # the local jobs' own: <home>/envs
         self.code = code.resolve() if code is not None else None
         self.entrypoint = entrypoint
 
@@ -70,9 +76,7 @@ class Sources:
         from ephemerid.envs.build import Environments
 
         try:
-            ready = Environments(self.root.parent / "envs").prepare(
-                plan, code, here / "build", _to_stderr
-            )
+            ready = Environments(self.envs).prepare(plan, code, here / "build", _to_stderr)
         except EphemeridError as exc:
             raise LoadFailed(f"the model's environment could not be built: {exc}") from exc
         return str(ready.python)

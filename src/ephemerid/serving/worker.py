@@ -19,10 +19,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO
 
-import pyarrow as pa
+try:
+    import pyarrow as pa
 
-from ephemerid.batch.worker import Failed, _last_line, import_entry, to_table
-from ephemerid.serving import wire
+    from ephemerid.batch.worker import Failed, _last_line, import_entry, to_table
+    from ephemerid.serving import wire
+except ImportError as exc:  # the model's environment lacks it: main says so as a FATAL frame
+    MISSING = f"{exc}"
+else:
+    MISSING = ""
+NEEDS_PYARROW = (
+    "the prediction service needs pyarrow in the model's environment ({}): add pyarrow to its "
+    "environment (environment.pip, its requirements or its image)"
+)
 
 
 def input_fields(module: ModuleType, model: Any) -> list[dict[str, str | None]]:
@@ -98,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m ephemerid.serving.worker ENTRY MODEL_DIR", file=sys.stderr)
         return 2
     source, sink = _private_pipes()
+    if MISSING:  # wire is not importable: the frame by hand (4-byte length, kind F)
+        reason = NEEDS_PYARROW.format(MISSING).encode()
+        sink.write(len(reason).to_bytes(4, "big") + b"F" + reason)
+        sink.flush()
+        return 1
     try:
         return serve(Path(args[0]), Path(args[1]), source, sink)
     except (BrokenPipeError, wire.Closed):
