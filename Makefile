@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean bench bench-billed-idle bench-dispatch bench-cold-start \
+.PHONY: demo test browser lint clean bench bench-billed-idle bench-dispatch bench-cold-start \
 	bench-batch-scoring bench-cost bench-sweeps bench-serving
 
 TEST_STAMP := $(VENV)/.installed-test
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[azure,examples,test,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[azure,examples,test,ui,serve]'
 	touch $(TEST_STAMP)
 
 # Azurite, pinned in package-lock.json, installed into ./node_modules.
@@ -36,9 +36,23 @@ demo: $(STAMP)
 # worker has its own Azurite), a test file to a worker so that a module's shared setup runs once;
 # PYTEST_WORKERS=0 runs them all in one process.
 PYTEST_WORKERS ?= 2
-test: $(TEST_STAMP) $(AZURITE)
+test: $(TEST_STAMP) $(AZURITE) browser
 	$(BIN)/python -m ephemerid.testing.azurite -- $(BIN)/python -m pytest \
 		-n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The dashboard's browser tests (tests/ui) drive Debian's chromium with Playwright's Python driver
+# (pinned in the test extra; it cannot download browsers here). Installed when missing: chromium
+# from Debian's archive (as root), the driver with pip. In CI those tests fail without them.
+CHROMIUM := /usr/bin/chromium
+PLAYWRIGHT := playwright==1.65.2
+browser: $(TEST_STAMP)
+	@if [ ! -x $(CHROMIUM) ]; then \
+		echo "browser tests: no $(CHROMIUM): running apt-get update && apt-get install -y chromium"; \
+		apt-get update && apt-get install -y chromium; \
+	fi
+	@$(BIN)/python -c 'import playwright' 2>/dev/null || { \
+		echo "browser tests: installing the Playwright driver ($(PLAYWRIGHT))"; \
+		$(BIN)/python -m pip install --quiet '$(PLAYWRIGHT)'; }
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests examples bench

@@ -5,7 +5,9 @@ Every price comes from the price table ephemerid records jobs with (``PriceTable
 pays for its run, for the minutes before the user's code starts (VM boot and setup: an
 assumption, ``--setup-min``) and for the idle from ``result.json`` to confirmed release: measured
 by the billed-idle benchmark when ``bench/results/billed_idle.json`` exists, else ``--idle-s``.
-The persistent VM is the same SKU, on demand, 24 hours a day, 7 days a week.
+The persistent VM is the same SKU, on demand, 24 hours a day, 7 days a week. The week is laid
+out as job records on a calendar and summed by ephemerid's own cost report (``ephemerid.costs``,
+what ``eph cost --vs-persistent SKU`` prints), so the bench measures the code users read.
 
     python bench/cost.py
     python bench/cost.py --sku Standard_NC4as_T4_v3 --runs-per-day 4
@@ -15,9 +17,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import common
+
+from ephemerid.compute.prices import PriceTable
+from ephemerid.costs import CostReport, report
+from ephemerid.record import ComputeState, JobRecord, JobState
+from ephemerid.spec import validate_spec
 
 GOAL_SAVED = 0.70
 HOURS_PER_WEEK = 24 * 7
@@ -72,6 +80,65 @@ def measured_idle() -> tuple[float, str] | None:
     return float(results["billed_idle_s"]), f"bench/results/billed_idle.json: {note}"
 
 
+WEEK_START = datetime(2026, 11, 23, tzinfo=UTC)  # a Monday
+
+
+def week_records(week: Week, sku: str, price: float, spot: bool, idle_s: float) -> list[JobRecord]:
+    """The week's jobs as the service would leave their records: training runs one after another
+    from 09:00 on each workday, a scoring job at 02:00 each night; each held for its setup, its
+    run and its idle, at ``price``."""
+    spec = validate_spec(
+        {"kind": "train", "code": ".", "entrypoint": "train.py", "compute": {"gpus": 1}}
+    )
+    runs = iter(week.training_runs)
+    jobs: list[tuple[datetime, float]] = []
+    for day in range(week.workdays):
+        at = WEEK_START + timedelta(days=day, hours=9)
+        for _ in range(week.runs_per_day):
+            hours = next(runs)
+            jobs.append((at, hours))
+            at += timedelta(hours=hours, minutes=week.setup_min, seconds=idle_s)
+    for night in range(week.scoring_nights):
+        jobs.append((WEEK_START + timedelta(days=night, hours=2), week.scoring_hours))
+    records = []
+    for n, (at, hours) in enumerate(jobs):
+        started = at + timedelta(minutes=week.setup_min)
+        finished = started + timedelta(hours=hours)
+        records.append(
+            JobRecord(
+                id=f"train-{n:012d}",
+                key=f"bench-{n}",
+                spec=spec,
+                source="bench",
+                backend="azure-vm",
+                state=JobState.SUCCEEDED,
+                compute_state=ComputeState.RELEASED,
+                created_at=at,
+                compute_requested_at=at,
+                live_at=at,
+                started_at=started,
+                finished_at=finished,
+                released_at=finished + timedelta(seconds=idle_s),
+                sku=sku,
+                spot=spot,
+                price_per_hour=price,
+            )
+        )
+    return records
+
+
+def week_report(
+    week: Week, sku: str, price: float, spot: bool, idle_s: float, prices: PriceTable
+) -> CostReport:
+    return report(
+        week_records(week, sku, price, spot, idle_s),
+        since=WEEK_START,
+        until=WEEK_START + timedelta(hours=HOURS_PER_WEEK),
+        vs_persistent=sku,
+        prices=prices,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sku", default="Standard_NC24ads_A100_v4")
@@ -83,8 +150,6 @@ def main() -> None:
     parser.add_argument("--setup-min", type=float, default=3.0, help="billed boot and setup")
     parser.add_argument("--idle-s", type=float, default=60.0, help="if bench 1 has not run")
     args = parser.parse_args()
-
-    from ephemerid.compute.prices import PriceTable
 
     prices = PriceTable.load()
     on_demand = prices.per_hour(args.sku, spot=False)
@@ -102,26 +167,27 @@ def main() -> None:
         idle_s=idle[0],
         idle_source=idle[1],
     )
-    persistent = HOURS_PER_WEEK * on_demand
+    # The week as job records on a calendar (a Monday 00:00 UTC to the next), priced and summed
+    # by ephemerid's own cost report, next to one persistent VM of the SKU over the same week.
+    reported = week_report(week, args.sku, on_demand, False, week.idle_s, prices)
+    assert reported.persistent is not None
+    persistent = reported.persistent.cost_usd
     lines: list[tuple[str, float, float]] = [
-        ("one persistent VM, on demand, all week", HOURS_PER_WEEK, persistent),
+        ("one persistent VM, on demand, all week", reported.persistent.hours, persistent),
         (
             f"ephemerid, on demand (idle {week.idle_s:.0f} s/job)",
-            week.billed_hours(),
-            week.billed_hours() * on_demand,
+            reported.total.gpu_h,
+            reported.total.cost_usd,
         ),
     ]
     for name, other in OTHER_IDLE_S.items():
-        hours = week.billed_hours(other)
-        lines.append((f"same, idle {other:.0f} s/job: {name}", hours, hours * on_demand))
+        total = week_report(week, args.sku, on_demand, False, other, prices).total
+        lines.append((f"same, idle {other:.0f} s/job: {name}", total.gpu_h, total.cost_usd))
     if spot is not None:
-        lines.append(
-            (
-                "ephemerid, spot (no evictions counted)",
-                week.billed_hours(),
-                week.billed_hours() * spot,
-            )
-        )
+        total = week_report(week, args.sku, spot, True, week.idle_s, prices).total
+        lines.append(("ephemerid, spot (no evictions counted)", total.gpu_h, total.cost_usd))
+    # the report's figures against the plain arithmetic of the week (a check, not a result)
+    assert abs(reported.total.held_h - week.billed_hours()) < 1e-6, reported.total.held_h
     rows = [
         [name, f"{hours:.1f}", f"${cost:,.2f}", f"{1 - cost / persistent:.1%}"]
         for name, hours, cost in lines
@@ -169,6 +235,7 @@ def main() -> None:
         "saved": round(saved, 4),
         "goal_saved": GOAL_SAVED,
         "goal_met": saved >= GOAL_SAVED,
+        "report": reported.to_json(),  # the on-demand week as `eph cost --json` gives it
     }
     common.Run("cost", vars(args)).save(results)
 

@@ -75,6 +75,22 @@ param amlLowPriority bool = false
 @description('Also create a container registry that job VMs pull environment.image from with their identity (AcrPull); VMs then keep the NAT gateway to reach it.')
 param enableRegistry bool = false
 
+@description('Also deploy the real-time prediction service as a Container App on a serverless GPU that scales to zero (needs enableRegistry and an image in it; docs/serving-azure.md).')
+param enableServing bool = false
+
+@description('The prediction service image in the project registry (e.g. cr<token>.azurecr.io/serving:1).')
+param servingImage string = ''
+
+@description('The model the prediction service follows: name@alias (e.g. tabular@production) or name:version.')
+param servingModel string = ''
+
+@description('The prediction service callers keys, name=key,name=key (kept in Key Vault).')
+@secure()
+param servingKeys string = ''
+
+@description('The serverless GPU workload profile of the prediction service.')
+param servingGpuProfile string = 'Consumption-GPU-NC8as-T4'
+
 // The Azure ML names, known before the workspace exists: the function app is told them.
 var amlWorkspace = enableAzureMl ? 'mlw-${token}' : ''
 var amlCluster = 'gpu'
@@ -84,6 +100,9 @@ var token = toLower(uniqueString(subscription().id, environmentName, location))
 var registryName = enableRegistry ? 'cr${token}' : ''
 var vmRegistry = enableRegistry ? '${registryName}${environment().suffixes.acrLoginServer}' : ''
 var tags = { 'azd-env-name': environmentName }
+// The prediction service's container app, known before it exists: the function app is told its id.
+var servingAppName = enableServing ? 'ca-serve-${token}' : ''
+var servingAppId = enableServing ? '${appGroup.id}/providers/Microsoft.App/containerApps/${servingAppName}' : ''
 
 resource appGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -138,6 +157,8 @@ module app 'modules/app.bicep' = {
     amlIdleSeconds: amlIdleSeconds
     amlLowPriority: amlLowPriority
     vmRegistry: vmRegistry
+    servingAppId: servingAppId
+    servingFollow: enableServing && contains(servingModel, '@') ? servingModel : ''
   }
 }
 
@@ -174,6 +195,27 @@ module aml 'modules/aml.bicep' = if (enableAzureMl) {
   }
 }
 
+module serving 'modules/serving.bicep' = if (enableServing) {
+  name: 'serving'
+  scope: appGroup
+  params: {
+    location: location
+    tags: tags
+    token: token
+    appName: servingAppName
+    functionPrincipalId: identities.outputs.functionPrincipalId
+    registryServer: vmRegistry
+    registryName: registryName
+    image: servingImage
+    model: servingModel
+    keys: servingKeys
+    storageAccountName: app.outputs.storageAccountName
+    logsWorkspaceId: app.outputs.logsWorkspaceId
+    gpuProfileType: servingGpuProfile
+  }
+  dependsOn: [ registry ]
+}
+
 output AZURE_LOCATION string = location
 output AZURE_RESOURCE_GROUP string = appGroup.name
 output AZURE_FUNCTION_APP_NAME string = app.outputs.functionAppName
@@ -182,3 +224,4 @@ output AZURE_EVENTGRID_TOPIC_NAME string = app.outputs.systemTopicName
 output EPHEMERID_COMPUTE_RESOURCE_GROUP string = computeGroup.name
 output EPHEMERID_SERVICEBUS_NAMESPACE string = app.outputs.serviceBusNamespace
 output EPHEMERID_VM_REGISTRY string = vmRegistry
+output EPHEMERID_SERVING_APP_ID string = servingAppId

@@ -44,6 +44,9 @@ BUILT_IN_ROLES = {
     "managedIdentityOperator": "f1a07417-d97a-45cb-824c-7a7467783830",
     "azureMlDataScientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
     "acrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
+    "storageBlobDataReader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+    "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
+    "contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",
 }
 # What the code does -> the roles (any one of each set) its identity needs for it.
 NEEDS = {
@@ -56,6 +59,7 @@ NEEDS = {
         {"managedIdentityOperator"},
     ],
     "azure.ai.ml": [{"azureMlDataScientist"}],  # jobs; the runner environment
+    "azure.mgmt.appcontainers": [{"contributor"}],  # the prediction service's revisions, weights
     "blobTrigger": [{"storageBlobDataOwner"}],  # the host's blob receipts and leases
     "queueTrigger": [{"storageQueueDataContributor"}],
     "serviceBusTrigger": [{"serviceBusDataReceiver"}],

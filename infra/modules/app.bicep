@@ -17,6 +17,10 @@ param amlIdleSeconds int
 param amlLowPriority bool
 @description('The login server of the registry job VMs pull environment.image from; empty: none.')
 param vmRegistry string = ''
+@description('The prediction service container app the deploy route updates (enableServing); empty: none.')
+param servingAppId string = ''
+@description('name@alias the prediction service follows: a job promoting under it redeploys it; empty: none.')
+param servingFollow string = ''
 
 var roles = loadJsonContent('../roles.json')
 // The names the code uses (ephemerid.names, ephemerid.functions); tests/test_deploy.py checks.
@@ -221,6 +225,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'EPHEMERID_VM_IDENTITY_ID', value: vmIdentity.id }
         { name: 'EPHEMERID_VM_IDENTITY_CLIENT_ID', value: vmIdentity.properties.clientId }
         { name: 'EPHEMERID_VM_REGISTRY', value: vmRegistry }
+        // the prediction service's revisions and weights (docs/serving-azure.md)
+        { name: 'EPHEMERID_SERVING_APP_ID', value: servingAppId }
+        { name: 'EPHEMERID_SERVING_FOLLOW', value: servingFollow }
         // the azure-ml backend (docs/azure-ml.md): the cluster's nodes run as the VMs' identity;
         // no EPHEMERID_AML_ENVIRONMENT: the app registers its runner environment by content
         { name: 'EPHEMERID_AML_RESOURCE_GROUP', value: empty(amlWorkspace) ? '' : resourceGroup().name }
@@ -308,3 +315,4 @@ output storageAccountName string = storage.name
 output systemTopicName string = systemTopic.name
 output serviceBusNamespace string = serviceBus.name
 output appInsightsId string = appInsights.id
+output logsWorkspaceId string = logs.id

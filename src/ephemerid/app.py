@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ephemerid.artifacts import open_artifacts
+from ephemerid.budgets import load_budgets
 from ephemerid.compute import build_backends
 from ephemerid.record import JobRecord
 from ephemerid.rules import Rules
@@ -22,6 +23,7 @@ def build_service(settings: Settings, notify: Callable[[JobRecord], None] | None
         build_backends(settings, artifacts),
         settings,
         notify,
+        load_budgets(settings.rules_path),
     )
 
 

@@ -26,6 +26,10 @@ class RuleError(BadInput):
     """The rules file (ephemerid.yaml) is malformed, or an event cannot fill a rule."""
 
 
+class OverBudget(BadInput):
+    """A budget (ephemerid.yaml ``budgets:``, ``on_exceed: refuse``) has no room for the job."""
+
+
 class UnsafeName(BadInput):
     """A blob name or path tries to escape its prefix (.., absolute, backslash, control chars)."""
 

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle
+from ephemerid.costs.bill import bill
 from ephemerid.errors import EphemeridError, NotFound, Unavailable
 from ephemerid.record import ComputeState, JobRecord, JobState, utcnow
 from ephemerid.service import Service
@@ -137,6 +138,8 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
     if status is ComputeStatus.GONE:  # a spot VM gone so was evicted: see Service.lost
         after = service.lost(job.id)
         return [f"{job.id}: compute gone without a result -> {after.state.value} ({after.reason})"]
+    if (spent := _past_max_cost(job, now)) is not None:
+        return [_end(service, job, JobState.FAILED, spent)]
     live = job.live_at or job.updated_at
     deadline = live + timedelta(
         seconds=job.spec.compute.max_runtime + settings.grace_s + settings.heartbeat_timeout_s
@@ -151,6 +154,17 @@ def _check_active(service: Service, job: JobRecord, now: datetime) -> list[str]:
         reason = f"lost heartbeat: none for over {settings.heartbeat_timeout_s:.0f}s"
         return [_end(service, job, JobState.FAILED, reason)]
     return []
+
+
+def _past_max_cost(job: JobRecord, now: datetime) -> str | None:
+    """Why a job whose cost so far reached its ``compute.max_cost`` is stopped; None if not."""
+    limit = job.spec.compute.max_cost
+    if limit is None:
+        return None
+    cost = bill(job, now).total()
+    if cost < limit:
+        return None
+    return f"stopped: its cost so far ${cost:.4f} reached compute.max_cost ${limit:g} (reaper)"
 
 
 def _end(service: Service, job: JobRecord, state: JobState, reason: str) -> str:

@@ -114,6 +114,8 @@ class JobRecord:
     # compute given back before this one (a spot eviction re-provisions): sku, spot, held_s, cost
     earlier_compute: list[dict[str, Any]] = field(default_factory=list)
     evictions: int = 0
+    # what compute.max_cost decided at submit (ephemerid.costs.limits.CostLimit.to_json)
+    cost_limit: dict[str, Any] | None = None
     waiting_since: datetime | None = None
     next_try_at: datetime | None = None
     # the job's environment (envs.identity), "" for the runner's own; seconds building it

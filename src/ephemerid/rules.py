@@ -21,6 +21,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ephemerid.artifacts import safe_key
+from ephemerid.budgets import Budget
 from ephemerid.errors import RuleError, SpecError, UnsafeName
 from ephemerid.spec import NAME_RE, JobSpec, parse_document
 from ephemerid.sweeps.spec import SweepSpec, validate_any
@@ -88,6 +89,7 @@ class RulesFile(BaseModel):
     version: int = 1
     defaults: dict[str, Any] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
+    budgets: list[Budget] = Field(default_factory=list)  # spend limits (ephemerid.budgets)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from datetime import timedelta
 from ephemerid import names, sandbox, transitions
 from ephemerid.artifacts import ArtifactStore, get_bytes
 from ephemerid.batch.fanout import Fanout, shard_count
+from ephemerid.budgets import Budget, BudgetGate
 from ephemerid.compute import ComputeBackend, ComputeStatus, Handle, check_backend
 from ephemerid.contract import Result, RunStatus
 from ephemerid.errors import (
@@ -60,7 +61,7 @@ SUBMIT_IN_FLIGHT = timedelta(seconds=10)
 Listener = Callable[[JobRecord], None]
 
 
-class Service(Reads, Recovery, Sweeps, Fanout):
+class Service(Reads, Recovery, Sweeps, Fanout, BudgetGate):
     def __init__(
         self,
         store: JobStore,
@@ -68,11 +69,12 @@ class Service(Reads, Recovery, Sweeps, Fanout):
         backends: Mapping[str, ComputeBackend],
         settings: Settings,
         notify: Listener | None = None,
+        budgets: tuple[Budget, ...] = (),  # the rules file's (ephemerid.budgets)
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.backends = backends
-        self.settings = settings
+        self.settings, self.budgets = settings, budgets
         self.models = ModelRegistry(artifacts)
         self.staging = Staging(artifacts, self.models, settings)
         # every reason is stored masked: an error message may quote a connection string
@@ -139,6 +141,7 @@ class Service(Reads, Recovery, Sweeps, Fanout):
         if known is not None:
             return Submitted(self._redelivered(known, source), created=False)
         backend = self._checked_backend(spec)
+        spec, limit = self.admit(spec, backend, owner=owner, source=source, parent=parent)
         plan = self._check_staging(spec, owner, admin)
         record = JobRecord(
             id=job_id,
@@ -151,6 +154,7 @@ class Service(Reads, Recovery, Sweeps, Fanout):
             model_version=plan.model.ref if plan.model else "",
             environment=plan.environment.id if plan.environment else "",
             parent=parent,
+            cost_limit=limit.to_json() if limit else None,
         )
         job, created = self.store.create_if_absent(record)
         if not created:
@@ -235,6 +239,8 @@ class Service(Reads, Recovery, Sweeps, Fanout):
         return self._provision(job_id)
 
     def _provision(self, job_id: str) -> JobRecord:
+        if (held := self.budget_hold(job_id)) is not None:  # no budget room: it waits
+            return held
         job, won = self._transition(job_id, transitions.to_provisioning)
         if not won:
             return job

@@ -11,7 +11,7 @@ import math
 import re
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -165,6 +165,11 @@ class ComputeRequest(BaseModel):
     # local compute only: with fewer GPUs here than asked, run on the CPU (and say so) instead
     # of refusing the job; the cloud backends always rent the GPUs asked
     cpu_fallback: bool = False
+    # USD this job may cost: refused at submit when its price x max_runtime (+ the setup
+    # allowance) could pass it, or with on_max_cost: cap its max_runtime cut to fit; a running
+    # job whose cost reaches it is stopped (docs/cost.md)
+    max_cost: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None
+    on_max_cost: Literal["refuse", "cap"] = "refuse"
 
 
 SECRET_SHOWN = "***"  # noqa: S105 (what a secret param shows, not a secret)

@@ -74,6 +74,23 @@ def waiting(reason: str, retry_after_s: float | None = None) -> Change:
     return change
 
 
+def held_by_budget(reason: str, next_try_at: datetime) -> Change:
+    """A budget has no room for an accepted or waiting job: it waits (saying which budget, what
+    is spent and what it could cost) and is looked at again at ``next_try_at``."""
+
+    def change(job: JobRecord) -> dict[str, Any] | None:
+        if job.state not in (JobState.ACCEPTED, JobState.WAITING_FOR_CAPACITY):
+            return None
+        return {
+            "state": JobState.WAITING_FOR_CAPACITY,
+            "reason": reason,
+            "waiting_since": job.waiting_since or utcnow(),
+            "next_try_at": next_try_at,
+        }
+
+    return change
+
+
 def live(handle: Handle) -> Change:
     """The backend started the runner: record the handle and what the compute costs."""
 

@@ -42,6 +42,8 @@ def test_every_function_of_function_app_py_is_wired_to_its_local_source(
         "cancel_job": ("httpTrigger", "http"),
         "job_logs": ("httpTrigger", "http"),
         "list_rejected": ("httpTrigger", "http"),
+        "serving_deploy": ("httpTrigger", "http"),
+        "dashboard": ("httpTrigger", "http"),
     }
     details = {w.function: w.detail for w in host.wiring}
     bucket = host.service.artifacts.root_uri

@@ -97,9 +97,12 @@ def test_no_http_function_is_anonymous() -> None:
             if f.get_trigger().get_dict_repr()["type"] == "httpTrigger"]  # fmt: skip
     assert {(t["route"], t["methods"][0].value) for t in http} == {
         ("jobs", "POST"), ("jobs", "GET"), ("jobs/{id}", "GET"), ("jobs/{id}/cancel", "POST"),
-        ("jobs/{id}/logs", "GET"), ("rejected", "GET"),
+        ("jobs/{id}/logs", "GET"), ("rejected", "GET"), ("serving/deploy", "POST"),
+        ("ui/{*path}", "GET"),
     }  # fmt: skip
-    assert {t["authLevel"].value for t in http} == {"function"}
+    levels = {t["route"]: t["authLevel"].value for t in http}
+    assert set(levels.values()) == {"function", "admin"}
+    assert [r for r, level in levels.items() if level == "admin"] == ["serving/deploy"]
 
 
 def test_a_dropped_blob_makes_one_job_however_often_it_is_delivered(

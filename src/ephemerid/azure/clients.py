@@ -2,12 +2,13 @@
 
 Storage (blob service, queue, table) from a ``StorageConnection``: a connection string (local,
 Azurite) or the identity-based form (``DefaultAzureCredential``). ARM compute
-(``ComputeManagementClient``) and Azure ML (``MLClient``) for a subscription: in Azure with
-``DefaultAzureCredential``, or, with ``endpoint`` set, the same real clients pointed at a local
-ARM simulator (``ephemerid.testing.arm``) with a static token, on loopback hosts only.
+(``ComputeManagementClient``), Container Apps (``ContainerAppsAPIClient``) and Azure ML
+(``MLClient``) for a subscription: in Azure with ``DefaultAzureCredential``, or, with ``endpoint``
+set, the same real clients pointed at a local ARM simulator (``ephemerid.testing.arm``) with a
+static token, on loopback hosts only.
 
 ``**options`` go to the SDK client as they are (``transport=``, ``retry_total=`` ...): tests fake
-the transport, never the client. The ARM compute client sleeps a ``Retry-After`` of at most
+the transport, never the client. The ARM clients sleep a ``Retry-After`` of at most
 ``RETRY_AFTER_CAP_S`` inside a call (``capped_retry``); a longer one is raised to the caller.
 A missing SDK is ``MissingExtra`` naming ``pip install 'ephemerid[azure]'``.
 """
@@ -77,14 +78,26 @@ def compute_client(subscription_id: str, endpoint: str = "", **options: Any) -> 
     require_extra("azure.mgmt.compute", "azure")
     from azure.mgmt.compute import ComputeManagementClient
 
+    return _arm_client(ComputeManagementClient, subscription_id, endpoint, options)
+
+
+def container_apps_client(subscription_id: str, endpoint: str = "", **options: Any) -> Any:
+    """The real ``ContainerAppsAPIClient`` (azure-mgmt-appcontainers): Azure, or the simulator."""
+    require_extra("azure.mgmt.appcontainers", "azure")
+    from azure.mgmt.appcontainers import ContainerAppsAPIClient
+
+    return _arm_client(ContainerAppsAPIClient, subscription_id, endpoint, options)
+
+
+def _arm_client(kind: Any, subscription_id: str, endpoint: str, options: dict[str, Any]) -> Any:
     if not endpoint:
         options.setdefault("retry_policy", capped_retry(**options))
-        return ComputeManagementClient(_default_credential(), subscription_id, **options)
+        return kind(_default_credential(), subscription_id, **options)
     check_loopback(endpoint)
     credential = StaticToken()
     options = {**SIMULATOR_PACE, **options}
     options.setdefault("retry_policy", capped_retry(**options))
-    return ComputeManagementClient(
+    return kind(
         credential,
         subscription_id,
         base_url=endpoint,

@@ -17,6 +17,7 @@ import typer
 from ephemerid import __version__
 from ephemerid.agent.driver import Driver, keep_running
 from ephemerid.cli.agent import agent_app, schedules
+from ephemerid.cli.cost import cost
 from ephemerid.cli.envs import envs_app
 from ephemerid.cli.follow import Follow, JsonLines, TextView, View
 from ephemerid.cli.local import demo, dev
@@ -27,6 +28,7 @@ from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.cli.runs import runs_app
 from ephemerid.cli.serve import serve
 from ephemerid.cli.sweeps import exit_code, submit_sweep, sweep_app, sweep_detail
+from ephemerid.cli.ui import ui
 from ephemerid.client import spec_data
 from ephemerid.errors import BadInput, EphemeridError
 from ephemerid.reads import live_json
@@ -327,6 +329,8 @@ app.command()(schedules)
 app.command()(dev)
 app.command()(demo)
 app.command()(outputs)
+app.command()(ui)
+app.command()(cost)
 app.command()(serve)
 
 

@@ -151,9 +151,15 @@ def job_detail(console: Console, job: JobRecord, progress: Progress | None = Non
         console.print(f"  {'compute':<21} {job.sku}{rented}")
     if job.evictions:
         console.print(f"  {'evictions':<21} {job.evictions}")
+    if job.cost_limit:  # what compute.max_cost decided at submit
+        console.print(f"  {'max_cost':<21} {job.cost_limit.get('note', '')}")
     if job.cost_usd is not None:
         held = job.compute_state in (ComputeState.REQUESTED, ComputeState.LIVE)
         console.print(f"  {'cost':<21} ${job.cost_usd:.4f}{' so far' if held else ''}")
+    elif job.held_s is not None and job.backend == "local":  # EPHEMERID_LOCAL_PRICE_PER_HOUR: 0
+        gpus = 0 if job.sku.startswith("cpu") else job.spec.compute.gpus
+        used = f"{job.held_s / 3600 * gpus:.2f} GPU-h" if gpus else f"{job.held_s / 3600:.2f} h"
+        console.print(f"  {'cost':<21} {used}, no price set (EPHEMERID_LOCAL_PRICE_PER_HOUR)")
     metrics = progress.metrics  # with steps; the record's summary wins once the job has ended
     for name, value in sorted((job.metrics or {n: m.value for n, m in metrics.items()}).items()):
         shown = metrics.get(name)

@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,7 @@ class LocalCompute:
         gpus_found_by: str = "as configured",
         disk_limit_bytes: int = DISK_LIMIT_BYTES,
         envs_root: Path | None = None,
+        price_per_hour: float = 0.0,
     ) -> None:
         self.work_root = work_root.resolve()  # the marks are its paths: one spelling only
         self.envs_root = (envs_root or self.work_root.parent / "envs").resolve()
@@ -92,6 +94,8 @@ class LocalCompute:
         self.python = python
         self.grace_s = grace_s
         self.disk_limit_bytes = disk_limit_bytes
+        # of one job's compute; None when it is 0 (no price set: its cost is shown as time)
+        self.price_per_hour = price_per_hour or None
         if gpus is None:  # ``gpus_found_by``: how they were counted, for the refusal's message
             gpus, gpus_found_by = detect_gpus()
         self.gpus, self.gpus_found_by = gpus, gpus_found_by
@@ -111,6 +115,7 @@ class LocalCompute:
             grace_s=settings.grace_s,
             disk_limit_bytes=settings.local_disk_limit_bytes,
             envs_root=settings.home / "envs",
+            price_per_hour=settings.local_price_per_hour,
         )
 
     def check(self, spec: JobSpec) -> None:
@@ -150,7 +155,7 @@ class LocalCompute:
         workdir = self._workdir(job.id)
         existing = self._read_handle(workdir)
         if existing and self.poll(existing) is ComputeStatus.RUNNING:
-            return existing
+            return replace(existing, price_per_hour=self.price_per_hour)
         wants_gpu = job.spec.compute.gpus > 0 and not self._on_cpu(job.spec)
         slot, fd = self._take_slot(gpu=wants_gpu)
         try:
@@ -176,7 +181,7 @@ class LocalCompute:
             data["cpu_fallback"] = True
             sku = f"cpu (fallback: {job.spec.compute.gpus} GPU(s) asked, {len(self.gpus)} found)"
         (workdir / "handle.json").write_text(json.dumps(data))
-        return Handle(self.name, job.id, data, sku=sku)
+        return Handle(self.name, job.id, data, sku=sku, price_per_hour=self.price_per_hour)
 
     def _start_runner(
         self, job: JobRecord, workdir: Path, cgroup: Path | None, gpu: str, fd: int

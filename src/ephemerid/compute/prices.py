@@ -8,6 +8,7 @@ records the price when its compute goes live, so its cost does not change if the
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,9 @@ class PriceTable:
                 str(sku): {k: float(v) for k, v in rates.items() if k in ("on_demand", "spot")}
                 for sku, rates in data["skus"].items()
             }
+            bad = [f"{s}.{k}={v}" for s, r in skus.items() for k, v in r.items() if not v >= 0]
+            if bad or any(math.isinf(v) for r in skus.values() for v in r.values()):
+                raise ValueError(f"a price must be a number, 0 or more: {', '.join(bad) or 'inf'}")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadInput(
                 f"price table '{path or 'prices.json'}' is not valid: write "

@@ -14,8 +14,11 @@ from collections.abc import Callable
 import azure.functions as func
 
 from ephemerid.app import build_service, load_rules
+from ephemerid.azure.container_app import ContainerAppDeployer, ContainerAppSettings
+from ephemerid.azure.follow import AliasFollower
 from ephemerid.functions.callers import KEYS_FILE_SETTING, Caller, trusts_principal
 from ephemerid.functions.handlers import Handlers
+from ephemerid.functions.serving import http_serving_deploy
 from ephemerid.names import INCOMING, JOBS_QUEUE, RESULT_FILE, RUNS
 from ephemerid.settings import Settings
 
@@ -35,13 +38,20 @@ APP_SETTING_DEFAULTS = {
 @functools.cache
 def handlers_from_settings() -> Handlers:
     settings = Settings.from_env()
+    service = build_service(settings)
+    serving = ContainerAppSettings.from_env(os.environ)
+    deployer = functools.partial(ContainerAppDeployer.from_settings, serving)
+    followed = serving.followed()
+    if followed is not None:  # a job promoting under this alias redeploys the service
+        service.subscribe(AliasFollower(service.models, followed, deployer))
     return Handlers(
-        build_service(settings),
+        service,
         load_rules(settings),
         jobs_queue=settings.jobs_queue,
         keys_file=os.environ.get(KEYS_FILE_SETTING),
         trust_principal=trusts_principal(os.environ),
         keyless=Caller("key:none"),  # never let through by the host: every route needs a key
+        serving=deployer,
     )
 
 
@@ -99,6 +109,26 @@ def register(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:
     ]
     for name, route, method, handler in routes:
         _route(app, handlers, name, route, method, handler)
+    # the master key only (the host checks it; the handler checks the caller is the admin too)
+    _route(
+        app, handlers, "serving_deploy", "serving/deploy", "POST", http_serving_deploy,
+        func.AuthLevel.ADMIN,
+    )  # fmt: skip
+    _dashboard_route(app, handlers)
+
+
+def _dashboard_route(app: func.FunctionApp, handlers: Callable[[], Handlers]) -> None:
+    """The web dashboard's pages at /api/ui/... (ephemerid.ui.azure), behind the function key."""
+    from ephemerid.ui import azure as ui
+
+    def dashboard(req: func.HttpRequest) -> func.HttpResponse:
+        return ui.serve(handlers(), req)
+
+    app.function_name("dashboard")(
+        app.route(route=ui.ROUTE, methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)(
+            dashboard
+        )
+    )
 
 
 def _route(
@@ -108,11 +138,10 @@ def _route(
     route: str,
     method: str,
     handler: HttpHandler,
+    auth_level: func.AuthLevel = func.AuthLevel.FUNCTION,
 ) -> None:
     def http(req: func.HttpRequest) -> func.HttpResponse:
         return handler(handlers(), req)
 
     http.__name__ = name
-    app.function_name(name)(
-        app.route(route=route, methods=[method], auth_level=func.AuthLevel.FUNCTION)(http)
-    )
+    app.function_name(name)(app.route(route=route, methods=[method], auth_level=auth_level)(http))

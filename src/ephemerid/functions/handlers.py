@@ -23,6 +23,7 @@ from typing import Any
 
 import azure.functions as func
 
+from ephemerid.azure.container_app import ContainerAppDeployer
 from ephemerid.errors import BadInput, Conflict, NotFound, Unavailable
 from ephemerid.functions.callers import Caller, KeyRing, caller_of
 from ephemerid.intake import Intake
@@ -38,6 +39,13 @@ LOCAL = Caller("local", admin=True)  # this process calling its own handlers
 _WHOLE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() takes '²', which int() refuses
 
 
+def _no_serving() -> ContainerAppDeployer:
+    raise BadInput(
+        "no prediction service to deploy to: set EPHEMERID_SERVING_APP_ID (infra: "
+        "enableServing=true; docs/serving-azure.md)"
+    )
+
+
 @dataclass
 class Handlers:
     service: Service
@@ -46,6 +54,8 @@ class Handlers:
     keys_file: str | None = None  # named keys and the master key (EPHEMERID_KEYS_FILE)
     trust_principal: bool = False  # behind App Service authentication (WEBSITE_AUTH_ENABLED)
     keyless: Caller = LOCAL
+    # the prediction service's Container App (POST serving/deploy; functions/serving.py)
+    serving: Callable[[], ContainerAppDeployer] = field(default=_no_serving)
     intake: Intake = field(init=False)
 
     def __post_init__(self) -> None:

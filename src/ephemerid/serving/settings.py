@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from ephemerid.errors import BadInput
-from ephemerid.settings import EnvMapping, Flag, Interval, Seconds, _explain, _Settings, _summary
+from ephemerid.setting_kinds import EnvMapping, Flag, Interval, Seconds, _Settings
+from ephemerid.settings import _explain, _summary
 from ephemerid.spec import ModelRef
 
 DEFAULT_PORT = 8080

@@ -74,6 +74,7 @@ class Sweeps(Parents):
         def build(sweep_id: str, key: str) -> JobRecord:
             backend = self._checked_backend(spec.trial)
             self._check_staging(spec.trial, owner, admin)
+            self.admit(spec.trial, backend, owner=owner, source=source, parent="")  # max_cost
             return JobRecord(
                 id=sweep_id,
                 key=key,
@@ -236,6 +237,8 @@ class Sweeps(Parents):
                 return
             if not renew_lease(self._transition, sweep.id, lease):  # another process steps it now
                 return
+            if self.budgets and self.sweep_budget_spent(sweep):  # _summarize says so
+                return
             trial = search.ask()
             job = self._submit_trial(sweep, spec, search, trial)
             if job is not None and job.state.terminal:  # failed at once (e.g. its staging)
@@ -266,21 +269,26 @@ class Sweeps(Parents):
                 better = spec.search.goal.value == "maximize"
                 if best is None or (value > best["value"] if better else value < best["value"]):
                     best = {k: row[k] for k in ("number", "job", "params", "value")}
-        finished = search.exhausted() and all(r["state"] != state.ACTIVE for r in rows)
+        stopped = self.sweep_budget_spent(sweep) if self.budgets else ""  # no more trials
+        done = search.exhausted() or bool(stopped)
+        finished = done and all(r["state"] != state.ACTIVE for r in rows)
 
         def summary(job: JobRecord) -> dict[str, Any] | None:
             state = job.sweep or {}
             metrics = {spec.search.metric: best["value"]} if best and spec.search.metric else {}
-            if state.get("trials") == rows and state.get("best") == best:
+            said = not stopped or job.reason == stopped or job.state.terminal
+            if state.get("trials") == rows and state.get("best") == best and said:
                 return None  # nothing new: no write
             values: dict[str, Any] = {"sweep": {**state, "trials": rows, "best": best}}
+            if not said:
+                values["reason"] = stopped
             if metrics:
                 values["metrics"] = metrics
             return values
 
         self._transition(sweep_id, summary)
         if finished and not sweep.state.terminal:
-            self._finish(sweep_id, spec, rows, best)
+            self._finish(sweep_id, spec, rows, best, stopped)
 
     def _finish(
         self,
@@ -288,13 +296,16 @@ class Sweeps(Parents):
         spec: SweepSpec,
         rows: list[dict[str, Any]],
         best: dict[str, Any] | None,
+        stopped: str = "",
     ) -> None:
         ok = [r for r in rows if r["state"] in (JobState.SUCCEEDED.value, JobState.PRUNED.value)]
         if not ok:
             reason = f"every one of its {len(rows)} trials failed"
-            self._end_sweep(sweep_id, JobState.FAILED, reason)
+            self._end_sweep(
+                sweep_id, JobState.FAILED, f"{stopped}; {reason}" if stopped else reason
+            )
             return
-        reason = f"{len(rows)} trials"
+        reason = f"{len(rows)} trials" + (f" ({stopped})" if stopped else "")
         if best is not None:
             metric = f"{spec.search.metric}={best['value']:.6g}"
             reason += f"; best: trial {best['number']} ({best['job']}) {metric}"

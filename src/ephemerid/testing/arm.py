@@ -25,7 +25,8 @@ docs/azure-vm.md. The VM answers are in ``ephemerid.testing.arm_vms``.
 
 Azure ML workspace jobs (``Microsoft.MachineLearningServices``) are answered by ``sim.ml``, an
 ``AmlJobs`` (ephemerid.testing.aml); ``ml_client(sim.endpoint, …)`` is the real ``MLClient``
-pointed at it.
+pointed at it. Container Apps (``Microsoft.App``: the prediction service's revisions, traffic)
+are answered by ``sim.apps``, a ``ContainerApps`` (ephemerid.testing.arm_containerapps).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ephemerid.azure import clients
 from ephemerid.azure.clients import SIMULATOR_TOKEN as TOKEN
 from ephemerid.azure.clients import StaticToken, is_loopback
 from ephemerid.testing.aml import PROVIDER, AmlJobs
+from ephemerid.testing.arm_containerapps import APPS_PROVIDER, ContainerApps
 from ephemerid.testing.arm_vms import (
     IMDS_PREFIX,
     SUBSCRIPTION,
@@ -113,6 +115,7 @@ class ArmSimulator(VmRoutes):
             queue_s=aml_queue_s,
             cancel_s=aml_cancel_s,
         )
+        self.apps = ContainerApps(lambda: self.endpoint, self._lock)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -279,6 +282,8 @@ class ArmSimulator(VmRoutes):
                 return 403, _error("AuthorizationFailed", message), {}
         if parts[:1] == ["subscriptions"] and PROVIDER in parts:
             return self.ml.route(method, path, query, raw)
+        if parts[:1] == ["subscriptions"] and APPS_PROVIDER in parts:
+            return self.apps.route(method, path, query, raw)
         if is_vms and len(parts) == 7 and method == "GET":
             return self._list(parts[3], path, query)
         if is_vms and len(parts) == 8:
@@ -337,6 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve()
 
     def do_POST(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
         self._serve()
 
     def log_message(self, format: str, *args: Any) -> None:
