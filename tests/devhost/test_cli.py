@@ -10,7 +10,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import azure.functions as func
+
 from drive import json_document
+from ephemerid.functions import handlers_from_settings, register
 
 EPH = Path(sys.executable).with_name("eph")
 
@@ -39,5 +42,8 @@ def test_eph_dev_prints_its_wiring_serves_the_functions_and_stops_on_ctrl_c(
     assert dev.returncode == 0, stderr
     assert listed == []
     assert {w["function"]: w["source"] for w in shown["functions"]}["on_blob_created"] == "bucket"
-    assert len(shown["functions"]) == 11
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    register(app, handlers_from_settings)
+    wired = sorted(w["function"] for w in shown["functions"])
+    assert wired == sorted(f.get_function_name() for f in app.get_functions())
     assert "stopped" in stderr

@@ -13,8 +13,12 @@ import pytest
 
 from drive import Gate, held_spec, spec_for, wait_for, write_script
 from ephemerid.record import JobState
+from ephemerid.ui.app import dashboard
+from ephemerid.ui.auth import TokenGate
 from ui.browser import WAIT_MS, Console, browser
-from ui.conftest import ALICE, TOKEN, Home
+from ui.conftest import ADMIN, ALICE, TOKEN, Home
+from ui.priced import PricedHome, priced_home
+from ui.web import serving
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 
@@ -41,6 +45,12 @@ while not (gate / "end").exists() and time.monotonic() < deadline:
 def context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with browser(tmp_path_factory.mktemp("chromium-profile")) as ctx:
         yield ctx
+
+
+@pytest.fixture(scope="module")
+def priced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PricedHome]:
+    with priced_home(tmp_path_factory.mktemp("priced")) as found:
+        yield found
 
 
 @pytest.fixture
@@ -180,3 +190,24 @@ def test_a_scoped_page_shows_no_other_owner_s_jobs(
     page.goto(f"{alice_url}/rejected")
     assert "refused for key:bob" not in page.content()
     page.close()
+
+
+def test_the_cost_page_charts_each_day_s_spend_against_the_persistent_machine(
+    context: Any, console: Console, priced: PricedHome
+) -> None:
+    with serving(dashboard(priced.service, TokenGate(TOKEN, ADMIN))) as url:
+        page = console.watch(context.new_page())
+        page.goto(f"{url}/cost?token={TOKEN}&by=owner&vs=Standard_NC4as_T4_v3")
+        page.wait_for_selector("#daily-chart canvas")
+        chart = "document.getElementById('daily-chart').chart"
+
+        assert page.evaluate(f"{chart}.series.map(s => s.label)") == [
+            "day",
+            "spend",
+            "always on",
+        ]
+        assert page.evaluate(f"{chart}.data[0].length") == 8  # the 7 days back touch 8 dates
+        assert page.locator("#groups tr[data-group]").count() == 2
+        assert "$" in page.locator("#saving").inner_text()
+        shot(page, "cost")
+        page.close()

@@ -30,7 +30,7 @@ from ephemerid.errors import BadInput, Conflict, EphemeridError, NotFound, Unava
 from ephemerid.functions.callers import Caller
 from ephemerid.service import Service
 from ephemerid.spec import ModelRef
-from ephemerid.ui import views
+from ephemerid.ui import costpage, views
 from ephemerid.ui.auth import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -164,6 +164,11 @@ class Dashboard:
     def compute(self, ask: Ask) -> Response:
         return ask.html("compute.html", now=views.compute_now(self.service, ask.caller))
 
+    def cost(self, ask: Ask) -> Response:
+        wanted = costpage.CostQuery.parse(ask.query)
+        shown = costpage.cost_page(self.service, ask.caller, wanted)
+        return ask.html("cost.html", shown=shown, found=shown.report, wanted=wanted)
+
     def rejected(self, ask: Ask) -> Response:
         return ask.html("rejected.html", refusals=views.rejected(self.service, ask.caller))
 
@@ -252,6 +257,7 @@ class Dashboard:
             ("/models", self.models, False),
             ("/models/promote", self.promote, True),
             ("/compute", self.compute, False),
+            ("/cost", self.cost, False),
             ("/rejected", self.rejected, False),
             ("/static/{name:path}", self.static, False),
         ]

@@ -68,11 +68,38 @@
     return [xs, ys];
   }
 
+  // the cost page: each day's spend, and the persistent machine's cost that day when asked
+  function dailyChart(el, days) {
+    var xs = days.map(function (d) { return Date.parse(d.date + "T00:00:00Z") / 1000; });
+    var series = [{ label: "day" },
+      { label: "spend", stroke: "#1f6feb", fill: "rgba(31,111,235,0.12)", width: 2,
+        value: function (u, v) { return fmtUsd(v); }, points: { show: true, size: 5 } }];
+    var data = [xs, days.map(function (d) { return d.cost_usd; })];
+    if (days[0].persistent_usd !== undefined) {
+      series.push({ label: "always on", stroke: "#cf222e", width: 2, dash: [6, 4],
+        value: function (u, v) { return fmtUsd(v); }, points: { show: false } });
+      data.push(days.map(function (d) { return d.persistent_usd; }));
+    }
+    var opts = {
+      width: Math.max(Math.min(el.clientWidth || 720, 960), 280),
+      height: 260,
+      scales: { x: { time: true }, y: { range: function (u, lo, hi) { return [0, Math.max(hi, 0.01) * 1.1]; } } },
+      axes: [{}, { label: el.dataset.y, size: 70 }],
+      series: series,
+    };
+    el.chart = new uPlot(opts, data, el);
+    return el.chart;
+  }
+
   document.querySelectorAll("[data-chart]").forEach(function (el) {
     var points = readJson(el.dataset.points) || [];
     if (!points.length) {
       el.textContent = "No values yet.";
       el.classList.add("empty");
+      return;
+    }
+    if (el.dataset.chart === "daily") {
+      dailyChart(el, points);
       return;
     }
     lineChart(el, "", el.dataset.x, el.dataset.y, points, el.dataset.chart === "scatter");
