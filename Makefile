@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test browser lint clean bench bench-billed-idle bench-dispatch bench-cold-start \
-	bench-batch-scoring bench-cost bench-sweeps
+	bench-batch-scoring bench-cost bench-sweeps bench-serving
 
 TEST_STAMP := $(VENV)/.installed-test
 AZURITE := node_modules/.bin/azurite
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[azure,examples,test,ui]'
+	$(BIN)/python -m pip install --quiet -e '.[azure,examples,test,ui,serve]'
 	touch $(TEST_STAMP)
 
 # Azurite, pinned in package-lock.json, installed into ./node_modules.
@@ -62,7 +62,7 @@ lint: $(TEST_STAMP)
 # Benchmarks (BENCHMARKS.md): each prints a table and writes bench/results/<name>.json. They run
 # one after another: do not use -j, they measure. BENCH_ARGS passes options to one of them.
 bench: bench-billed-idle bench-dispatch bench-cold-start bench-batch-scoring bench-cost \
-	bench-sweeps
+	bench-sweeps bench-serving
 
 bench-billed-idle: $(TEST_STAMP)
 	$(BIN)/python bench/billed_idle.py $(BENCH_ARGS)
@@ -81,6 +81,9 @@ bench-cost: $(STAMP)
 
 bench-sweeps: $(STAMP)
 	$(BIN)/python bench/sweeps.py $(BENCH_ARGS)
+
+bench-serving: $(TEST_STAMP)
+	$(BIN)/python bench/serving.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .ephemerid .ephemerid-demo .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ from ephemerid.cli.options import Home, Json, console, service_for
 from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.cli.runs import runs_app
+from ephemerid.cli.serve import serve
 from ephemerid.cli.sweeps import exit_code, submit_sweep, sweep_app, sweep_detail
 from ephemerid.cli.ui import ui
 from ephemerid.client import spec_data
@@ -330,6 +331,7 @@ app.command()(demo)
 app.command()(outputs)
 app.command()(ui)
 app.command()(cost)
+app.command()(serve)
 
 
 def _version(value: bool) -> None:
