@@ -132,7 +132,8 @@ def test_going_back_to_a_deactivated_version_activates_its_revision(
         ("tabular:3=60,tabular:4=30", BadInput, "sum to 90, not 100"),
         ("tabular:3=50,tabular@production=50", BadInput, "version 3 of 'tabular' is named twice"),
         ("churn:1=100", BadInput, "one prediction service serves one model"),
-        ("tabular:3", BadInput, "is not ref=weight"),
+        ("tabular:3", BadInput, "has no weight: write ref=weight"),
+        ("tabular:3=50.5,tabular:4=49.5", BadInput, "whole-number weights"),
     ],
 )
 def test_a_plan_that_names_what_does_not_exist_is_refused_before_any_arm_call(

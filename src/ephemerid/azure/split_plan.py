@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ephemerid.errors import BadInput
 from ephemerid.models import ModelRegistry
+from ephemerid.serving import plan as serving_plan
 from ephemerid.spec import NAME_RE, ModelRef
 
 Entry = tuple[ModelRef | str | int, int]  # "tabular:3", "tabular@staging", 3 or a ModelRef
@@ -69,16 +70,17 @@ class DeployRequest(BaseModel):
 
 
 def parse_split(text: str) -> list[Entry]:
-    """``tabular:3=90,tabular@staging=10`` as entries; BadInput naming a malformed pair."""
+    """``tabular:3=90,tabular@staging=10`` in the service's own split syntax (one parser:
+    ``ephemerid.serving.plan.parse_split``), with the whole-number weights Container Apps takes;
+    ``plan_for`` checks that they sum to 100."""
     found: list[Entry] = []
-    for number, pair in enumerate(p.strip() for p in text.split(",")):
-        ref, sep, weight = pair.rpartition("=")
-        if not sep or not weight.strip().isascii() or not weight.strip().isdigit():
+    for lane in serving_plan.parse_split(text):
+        if not lane.weight.is_integer():
             raise BadInput(
-                f"split pair {number + 1} ('{pair[:60]}') is not ref=weight: write e.g. "
-                "tabular:3=90,tabular:4=10 (whole-number weights that sum to 100)"
+                f"weight {lane.weight:g} of {lane.ref}: Container Apps takes whole-number "
+                "weights that sum to 100, e.g. tabular:3=90,tabular:4=10"
             )
-        found.append((_ref(ref.strip()), int(weight)))
+        found.append((lane.ref, int(lane.weight)))
     return found
 
 
