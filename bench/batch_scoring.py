@@ -13,8 +13,8 @@ written over and over with fresh ids: generating 5 M distinct rows in Python wou
 than scoring them. Runs: Parquet at 1x (``--rows`` / 4) and 4x (``--rows``), to show that
 peak memory does not grow with the input (VmHWM of the runner and of the worker, from
 ``/proc/<pid>/status`` every 50 ms, with each process's CPU seconds from ``/proc/<pid>/stat``,
-beside the CPU seconds of the in-memory pass); CSV at 4x; and a fan-out over 2 shards (``shards: 2``,
-the 4x rows as 2 Parquet files, 2 local slots).
+beside the CPU seconds of the in-memory pass); CSV at 4x; and a fan-out over 2 shards
+(``shards: 2``, the 4x rows as 2 Parquet files, 2 local slots).
 
     python bench/batch_scoring.py                    # 1.25 M and 5 M rows
     python bench/batch_scoring.py --rows 20000000    # 5 M and 20 M rows
@@ -201,7 +201,7 @@ def in_memory(model_dir: Path, block: Any, rows: int, repeats: int = 3) -> tuple
     sys.path.insert(0, str(TABULAR))
     import predict
 
-    model = predict.load(model_dir)  # the same device and thread count as the job's worker
+    model = predict.load(model_dir)  # the same device; outside a job, PyTorch's usual threads
     batches = [block.slice(i, BATCH_ROWS) for i in range(0, block.num_rows, BATCH_ROWS)]
     predict.predict(model, batches[0])  # warm up
     best, cpu = 0.0, 0.0
