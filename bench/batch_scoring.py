@@ -12,8 +12,9 @@ The input is one block of random rows (an ``id``, 8 float32 features rounded to 
 written over and over with fresh ids: generating 5 M distinct rows in Python would take longer
 than scoring them. Runs: Parquet at 1x (``--rows`` / 4) and 4x (``--rows``), to show that
 peak memory does not grow with the input (VmHWM of the runner and of the worker, from
-``/proc/<pid>/status`` every 50 ms); CSV at 4x; and a fan-out over 2 shards (``shards: 2``,
-the 4x rows as 2 Parquet files, 2 local slots).
+``/proc/<pid>/status`` every 50 ms, with each process's CPU seconds from ``/proc/<pid>/stat``,
+beside the CPU seconds of the in-memory pass); CSV at 4x; and a fan-out over 2 shards
+(``shards: 2``, the 4x rows as 2 Parquet files, 2 local slots).
 
     python bench/batch_scoring.py                    # 1.25 M and 5 M rows
     python bench/batch_scoring.py --rows 20000000    # 5 M and 20 M rows
@@ -22,6 +23,7 @@ the 4x rows as 2 Parquet files, 2 local slots).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -71,11 +73,14 @@ def write_input(service: Any, key: str, block: Any, times: int, first: int, scra
 
 
 class PeakMemory:
-    """Samples the peak RSS (VmHWM) of every process in the given sessions until stopped."""
+    """Samples the peak RSS (VmHWM) and the CPU time (utime + stime, the last seen) of every
+    process in the given sessions until stopped."""
 
     def __init__(self, sessions: set[int]) -> None:
         self.sessions = sessions
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self.tick = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -89,12 +94,15 @@ class PeakMemory:
     def _sample(self, pid: int) -> None:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[3]) not in self.sessions:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) not in self.sessions:
                 return
             status = Path(f"/proc/{pid}/status").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError, IndexError):
             return
+        cmdline = cmdline or self.cpu.get(pid, ("", 0.0))[0]  # a zombie's reads empty
+        self.cpu[pid] = (cmdline, (int(fields[11]) + int(fields[12])) / self.tick)
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 kib = int(line.split()[1])
@@ -105,10 +113,12 @@ class PeakMemory:
         """The largest peak of a worker and of any other process (the runner's side), in MiB."""
         self._stop.set()
         self._thread.join()
-        found = {"runner": 0.0, "worker": 0.0}
+        found = {"runner": 0.0, "worker": 0.0, "runner_cpu_s": 0.0, "worker_cpu_s": 0.0}
         for cmdline, kib in self.peaks.values():
             who = "worker" if WORKER in cmdline else "runner"
             found[who] = max(found[who], kib / 1024)
+        for cmdline, seconds in self.cpu.values():  # every process of the role, summed
+            found[("worker" if WORKER in cmdline else "runner") + "_cpu_s"] += seconds
         return {k: round(v, 1) for k, v in found.items()}
 
 
@@ -184,18 +194,19 @@ def train(service: Any, scratch: Path) -> None:
     )
 
 
-def in_memory(model_dir: Path, block: Any, rows: int, repeats: int = 3) -> float:
+def in_memory(model_dir: Path, block: Any, rows: int, repeats: int = 3) -> tuple[float, float]:
     """Rows/s of predict.py's own load/predict on ``rows`` rows of ``block`` as Arrow batches:
-    the best of ``repeats`` passes, so a busy machine makes the ratio lower, never higher."""
+    the best of ``repeats`` passes, so a busy machine makes the ratio lower, never higher; and
+    the CPU seconds (all threads) of that pass."""
     sys.path.insert(0, str(TABULAR))
     import predict
 
-    model = predict.load(model_dir)  # the same device and thread count as the job's worker
+    model = predict.load(model_dir)  # the same device; outside a job, PyTorch's usual threads
     batches = [block.slice(i, BATCH_ROWS) for i in range(0, block.num_rows, BATCH_ROWS)]
     predict.predict(model, batches[0])  # warm up
-    best = 0.0
+    best, cpu = 0.0, 0.0
     for _ in range(repeats):
-        done, start = 0, time.perf_counter()
+        done, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while done < rows:
             for batch in batches:
                 take = batch.slice(0, rows - done)
@@ -203,8 +214,10 @@ def in_memory(model_dir: Path, block: Any, rows: int, repeats: int = 3) -> float
                 done += take.num_rows
                 if done >= rows:
                     break
-        best = max(best, rows / (time.perf_counter() - start))
-    return best
+        rate = rows / (time.perf_counter() - start)
+        if rate > best:
+            best, cpu = rate, time.process_time() - cpu_start
+    return best, cpu
 
 
 def predict_spec(inputs: str, **batch: Any) -> dict[str, Any]:
@@ -305,7 +318,8 @@ def main() -> None:
     )
 
 
-def _row(job: dict[str, Any], rows: int, memory_rate: float) -> dict[str, Any]:
+def _row(job: dict[str, Any], rows: int, memory: tuple[float, float]) -> dict[str, Any]:
+    memory_rate, memory_cpu = memory
     e2e = rows / job["seconds"]
     row = {
         "rows": rows,
@@ -313,6 +327,7 @@ def _row(job: dict[str, Any], rows: int, memory_rate: float) -> dict[str, Any]:
         "end_to_end_rows_s": round(e2e),
         "in_memory_rows_s": round(memory_rate),
         "ratio": round(e2e / memory_rate, 4),
+        "in_memory_cpu_s": round(memory_cpu, 2),
         "peak_mib": job["peak_mib"],
     }
     result = job.get("result")
@@ -332,6 +347,9 @@ def report(measured: dict[str, dict[str, Any]]) -> None:
             f"{m['ratio']:.3f}",
             f"{m['peak_mib']['runner']:.0f}",
             f"{m['peak_mib']['worker']:.0f}",
+            f"{m['peak_mib']['runner_cpu_s']:.1f}",
+            f"{m['peak_mib']['worker_cpu_s']:.1f}",
+            f"{m['in_memory_cpu_s']:.1f}",
         ]
         for name, m in measured.items()
     ]
@@ -348,6 +366,9 @@ def report(measured: dict[str, dict[str, Any]]) -> None:
             "ratio",
             "runner peak MiB",
             "worker peak MiB",
+            "runner CPU s",
+            "worker CPU s",
+            "in-memory CPU s",
         ],
         rows,
     )

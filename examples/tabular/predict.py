@@ -13,6 +13,7 @@ real-time requests too.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ def load(model_dir: Path) -> Model:
     if missing := [f for f in ("model.pt", "model.json") if not (model_dir / f).is_file()]:
         raise tabular.DataError(f"model dir {model_dir} lacks {' and '.join(missing)}")
     device = tabular.select_device()
+    if device.type == "cpu" and os.environ.get("EPHEMERID_JOB_ID"):
+        # in a batch job the harness reads and writes the data on the same CPUs: one core left
+        # to it keeps PyTorch's threads from waiting on each other (BENCHMARKS.md, benchmark 4)
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) - 1)))
     try:
         meta = json.loads((model_dir / "model.json").read_text())
         state = torch.load(model_dir / "model.pt", map_location=device, weights_only=True)

@@ -182,3 +182,25 @@ def test_an_environment_without_pyarrow_fails_saying_to_add_it(tmp_path: Path) -
 
     assert code == 1 and answers == []
     assert error.startswith("the batch harness needs pyarrow in the job's environment")
+
+
+def test_the_worker_ends_at_once_after_its_answers_yet_runs_the_modules_atexit_handlers(
+    tmp_path: Path,
+) -> None:
+    done = tmp_path / "cleaned-up.txt"
+    body = f"""
+        import atexit, pathlib
+        def cleanup():
+            pathlib.Path({str(done)!r}).write_text("done")
+        atexit.register(cleanup)
+        def load(model_dir):
+            return None
+        def predict(model, batch):
+            return batch["x"]
+    """
+
+    code, answers, error = serve(tmp_path, body, [batch(1, 2)])
+
+    assert (code, error) == (0, "")
+    assert [a.column(PREDICTION).to_pylist() for a in answers] == [[1, 2]]
+    assert done.read_text() == "done"

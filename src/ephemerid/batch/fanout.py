@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ephemerid import transitions
 from ephemerid.artifacts import get_bytes, put_bytes
 from ephemerid.batch.manifest import MANIFEST_FILE, Manifest, predictions_key
+from ephemerid.batch.spec import MAX_SHARDS
 from ephemerid.errors import NotFound, SpecError
 from ephemerid.parents import Parents
 from ephemerid.record import JobRecord, JobState, Submitted, job_id_for, utcnow
@@ -36,8 +37,11 @@ log = logging.getLogger("ephemerid.fanout")
 
 
 def shard_count(spec: JobSpec) -> int:
-    """How many shards the spec asks for (1: no fan-out)."""
+    """The most shards the spec asks for (1: no fan-out). With ``max_rows_per_job`` it is the
+    cap, MAX_SHARDS: how many follows from the inputs' rows, counted at submit."""
     batch = spec.batch
+    if batch is not None and batch.max_rows_per_job is not None:
+        return MAX_SHARDS
     return batch.shards if batch is not None and batch.shards else 1
 
 
@@ -49,6 +53,20 @@ def split(files: list[tuple[str, int]], count: int) -> list[list[str]]:
         lightest = min(range(len(groups)), key=lambda g: (sum(s for _, s in groups[g]), g))
         groups[lightest].append((key, size))
     return [sorted(key for key, _ in group) for group in groups]
+
+
+def pack(files: list[tuple[str, int]], most: int) -> list[list[str]]:
+    """``files`` (key, rows), in name order, into consecutive groups of at most ``most`` rows
+    each; a file of more rows than that is a group of its own (a file is never split)."""
+    groups: list[list[str]] = []
+    rows = 0  # the last group's
+    for key, count in sorted(files):
+        if rows + count > most or not groups:
+            groups.append([])
+            rows = 0
+        groups[-1].append(key)
+        rows += count
+    return groups
 
 
 class Fanout(Parents):
@@ -71,7 +89,7 @@ class Fanout(Parents):
         def build(parent_id: str, key: str) -> JobRecord:
             backend = self._checked_backend(spec)
             plan = self._check_staging(spec, owner, admin)
-            groups = split(self._files(plan.inputs), shard_count(spec))
+            groups = self._groups(spec, self._files(plan.inputs))
             if not groups:
                 message = "batch.shards: the inputs hold no file to score: add files, or inputs"
                 raise SpecError(message)
@@ -88,6 +106,24 @@ class Fanout(Parents):
 
         keys = (spec.idempotency_key, key, namespace)
         return self._accept_parent(spec.kind.value, keys, build, self.advance_fanout)
+
+    def _groups(self, spec: JobSpec, files: list[tuple[str, int]]) -> list[list[str]]:
+        most = spec.batch.max_rows_per_job if spec.batch else None
+        if most is None:
+            return split(files, shard_count(spec))
+        from ephemerid.batch.formats import InputError  # pyarrow: only for these jobs
+        from ephemerid.batch.inputs import file_rows
+
+        try:
+            groups = pack([(k, file_rows(self.artifacts, k, size)) for k, size in files], most)
+        except InputError as exc:
+            raise SpecError(str(exc)) from None
+        if len(groups) > MAX_SHARDS:
+            raise SpecError(
+                f"batch.max_rows_per_job: {most} rows a job would make {len(groups)} child "
+                f"jobs, more than {MAX_SHARDS}: raise it, or use batch.shards"
+            )
+        return groups
 
     def _files(self, inputs: dict[str, str]) -> list[tuple[str, int]]:
         files = []
@@ -122,7 +158,7 @@ class Fanout(Parents):
     def _submit_shard(self, parent: JobRecord, number: int, group: list[str]) -> JobRecord:
         data = parent.spec.model_dump(mode="json", exclude_none=True)
         data["inputs"] = {f"part-{n:05d}": key for n, key in enumerate(group)}
-        data["batch"] = {**data.get("batch", {}), "shards": None}
+        data["batch"] = {**data.get("batch", {}), "shards": None, "max_rows_per_job": None}
         data["name"] = f"{(parent.spec.name or parent.spec.label)[:50]}-shard-{number}"
         [key] = _keys(parent, number + 1)[number:]
         return self.submit(

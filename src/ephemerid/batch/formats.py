@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -137,10 +137,13 @@ def line_of(store: ArtifactStore, key: str, text: str) -> int | None:
 
 
 class ShardWriter:
-    """One output shard, written to ``path`` batch by batch in ``fmt``."""
+    """One output shard, written to ``path`` batch by batch in ``fmt``. Parquet dictionary-
+    encodes only the prediction columns that are not floating point (classes, labels): the kept
+    columns (ids) and scores are mostly distinct, and trying a dictionary on them tripled the
+    writer's CPU for larger files (BENCHMARKS.md, benchmark 4)."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path, self.fmt, self.rows = path, fmt, 0
+    def __init__(self, path: Path, fmt: str, keep: Sequence[str] = ()) -> None:
+        self.path, self.fmt, self.rows, self.keep = path, fmt, 0, set(keep)
         self._writer: Any = None
         self._file: Any = None
 
@@ -156,11 +159,15 @@ class ShardWriter:
 
     def _open(self, schema: pa.Schema) -> None:
         if self.fmt == "parquet":
-            self._writer = pq.ParquetWriter(str(self.path), schema)
+            coded = [f.name for f in schema if self._coded(f)]
+            self._writer = pq.ParquetWriter(str(self.path), schema, use_dictionary=coded or False)
         elif self.fmt == "csv":
             self._writer = pacsv.CSVWriter(str(self.path), schema)
         else:
             self._file = self.path.open("wb")
+
+    def _coded(self, field: pa.Field) -> bool:
+        return field.name not in self.keep and not pa.types.is_floating(field.type)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -303,7 +303,7 @@ class _Cutter:
     def _open(self) -> ShardWriter:
         fmt = self.harness.spec.output_format
         name = mf.shard_name(self.index, SUFFIX[fmt])
-        self.writer = ShardWriter(self.harness.folder / name, fmt)
+        self.writer = ShardWriter(self.harness.folder / name, fmt, self.harness.spec.keep)
         return self.writer
 
     def _note(self, key: str, start: int, end: int) -> None:

@@ -122,3 +122,27 @@ def split(spec: BatchSpec, batch: pa.RecordBatch) -> tuple[pa.Table, pa.RecordBa
     kept = table.select(spec.keep)
     features = [name for name in batch.schema.names if name not in spec.keep]
     return kept, batch.select(features)
+
+
+SAMPLE = 1024 * 1024  # the bytes of a CSV or JSON Lines file its row count is estimated from
+
+
+def file_rows(store: ArtifactStore, key: str, size: int) -> int:
+    """The rows of input file ``key`` before it is read: a Parquet file's footer says; a CSV or
+    JSON Lines file's are counted in its first MiB and, if it is longer, estimated from its
+    bytes at that many bytes a row (a fan-out's plan, not a promise)."""
+    fmt = format_of(key)
+    if fmt == "parquet":
+        with open_source(store, key, size) as source:
+            try:
+                return int(pq.ParquetFile(source).metadata.num_rows)
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"input '{key}' could not be read as Parquet: {exc}") from exc
+    with store.open_read(key) as stream:
+        sample = stream.read(SAMPLE)
+    lines = sample.count(b"\n") + (0 if sample.endswith(b"\n") or not sample else 1)
+    header = len(sample.split(b"\n", 1)[0]) + 1 if fmt == "csv" else 0
+    rows = max(0, lines - (1 if fmt == "csv" else 0))
+    if len(sample) >= size or rows == 0:
+        return rows
+    return round(rows * (size - header) / max(1, len(sample) - header))

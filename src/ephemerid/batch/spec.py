@@ -21,8 +21,9 @@ MAX_SHARDS = 1000
 
 
 class BatchSpec(BaseModel):
-    """``rows_per_batch``, ``keep``, ``output_format``, ``max_rows_per_shard``, ``on_bad_rows``,
-    ``as``: see docs/batch.md."""
+    """``rows_per_batch``, ``keep``, ``output_format``, ``max_rows_per_shard`` (rows per output
+    file), ``on_bad_rows``, ``as``, and the fan-out's ``shards`` or ``max_rows_per_job``: see
+    docs/batch.md."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -32,8 +33,10 @@ class BatchSpec(BaseModel):
     max_rows_per_shard: int = Field(default=MAX_ROWS_PER_SHARD, ge=1, le=1_000_000_000)
     on_bad_rows: Literal["fail", "skip"] = "fail"
     as_: Literal["arrow", "pandas"] = Field(default="arrow", alias="as")
-    # fan-out: the inputs' files split across this many child jobs (ephemerid.batch.fanout)
+    # fan-out (ephemerid.batch.fanout): the inputs' files split across this many child jobs,
+    # or across as many as it takes for none to get more than this many rows
     shards: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
+    max_rows_per_job: int | None = Field(default=None, ge=1, le=1_000_000_000_000)
 
     @model_validator(mode="after")
     def _keep_unique(self) -> BatchSpec:
@@ -42,6 +45,10 @@ class BatchSpec(BaseModel):
             raise ValueError(f"batch.keep names {', '.join(doubled)} more than once")
         if any(not name for name in self.keep):
             raise ValueError("batch.keep has an empty column name")
+        if self.shards is not None and self.max_rows_per_job is not None:
+            raise ValueError(
+                "batch.shards and batch.max_rows_per_job both split the job: set one of them"
+            )
         return self
 
 
