@@ -22,7 +22,7 @@ from ephemerid.cli.envs import envs_app
 from ephemerid.cli.follow import Follow, JsonLines, TextView, View
 from ephemerid.cli.local import demo, dev
 from ephemerid.cli.models import models_app
-from ephemerid.cli.options import Home, Json, console, service_for
+from ephemerid.cli.options import Home, Json, close_services, console, service_for
 from ephemerid.cli.outputs import outputs
 from ephemerid.cli.render import dump, job_detail, jobs_table
 from ephemerid.cli.runs import runs_app
@@ -363,3 +363,5 @@ def main(argv: list[str] | None = None) -> None:
             dump({"error": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code})
         console.print(f"[red]error:[/] {exc}")
         sys.exit(exc.exit_code)
+    finally:
+        close_services()

@@ -13,6 +13,7 @@ from ephemerid.errors import BadInput
 from ephemerid.service import Service
 from ephemerid.settings import Settings
 
+_OPENED: list[Service] = []  # the services this command built, for close_services
 UNWRAPPED = 10_000  # the width of a console on no terminal: a line is as long as it is
 
 
@@ -39,7 +40,16 @@ def service_for(home: Path | None, *, create: bool = False) -> Service:
     settings = Settings.from_env(home=home)
     if not create:
         check_home(settings)
-    return build_service(settings)
+    service = build_service(settings)
+    _OPENED.append(service)
+    return service
+
+
+def close_services() -> None:
+    """Close what this command opened (``main`` calls it as the command ends): a read leaves
+    the store as it found it, with no connection (and no -wal/-shm file) left behind."""
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 def check_home(settings: Settings) -> None:
