@@ -10,14 +10,15 @@ with the close names) is told with the page's field names instead of the flags.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from ephemerid.costs import CostReport, report_from
 from ephemerid.errors import BadInput
 from ephemerid.functions.callers import Caller
 from ephemerid.service import Service
+from ephemerid.ui.views import PageQuery
 
 _TIME = r"^[0-9A-Za-z:.+ -]{1,40}$"  # 7d, 12h, 2026-12-01, 2026-12-01T08:00Z
 _SKU = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -29,31 +30,17 @@ USE = (
 )
 
 
-class CostQuery(BaseModel):
-    """The cost page's query: every field optional; an unknown or malformed one is BadInput."""
+class CostQuery(PageQuery):
+    """The cost page's query."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    WHAT: ClassVar[str] = "cost query"
+    USE: ClassVar[str] = USE
 
     since: str = Field(default="7d", pattern=_TIME)
     until: str | None = Field(default=None, pattern=_TIME)
     by: Literal["rule", "sweep", "owner", "backend", "day"] | None = None
     vs: str | None = Field(default=None, pattern=_SKU)
     spot: bool = False
-
-    @classmethod
-    def parse(cls, query: dict[str, str]) -> CostQuery:
-        given = {k: v for k, v in query.items() if v != "" and k not in ("token", "code")}
-        try:
-            return cls.model_validate(given)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in exc.errors()
-            )
-            raise BadInput(f"bad cost query ({problems}): {USE}") from exc
-
-    def query(self) -> dict[str, str]:
-        data = self.model_dump(exclude_none=True, exclude_defaults=True, mode="json")
-        return {k: ("1" if v is True else str(v)) for k, v in data.items()}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -28,10 +28,40 @@ HELD = (ComputeState.REQUESTED, ComputeState.LIVE)
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$"
 
 
-class JobFilter(BaseModel):
-    """The jobs page's query: every field optional; an unknown or malformed one is BadInput."""
+Q = TypeVar("Q", bound="PageQuery")
+
+
+class PageQuery(BaseModel):
+    """A page's query string as a model: every field optional; an unknown or malformed one is
+    BadInput naming it and saying what the page takes (``WHAT``, ``USE``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    WHAT: ClassVar[str] = "query"
+    USE: ClassVar[str] = ""
+
+    @classmethod
+    def parse(cls: type[Q], query: dict[str, str]) -> Q:
+        given = {k: v for k, v in query.items() if v != "" and k not in ("token", "code")}
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or cls.WHAT}: {_plain(e['msg'])}"
+                for e in exc.errors()
+            )
+            raise BadInput(f"bad {cls.WHAT} ({problems}): {cls.USE}") from exc
+
+    def query(self) -> dict[str, str]:
+        """The query string that makes this model again (what links carry on)."""
+        data = self.model_dump(exclude_none=True, exclude_defaults=True, mode="json")
+        return {k: ("1" if v is True else str(v)) for k, v in data.items()}
+
+
+class JobFilter(PageQuery):
+    """The jobs page's query."""
+
+    WHAT: ClassVar[str] = "filter"
+    USE: ClassVar[str] = "use state=RUNNING, rule=NAME, sweep=JOB, owner=NAME, limit=1..5000"
 
     state: JobState | None = None
     rule: str | None = Field(default=None, pattern=_NAME)
@@ -43,25 +73,6 @@ class JobFilter(BaseModel):
     @classmethod
     def _state(cls, value: Any) -> Any:
         return JobState.parse(value) if isinstance(value, str) and value else value or None
-
-    @classmethod
-    def parse(cls, query: dict[str, str]) -> JobFilter:
-        given = {k: v for k, v in query.items() if v != "" and k not in ("token", "code")}
-        try:
-            return cls.model_validate(given)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'filter'}: {_plain(e['msg'])}"
-                for e in exc.errors()
-            )
-            raise BadInput(
-                f"bad filter ({problems}): use state=RUNNING, rule=NAME, sweep=JOB, owner=NAME, "
-                "limit=1..5000"
-            ) from exc
-
-    def query(self) -> dict[str, str]:
-        data = self.model_dump(exclude_none=True, exclude_defaults=True, mode="json")
-        return {k: str(v) for k, v in data.items()}
 
     def takes(self, job: JobRecord) -> bool:
         return (
