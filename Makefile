@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[examples,devhost]'
+	$(BIN)/python -m pip install --quiet -e '.[examples,devhost,ui,serve]'
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
