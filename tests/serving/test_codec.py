@@ -40,6 +40,9 @@ def test_a_value_that_does_not_fit_its_type_is_named_though_its_type_is_converte
     assert raised.value.status == 400
     with pytest.raises(codec.BodyError, match="field 'b' row 1 is not a number"):
         read({"columns": {"a": [1.0, 2.0], "n": [1, 2], "b": [1.0, None], "m": [1, 2]}})
+    with pytest.raises(codec.BodyError, match=r"field 'm' row 0 is not a whole number: 1\.5"):
+        read({"rows": [{"a": 1.0, "n": 1, "b": 2.0, "m": 1.5}]})  # not cut to 1
+    assert read({"rows": [{"a": 1.0, "n": 2.0, "b": 2.0, "m": 1}]})["n"].to_pylist() == [2]
     with pytest.raises(codec.BodyError, match="row 1 lacks field"):
         read({"rows": [{"a": 1.0, "n": 1, "b": 2.0, "m": 1}, {"a": 1.0}]})
 
