@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from ephemerid.artifacts import open_artifacts
 from ephemerid.models import ModelRegistry
@@ -68,7 +69,7 @@ class PredictionService:
         self.idle_exited = False
         self._server: uvicorn.Server | None = None
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
         """The routes; the router must be started (``serve`` does) before they answer."""
 
         @contextlib.asynccontextmanager
